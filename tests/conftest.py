@@ -1,0 +1,45 @@
+"""Shared fixtures: one local Ray for the whole session, tiny generated datasets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RACCOON = (REPO / ".." / "shared" / "data" / "raccoon").resolve()
+
+# a tiny model configuration every end-to-end test shares: random-init MobileNetV3 at 96 px
+TINY_MODEL = {"architecture": "fasterrcnn_mobilenet_v3_large_320_fpn", "weights": None, "min_size": 96, "max_size": 96}
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """A 24-image demo dataset at 96 px (COCO JSON, category ids 5, 17, 42)."""
+    from trainables.data import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("tiny_demo"), num_images=24, image_size=96, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tiny_demo, tmp_path_factory):
+    from trainables.data import build_manifest
+
+    manifest = build_manifest(tiny_demo, val_fraction=0.25, seed=0)
+    path = tmp_path_factory.mktemp("manifest") / "manifest.parquet"
+    manifest.write(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for every test that needs it, on loopback only, stopped at the end."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

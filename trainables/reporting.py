@@ -1,0 +1,99 @@
+"""Where a trial's per-epoch results go: a local folder, or Ray Tune (see ``ray_reporter``).
+
+The trial loop talks only to a ``Reporter``, so the same function runs as ``boxtune train`` and
+inside a Tune trial.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Reporter", "LocalReporter", "format_epoch_line"]
+
+
+@runtime_checkable
+class Reporter(Protocol):
+    """What the trial loop needs from its host."""
+
+    @property
+    def trial_dir(self) -> Path:
+        """A local folder for the trial's own files (TensorBoard events)."""
+
+    def latest_checkpoint(self) -> Path | None:
+        """The checkpoint directory to resume from, or None for a fresh start."""
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        """Record one epoch's metrics and persist its checkpoint directory (which may be deleted after)."""
+
+
+def _fmt(value: float) -> str:
+    return "  nan" if isinstance(value, float) and math.isnan(value) else f"{value:.3f}"
+
+
+def format_epoch_line(metrics: dict[str, float]) -> str:
+    """One line per epoch: losses, AP/AR, learning rate and throughput."""
+    return (
+        f"epoch {int(metrics['epoch']):3d}  loss {metrics['loss']:.4f} "
+        f"(cls {metrics['loss_classifier']:.4f} box {metrics['loss_box_reg']:.4f} "
+        f"obj {metrics['loss_objectness']:.4f} rpn {metrics['loss_rpn_box_reg']:.4f})  "
+        f"AP {_fmt(metrics['AP'])} AP50 {_fmt(metrics['AP50'])} AP75 {_fmt(metrics['AP75'])} "
+        f"AR100 {_fmt(metrics['AR100'])}  lr {metrics['lr']:.2e}  {metrics['images_per_s']:.1f} img/s"
+    )
+
+
+class LocalReporter:
+    """Writes checkpoints and metrics under ``out_dir`` for a trial run as a plain process.
+
+    Layout: ``metrics.jsonl`` (one JSON object per epoch), ``checkpoints/epoch_NNNN/`` (the last
+    epoch and the best by AP are kept), ``best -> checkpoints/epoch_NNNN`` recorded in ``best.json``.
+    """
+
+    def __init__(self, out_dir: str | Path, *, echo: Callable[[str], None] | None = None):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._ckpt_root = self.out_dir / "checkpoints"
+        self._echo = echo
+
+    @property
+    def trial_dir(self) -> Path:
+        return self.out_dir
+
+    def latest_checkpoint(self) -> Path | None:
+        done = sorted(p for p in self._ckpt_root.glob("epoch_*") if (p / "checkpoint.pt").is_file())
+        return done[-1] if done else None
+
+    def history(self) -> list[dict[str, float]]:
+        path = self.out_dir / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
+        epoch = int(metrics["epoch"])
+        target = self._ckpt_root / f"epoch_{epoch:04d}"
+        if target.exists():
+            shutil.rmtree(target)
+        self._ckpt_root.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(checkpoint_dir, target)
+        # metrics of epochs after this one belong to a run that is being replaced by a resume
+        kept = [m for m in self.history() if int(m["epoch"]) < epoch] + [dict(metrics)]
+        tmp = self.out_dir / "metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
+        tmp.replace(self.out_dir / "metrics.jsonl")
+        best = max(kept, key=lambda m: (_score(m.get("AP")), _score(m.get("AR100"))))
+        (self.out_dir / "best.json").write_text(json.dumps({"epoch": int(best["epoch"]), "metrics": best}, indent=2))
+        keep = {target.name, f"epoch_{int(best['epoch']):04d}"}
+        for old in self._ckpt_root.glob("epoch_*"):
+            if old.name not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+        if self._echo is not None:
+            self._echo(format_epoch_line(metrics))
+
+
+def _score(value: float | None) -> float:
+    return -1.0 if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)

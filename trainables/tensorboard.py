@@ -1,0 +1,106 @@
+"""A trial's TensorBoard events: grouped scalars per epoch, HParams session info, prediction images.
+
+Tags are stable and grouped by section so TensorBoard's scalar view lays them out together:
+
+* ``loss/loss``, ``loss/loss_classifier``, ``loss/loss_box_reg``, ``loss/loss_objectness``,
+  ``loss/loss_rpn_box_reg`` (epoch means)
+* ``coco/AP`` ... ``coco/ARl`` (the 12 COCOeval numbers on the validation split; NaN where no
+  object of that size exists)
+* ``train/lr``, ``train/images_per_s``
+* ``best/AP``, ``best/AR100`` (best epoch so far: the HParams dashboard's metrics)
+* images: ``val/predictions`` (predicted boxes in colour with class and score, ground truth in white)
+
+Each trial is one HParams session carrying the hyperparameters that were set for it (the ones its
+search space sampled, plus constants), so trials can be sorted side by side.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summary
+from torchvision.utils import draw_bounding_boxes, make_grid
+
+__all__ = ["TrialWriter", "HPARAM_METRICS", "SCALAR_TAGS"]
+
+HPARAM_METRICS = ("best/AP", "best/AR100")
+_LOSSES = ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
+_COCO = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+SCALAR_TAGS = {
+    **{k: f"loss/{k}" for k in _LOSSES},
+    **{k: f"coco/{k}" for k in _COCO},
+    "lr": "train/lr",
+    "images_per_s": "train/images_per_s",
+    "best_AP": "best/AP",
+    "best_AR100": "best/AR100",
+}
+_PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
+
+
+def _hparam_value(value: Any) -> Any:
+    """TensorBoard's HParams take bool, number or string."""
+    if isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+class TrialWriter:
+    """Writes one trial's events into ``log_dir`` (the trial's own folder)."""
+
+    def __init__(self, log_dir: str | Path, *, hparams: dict[str, Any], image_every: int = 0, image_count: int = 4,
+                 class_names: list[str] | None = None):
+        self._writer = SummaryWriter(log_dir=str(log_dir))
+        self._image_every = image_every
+        self._image_count = image_count
+        self._class_names = list(class_names or [])
+        exp, ssi, sei = hparams_summary({k: _hparam_value(v) for k, v in sorted(hparams.items())},
+                                        dict.fromkeys(HPARAM_METRICS, 0.0))
+        # The experiment summary (every trial's hparam names) is written once per sweep at its root;
+        # a trial writes only its own session.
+        self._writer.file_writer.add_summary(ssi)
+        self._end = sei
+
+    def epoch(self, metrics: dict[str, float], *, model=None, val_set=None, detections=None, device=None) -> None:
+        step = int(metrics["epoch"])
+        for key, tag in SCALAR_TAGS.items():
+            if key in metrics:
+                self._writer.add_scalar(tag, float(metrics[key]), step)
+        if self._image_every and val_set is not None and detections is not None and step % self._image_every == 0:
+            self._writer.add_image("val/predictions", self._draw(val_set, detections), step)
+        self._writer.flush()
+
+    def _draw(self, val_set, detections) -> torch.Tensor:
+        tiles = []
+        for index in range(min(self._image_count, len(val_set))):
+            image, target = val_set[index]
+            image = (image.clamp(0, 1) * 255).to(torch.uint8) if image.is_floating_point() else image
+            gt = target["boxes"]
+            if len(gt):
+                image = draw_bounding_boxes(image, torch.as_tensor(gt), colors="white", width=1)
+            det = detections.get(int(target["image_id"]), {})
+            keep = det["scores"] >= 0.3 if "scores" in det else torch.zeros(0, dtype=torch.bool)
+            if keep.any():
+                labels = det["labels"][keep].tolist()
+                names = [
+                    f"{self._class_names[lab - 1] if 0 < lab <= len(self._class_names) else lab} {s:.2f}"
+                    for lab, s in zip(labels, det["scores"][keep].tolist())
+                ]
+                colors = [_PALETTE[(lab - 1) % len(_PALETTE)] for lab in labels]
+                image = draw_bounding_boxes(image, det["boxes"][keep], labels=names, colors=colors, width=2)
+            tiles.append(image)
+        height = max(t.shape[1] for t in tiles)
+        width = max(t.shape[2] for t in tiles)
+        padded = [torch.nn.functional.pad(t, (0, width - t.shape[2], 0, height - t.shape[1])) for t in tiles]
+        return make_grid(padded, nrow=min(4, len(padded)), padding=2)
+
+    def close(self) -> None:
+        self._writer.file_writer.add_summary(self._end)
+        self._writer.close()
+
+
+def finite_or_nan(value: float) -> float:
+    return float("nan") if value is None or not math.isfinite(value) else float(value)

@@ -1,0 +1,262 @@
+"""``boxtune``: the command line.
+
+User errors (``BoxtuneError``: a bad config key, a bad file) print one line and exit with status 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from trainables.errors import BoxtuneError
+
+__all__ = ["main", "build_parser"]
+
+
+def _cmd_data_summary(args: argparse.Namespace) -> int:
+    from trainables.data import build_manifest, read_manifest, summarize
+
+    if str(args.path).endswith(".parquet"):
+        manifest = read_manifest(args.path)
+    else:
+        manifest = build_manifest(args.path, format=args.format, images_dir=args.images_dir,
+                                  val_fraction=args.val_fraction, seed=args.seed)
+    print(summarize(manifest))
+    if args.manifest:
+        manifest.write(args.manifest)
+        print(f"manifest written to {args.manifest}")
+    return 0
+
+
+def _cmd_data_demo(args: argparse.Namespace) -> int:
+    from trainables.data import make_demo_dataset
+
+    path = make_demo_dataset(args.out, num_images=args.num_images, image_size=args.image_size, seed=args.seed)
+    print(f"demo dataset written: {path}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from trainables.loop import TrialResources, run_trial
+    from trainables.reporting import LocalReporter
+    from tune.config import TrainConfig, load_config
+    from tune.sweep import prepare_manifest
+
+    cfg = load_config(args.config, TrainConfig, overrides=args.set)
+    out = Path(args.out)
+    manifest = prepare_manifest(cfg)
+    print(f"{len(manifest.records('train'))} train / {len(manifest.records('val'))} val images, "
+          f"classes: {', '.join(manifest.class_names)}; output in {out}")
+    reporter = LocalReporter(out, echo=lambda line: print(line, flush=True))
+    if reporter.latest_checkpoint() is not None and not args.resume:
+        raise BoxtuneError(f"{out} already holds checkpoints; pass --resume to continue, or choose another --out")
+    trial_cfg = {"model": cfg.model.model_dump(), "training": cfg.training.model_dump(),
+                 "hparams": cfg.hparams.model_dump(exclude_unset=True)}
+    run_trial(trial_cfg, manifest=manifest, reporter=reporter,
+              resources=TrialResources(cpus=args.threads, device=args.device))
+    best = (out / "best.json").read_text()
+    print(f"best epoch: {best}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from tune.config import SweepConfig, load_config
+    from tune.report import format_ranking, load_sweep, param_importances
+    from tune.sweep import run_sweep
+
+    overrides = list(args.set) + ([f"name={args.name}"] if args.name else [])
+    cfg = load_config(args.config, SweepConfig, overrides=overrides)
+    rows = run_sweep(cfg, address=args.address)
+    run = f"{rows[0]['path'].rsplit('/', 1)[0]}" if rows else cfg.storage
+    print(format_ranking(rows, top=args.top, importances=param_importances(load_sweep(run)) if rows else None))
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from tune.report import format_ranking, load_sweep, param_importances
+    from tune.sweep import resume_sweep
+
+    rows = resume_sweep(args.run, address=args.address)
+    print(format_ranking(rows, importances=param_importances(load_sweep(args.run))))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from tune.report import format_ranking, load_sweep, param_importances, rank_trials
+
+    view = load_sweep(args.run)
+    rows = rank_trials(view)
+    out = format_ranking(rows, fmt=args.format, top=args.top, importances=param_importances(view))
+    if args.plot:
+        from tune.plots import write_plots
+
+        for path in write_plots(view, rows, args.plot):
+            print(f"wrote {path}", file=sys.stderr)
+    if isinstance(out, bytes):
+        if args.output is None:
+            raise BoxtuneError("--format parquet needs --output FILE")
+        Path(args.output).write_bytes(out)
+    elif args.output:
+        Path(args.output).write_text(out + "\n")
+    else:
+        print(out)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from tune.report import load_sweep, rank_trials
+
+    view = load_sweep(args.run)
+    counts: dict[str, int] = {}
+    for t in view.trials:
+        counts[t.status] = counts.get(t.status, 0) + 1
+    not_started = max(0, view.num_trials - len(view.trials))
+    print(f"sweep {view.uri}")
+    print(f"  trials: {view.num_trials} asked, {counts.get('TERMINATED', 0)} done, {counts.get('RUNNING', 0)} running, "
+          f"{counts.get('PENDING', 0) + not_started} pending, {counts.get('ERROR', 0)} errored")
+    rows = [r for r in rank_trials(view) if r["best_epoch"]]
+    if rows:
+        b = rows[0]
+        print(f"  best so far: trial {b['trial']} AP {b['AP']:.4f} AR100 {b['AR100']:.4f} at epoch {b['best_epoch']} ({b['status']})")
+    else:
+        print("  best so far: no epoch finished yet")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from tune.demo import run_demo
+
+    run_demo(Path(args.out), num_trials=args.trials, epochs=args.epochs, address=args.address)
+    return 0
+
+
+def _cmd_tensorboard(args: argparse.Namespace) -> int:
+    from tune.tensorboard import serve
+
+    return serve(args.run, host=args.host, port=args.port)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from tune.export import export_best
+
+    path = export_best(args.run, args.out, trial=args.trial, fmt=args.format)
+    print(f"exported {path}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from tune.predict import predict_files
+
+    n = predict_files(args.model, args.images, out=args.out, draw=args.draw, score_threshold=args.score_threshold,
+                      batch_size=args.batch_size, device=args.device)
+    print(f"{n} detections written to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="boxtune", description="Hyperparameter sweeps for fine-tuning pruned Faster R-CNN detectors with Ray Tune and Optuna.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="inspect datasets, generate the demo dataset")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    s = dsub.add_parser("summary", help="read and validate a dataset; print what was found and repaired")
+    s.add_argument("path", help="COCO JSON file or folder, Pascal VOC folder, or a manifest .parquet")
+    s.add_argument("--format", choices=("auto", "coco", "voc"), default="auto")
+    s.add_argument("--images-dir", default=None, help="COCO: folder that file_name is relative to")
+    s.add_argument("--val-fraction", type=float, default=0.2)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--manifest", default=None, help="also write the Parquet manifest here")
+    s.set_defaults(func=_cmd_data_summary)
+    d = dsub.add_parser("demo", help="generate the demo COCO dataset (simple shapes on clutter)")
+    d.add_argument("out")
+    d.add_argument("--num-images", type=int, default=240)
+    d.add_argument("--image-size", type=int, default=160)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=_cmd_data_demo)
+
+    t = sub.add_parser("train", help="run one trial with fixed hyperparameters, without Ray")
+    t.add_argument("config", help="YAML with data, model, training and hparams sections")
+    t.add_argument("--out", required=True, help="folder for checkpoints, metrics.jsonl and TensorBoard events")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    t.set_defaults(func=_cmd_train)
+
+    w = sub.add_parser("sweep", help="run a hyperparameter sweep (Ray Tune + Optuna)")
+    w.add_argument("config", help="sweep YAML")
+    w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. search.num_trials=8")
+    w.add_argument("--name", default=None, help="experiment name (config key name)")
+    w.add_argument("--address", default=None, help="Ray cluster: auto, ray://host:10001 (default: RAY_ADDRESS, else a local Ray)")
+    w.add_argument("--top", type=int, default=None)
+    w.set_defaults(func=_cmd_sweep)
+
+    r = sub.add_parser("resume", help="continue an interrupted sweep")
+    r.add_argument("run", help="the sweep's folder (storage/name) or URI")
+    r.add_argument("--address", default=None)
+    r.set_defaults(func=_cmd_resume)
+
+    rp = sub.add_parser("report", help="rank a sweep's trials by AP of their best epoch, then AR100")
+    rp.add_argument("run")
+    rp.add_argument("--top", type=int, default=None)
+    rp.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
+    rp.add_argument("--output", "-o", default=None, help="write to a file instead of the terminal")
+    rp.add_argument("--plot", default=None, metavar="DIR", help="also write PNG plots into DIR")
+    rp.set_defaults(func=_cmd_report)
+
+    st = sub.add_parser("status", help="trials done, running, pending and the best so far (works while a sweep runs)")
+    st.add_argument("run")
+    st.set_defaults(func=_cmd_status)
+
+    dm = sub.add_parser("demo", help="generate the demo dataset and run a quick sweep on a local Ray")
+    dm.add_argument("--out", default="demo_out")
+    dm.add_argument("--trials", type=int, default=4)
+    dm.add_argument("--epochs", type=int, default=4)
+    dm.add_argument("--address", default=None)
+    dm.set_defaults(func=_cmd_demo)
+
+    tb = sub.add_parser("tensorboard", help="start TensorBoard on a sweep's folder")
+    tb.add_argument("run")
+    tb.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    tb.add_argument("--port", type=int, default=6006)
+    tb.set_defaults(func=_cmd_tensorboard)
+
+    ex = sub.add_parser("export", help="write the best trial's best-epoch checkpoint as one self-contained file")
+    ex.add_argument("run")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--trial", default=None, help="export this trial id instead of the best")
+    ex.add_argument("--format", choices=("pt", "torchscript", "onnx"), default="pt")
+    ex.set_defaults(func=_cmd_export)
+
+    pr = sub.add_parser("predict", help="run an exported model on images (no Ray)")
+    pr.add_argument("model")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--out", required=True, help="COCO results JSON")
+    pr.add_argument("--draw", default=None, metavar="DIR", help="write copies of the images with boxes drawn")
+    pr.add_argument("--score-threshold", type=float, default=0.3)
+    pr.add_argument("--batch-size", type=int, default=4)
+    pr.add_argument("--device", default=None)
+    pr.set_defaults(func=_cmd_predict)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except BoxtuneError as err:
+        print(f"boxtune: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("boxtune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

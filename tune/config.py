@@ -1,0 +1,173 @@
+"""Sweep and train config files: one YAML, validated whole before any work (or Ray) starts.
+
+Every problem gets one line naming the key, the bad value and what is accepted, with the closest
+key for a typo. ``--set key.path=value`` on the command line overrides single keys.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from trainables.config import HParams, ModelConfig, TrainingConfig, format_validation_error
+from trainables.errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "SearchConfig",
+    "SchedulerConfig",
+    "ResourcesConfig",
+    "SweepConfig",
+    "TrainConfig",
+    "load_config",
+    "apply_overrides",
+    "SAMPLERS",
+]
+
+SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    """The user's dataset: read and validated once per sweep into a Parquet manifest."""
+
+    path: str  # a COCO JSON file, a COCO folder, a VOC folder, or a prebuilt manifest .parquet
+    format: Literal["auto", "coco", "voc"] = "auto"
+    images_dir: str | None = None  # COCO: where file_name is resolved; default: the JSON's folder
+    val_path: str | None = None  # an explicit validation set in the same format
+    val_fraction: float = Field(default=0.2, ge=0, lt=1)
+    seed: int = 0  # split seed: same inputs and seed give the same split, byte for byte
+    classes: list[str] | None = None  # keep only these classes (boxes of others are dropped and counted)
+    rename: dict[str, str] = Field(default_factory=dict)
+
+
+class SearchConfig(_Strict):
+    space: str | dict[str, Any] = "default"  # built-in name, "module:function", or a declarative mapping
+    num_trials: int = Field(default=20, ge=1, le=100_000)
+    sampler: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
+    seed: int = 0
+
+
+class SchedulerConfig(_Strict):
+    name: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(default=1, ge=1)  # epochs every trial gets before ASHA may stop it
+    reduction_factor: float = Field(default=2.0, gt=1)
+
+
+class ResourcesConfig(_Strict):
+    cpu: float = Field(default=1.0, gt=0)  # per trial; also the trial's torch threads (rounded up)
+    gpu: float = Field(default=0.0, ge=0)  # per trial; 0.5 puts two trials on one GPU
+
+    @field_validator("gpu")
+    @classmethod
+    def _fractional(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError(f"gpu above 1 must be a whole number, got {v}")
+        return v
+
+
+class SweepConfig(_Strict):
+    name: str = "sweep"
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    # constants merged under every sampled config (the space's own constants win)
+    hparams: dict[str, Any] = Field(default_factory=dict)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    max_concurrent: int = Field(default=2, ge=1, le=10_000)
+    storage: str = "boxtune_runs"  # a local folder, or a URI Ray storage accepts (s3://, gs://, ...)
+    retries: int = Field(default=1, ge=0, le=100)  # re-runs of a failed trial, from its last checkpoint
+
+    @field_validator("hparams")
+    @classmethod
+    def _known_hparams(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            HParams.model_validate(v)  # each constant must be a valid hyperparameter on its own
+        except ValidationError as err:
+            raise ValueError("; ".join(format_validation_error(err, HParams, prefix="hparams."))) from None
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\:") or v.startswith("."):
+            raise ValueError(f"name must be a plain folder name, got {v!r}")
+        return v
+
+
+class TrainConfig(_Strict):
+    """``boxtune train``: one trial with fixed hyperparameters."""
+
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    hparams: HParams = Field(default_factory=HParams)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` strings (values parsed as YAML) to a config mapping."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Relative data and weights paths are relative to the config file's folder."""
+    section = data.get("data")
+    if isinstance(section, dict):
+        for key in ("path", "images_dir", "val_path"):
+            value = section.get(key)
+            if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
+                section[key] = str((base / value).resolve())
+    model = data.get("model")
+    if isinstance(model, dict):
+        weights = model.get("weights")
+        if isinstance(weights, str) and (weights.endswith((".pth", ".pt")) or "/" in weights):
+            if not Path(weights).is_absolute():
+                model["weights"] = str((base / weights).resolve())
+
+
+def load_config(path: str | Path | None, schema: type[BaseModel], *, overrides: list[str] = (),
+                data: dict[str, Any] | None = None) -> Any:
+    """Read a YAML config (or take ``data``), apply overrides, validate; ConfigError lists every problem."""
+    where = "config"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read config ({err.strerror})") from err
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+        _resolve_paths(data, path.parent)
+    data = apply_overrides(dict(data or {}), list(overrides))
+    try:
+        return schema.model_validate(data)
+    except ValidationError as err:
+        lines = format_validation_error(err, schema)
+        raise ConfigError(f"{where}: {len(lines)} problem{'s' if len(lines) > 1 else ''}:\n  " + "\n  ".join(lines)) from None
