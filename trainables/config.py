@@ -110,11 +110,11 @@ class HParams(_Strict):
     beta1: float = Field(default=0.9, ge=0, lt=1)  # adam, adamw
     beta2: float = Field(default=0.999, ge=0, lt=1)  # adam, adamw
     eps: float = Field(default=1e-8, gt=0, le=1)  # adam, adamw
-    # learning-rate schedule (stepped per epoch, except onecycle: per iteration)
+    # learning-rate schedule; every schedule is stepped once per iteration (see trainables.optim)
     schedule: Literal[SCHEDULES] = "constant"  # type: ignore[valid-type]
     step_size: int = Field(default=3, ge=1)  # step: epochs between decays
     gamma: float = Field(default=0.1, gt=0, le=1)  # step/multistep/exponential: multiplicative
-    milestones: list[int] = Field(default_factory=lambda: [8, 11])  # multistep: epochs
+    milestones: list[int] = Field(default_factory=lambda: [6, 9])  # multistep: epochs
     eta_min_factor: float = Field(default=0.0, ge=0, lt=1)  # cosine: final lr as a share of lr
     pct_start: float = Field(default=0.3, gt=0, lt=1)  # onecycle
     div_factor: float = Field(default=25.0, ge=1)  # onecycle: initial lr = lr / div_factor
@@ -164,6 +164,21 @@ class TrialConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     hparams: HParams = Field(default_factory=HParams)
+
+    def resolved(self) -> dict[str, Any]:
+        """The full config with defaults filled in, minus keys of branches not chosen.
+
+        This is what checkpoints and exports record; it validates again as it is.
+        """
+        data = self.model_dump(mode="json")
+        hp = data["hparams"]
+        for selector, branches in _BRANCH_KEYS.items():
+            keep = set(branches[hp[selector]])
+            for keys in branches.values():
+                for key in keys:
+                    if key not in keep:
+                        hp.pop(key, None)
+        return data
 
 
 def _closest(key: str, choices: list[str]) -> str:

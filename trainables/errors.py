@@ -33,3 +33,7 @@ class NonFiniteLossError(TrainingError):
         self.epoch, self.step, self.losses = epoch, step, dict(losses)
         parts = ", ".join(f"{k}={v:.4g}" for k, v in losses.items())
         super().__init__(f"non-finite loss at epoch {epoch}, step {step}: {parts}")
+
+    def __reduce__(self):
+        # Ray copies and pickles exceptions across processes; rebuild from the original arguments
+        return (type(self), (self.epoch, self.step, self.losses))

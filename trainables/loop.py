@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from trainables.augment import build_eval_transforms, build_train_transforms
 from trainables.checkpoint import TrialState, capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from trainables.coco_eval import COCO_STAT_NAMES, evaluate_detections
+from trainables.coco_eval import COCO_STAT_NAMES, build_coco_gt, evaluate_detections
 from trainables.config import TrialConfig, parse_trial_config
 from trainables.data import DetectionDataset, Manifest, collate_detection, read_manifest
 from trainables.errors import DataError, NonFiniteLossError, TrainingError
@@ -191,6 +191,7 @@ def run_trial(
         val_loader = _loader(val_set, batch_size=tr.eval_batch_size, shuffle=False, workers=tr.num_workers,
                              seed=tr.seed, device=device)
         iters_per_epoch = len(train_loader)
+        coco_gt = build_coco_gt(val_records, [(c.dataset_id, c.name) for c in manifest.classes])
 
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         optimizer = build_optimizer(named, hp)
@@ -202,7 +203,7 @@ def run_trial(
         resume_dir = reporter.latest_checkpoint()
         if resume_dir is not None:
             state = load_checkpoint(resume_dir)
-            if state.config != cfg.model_dump(mode="json"):
+            if state.config != cfg.resolved():
                 raise TrainingError(f"{resume_dir}: checkpoint was written with another config; refusing to resume")
             model.load_state_dict(state.model)
             optimizer.load_state_dict(state.optimizer)
@@ -224,7 +225,7 @@ def run_trial(
                 )
                 t0 = time.perf_counter()
                 detections = predict(model, val_loader, device=device, amp_dtype=amp_dtype)
-                coco = evaluate_detections(val_records, detections, label_to_dataset_id=manifest.label_to_dataset_id)
+                coco = evaluate_detections(coco_gt, detections, label_to_dataset_id=manifest.label_to_dataset_id)
                 eval_s = time.perf_counter() - t0
                 metrics = {
                     "epoch": epoch + 1,
@@ -243,7 +244,7 @@ def run_trial(
                 state = TrialState(
                     epoch=epoch + 1, model=model.state_dict(), optimizer=optimizer.state_dict(),
                     scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=capture_rng(),
-                    config=cfg.model_dump(mode="json"), metrics=metrics, classes=_class_records(manifest),
+                    config=cfg.resolved(), metrics=metrics, classes=_class_records(manifest),
                     architecture=cfg.model.architecture, model_kwargs=model_kwargs(cfg.model), history=history,
                 )
                 tmp = Path(tempfile.mkdtemp(prefix="boxtune-ckpt-"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import optuna
 import yaml
 
-from search_spaces import resolve_space
+from search_spaces import resolve_space, suggest_hparams
 from trainables.config import TrialConfig, format_validation_error
 from trainables.data import Manifest, build_manifest, read_manifest
 from trainables.errors import ConfigError, DataError
@@ -79,7 +80,8 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 def _define_by_run(cfg: SweepConfig):
     """The space, compiled for this sweep's architecture."""
-    return resolve_space(cfg.search.space, max_freeze_depth=max_freeze_depth(cfg.model.architecture))
+    return resolve_space(cfg.search.space, max_freeze_depth=max_freeze_depth(cfg.model.architecture),
+                         epochs=cfg.training.epochs)
 
 
 def check_space(cfg: SweepConfig, *, samples: int = 64) -> None:
@@ -90,8 +92,7 @@ def check_space(cfg: SweepConfig, *, samples: int = 64) -> None:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.search.seed))
     for _ in range(samples):
         trial = study.ask()
-        constants = space(trial) or {}
-        sampled = {**trial.params, **constants}
+        sampled = suggest_hparams(space, trial)
         merged = merge_trial_config(base, sampled)
         try:
             trial_cfg = TrialConfig.model_validate(merged)
@@ -128,6 +129,8 @@ def _versions() -> dict[str, str]:
 
 
 def _tuner(cfg: SweepConfig, storage: RunStorage, manifest: Manifest, *, restore: bool):
+    # keeping one best checkpoint per trial makes Tune snapshot its state at every epoch, by design
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -159,6 +162,7 @@ def _tuner(cfg: SweepConfig, storage: RunStorage, manifest: Manifest, *, restore
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
                                                     checkpoint_score_order="max"),
             failure_config=tune.FailureConfig(max_failures=cfg.retries),
+            verbose=1,  # a status table now and then, not every result
             # trial TensorBoard events are written in the trial's working dir; copy them on every checkpoint
             sync_config=tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True, sync_period=10),
         ),

@@ -1,0 +1,194 @@
+"""The built-in search spaces: ``default``, ``seed`` and ``quick``.
+
+A space is an Optuna define-by-run function of ``trial``: it only calls ``trial.suggest_*``
+inside plain ``if`` blocks (a branch's parameters live under its categorical choice, as
+``trainables.config`` requires), does no computation, and returns the constants of the sampled
+config (or None). Every name is an ``HParams`` field name, and never changes.
+
+Two facts of the sweep bound the ranges, and both are fixed before it starts:
+
+* ``max_freeze_depth``: the deepest valid ``freeze_depth`` depends on the architecture
+  (ResNet-50 FPN: 8);
+* ``epochs``: an epoch-based decay (``step_size``, ``milestones``) must fall inside the run, and
+  one epoch leaves nothing to decay at all.
+
+:func:`make_space` takes both and returns the space; the plain functions :func:`default`,
+:func:`seed` and :func:`quick` are those spaces for ResNet-50 FPN (``max_freeze_depth=8``) and
+the default of ``TrainingConfig.epochs``. ``make_space`` returns ``functools.partial`` objects
+over module-level functions, so spaces pickle (Ray checkpoints its searcher with the space).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from trainables.config import TrainingConfig
+from trainables.errors import ConfigError
+
+__all__ = [
+    "BUILTIN_SPACES",
+    "DEFAULT_EPOCHS",
+    "RESNET50_FPN_MAX_FREEZE_DEPTH",
+    "default",
+    "make_space",
+    "quick",
+    "seed",
+]
+
+RESNET50_FPN_MAX_FREEZE_DEPTH = 8
+DEFAULT_EPOCHS: int = TrainingConfig.model_fields["epochs"].default
+
+Space = Callable[[Any], "dict[str, Any] | None"]
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    """Everything a space's ranges depend on, worked out once before the sweep."""
+
+    max_freeze_depth: int
+    epochs: int
+    schedules: tuple[str, ...]  # the schedules that can act within `epochs`
+    milestones: tuple[int, ...]  # multistep's constant milestones, in epochs
+    quick_freeze_depths: tuple[int, ...]
+
+
+def _bounds(*, max_freeze_depth: int, epochs: int) -> _Bounds:
+    if max_freeze_depth < 0:
+        raise ValueError(f"max_freeze_depth should be >= 0, got {max_freeze_depth}")
+    if epochs < 1:
+        raise ValueError(f"epochs should be >= 1, got {epochs}")
+    # multistep at 2/3 and 8/9 of the run, as in torchvision's detection recipe (26 epochs: 16, 22)
+    milestones = tuple(sorted({m for m in (round(epochs * 2 / 3), round(epochs * 8 / 9)) if 1 <= m < epochs}))
+    epoch_based = ("step", "multistep", "exponential") if epochs >= 2 else ()
+    schedules = ("constant", *epoch_based, "cosine", "onecycle")
+    # quick: torchvision's default fine-tuning depth (stem and layer1 frozen), half, all but the head
+    depths = tuple(sorted({min(2, max_freeze_depth), max_freeze_depth // 2, max_freeze_depth}))
+    return _Bounds(max_freeze_depth, epochs, schedules, milestones, depths)
+
+
+def _default_space(trial: Any, *, bounds: _Bounds) -> dict[str, Any] | None:
+    optimizer = trial.suggest_categorical("optimizer", ["sgd", "adam", "adamw"])
+    trial.suggest_float("lr", 1e-4, 2e-2, log=True)  # one range for all optimisers
+    trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
+    trial.suggest_categorical("decay_norm_and_bias", [True, False])
+    if optimizer == "sgd":
+        trial.suggest_float("momentum", 0.8, 0.99)
+        trial.suggest_categorical("nesterov", [False, True])
+    if optimizer in ("adam", "adamw"):
+        trial.suggest_float("beta1", 0.8, 0.95)
+        trial.suggest_float("beta2", 0.99, 0.9999)
+        trial.suggest_float("eps", 1e-10, 1e-6, log=True)
+
+    constants: dict[str, Any] = {}
+    schedule = trial.suggest_categorical("schedule", list(bounds.schedules))
+    if schedule == "step":
+        trial.suggest_int("step_size", 1, bounds.epochs - 1)
+    if schedule == "multistep":
+        constants["milestones"] = list(bounds.milestones)
+    if schedule in ("step", "multistep", "exponential"):
+        trial.suggest_float("gamma", 0.1, 0.9)  # per decay, multiplicative
+    if schedule == "cosine":
+        trial.suggest_float("eta_min_factor", 0.0, 0.1)
+    if schedule == "onecycle":
+        trial.suggest_float("pct_start", 0.1, 0.5)
+        trial.suggest_float("div_factor", 5.0, 50.0, log=True)
+        trial.suggest_float("final_div_factor", 10.0, 1e4, log=True)
+    if schedule != "onecycle":  # one-cycle has its own warm-up
+        trial.suggest_int("warmup_iters", 0, 500, step=50)  # iterations
+
+    trial.suggest_int("freeze_depth", 0, bounds.max_freeze_depth)
+    trial.suggest_categorical("batch_size", [2, 4, 8])
+
+    # augmentation: probabilities as choices, magnitudes only where their transform is on
+    trial.suggest_categorical("hflip_p", [0.0, 0.5])
+    trial.suggest_categorical("vflip_p", [0.0, 0.5])
+    jitter_p = trial.suggest_categorical("jitter_p", [0.0, 0.5, 0.8])
+    if jitter_p > 0:
+        trial.suggest_float("brightness", 0.05, 0.4)
+        trial.suggest_float("contrast", 0.05, 0.4)
+        trial.suggest_float("saturation", 0.05, 0.4)
+        trial.suggest_float("hue", 0.0, 0.1)
+    trial.suggest_categorical("crop_p", [0.0, 0.5])
+    zoom_out_p = trial.suggest_categorical("zoom_out_p", [0.0, 0.5])
+    if zoom_out_p > 0:
+        trial.suggest_float("zoom_out_max", 1.5, 3.0)  # canvas side / image side
+    scale_jitter_p = trial.suggest_categorical("scale_jitter_p", [0.0, 0.5])
+    if scale_jitter_p > 0:
+        trial.suggest_float("scale_min", 0.5, 0.9)
+        trial.suggest_float("scale_max", 1.1, 2.0)
+    return constants or None
+
+
+def _seed_space(trial: Any, *, bounds: _Bounds) -> dict[str, Any] | None:
+    """The two hand-tuned recipes; only the optimiser is searched."""
+    optimizer = trial.suggest_categorical("optimizer", ["adam", "sgd"])
+    if optimizer == "adam":
+        return {
+            "lr": 0.005,
+            "beta1": 0.9,
+            "beta2": 0.999,
+            "eps": 1e-8,
+            "weight_decay": 5e-4,
+            "schedule": "exponential",
+            "gamma": 0.65,  # per epoch, multiplicative
+        }
+    return {
+        "lr": 0.005,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "schedule": "step",
+        "step_size": 3,  # epochs
+        "gamma": 0.1,
+    }
+
+
+def _quick_space(trial: Any, *, bounds: _Bounds) -> dict[str, Any] | None:
+    """Small and fast: learns on the demo data in a few epochs."""
+    trial.suggest_categorical("optimizer", ["sgd", "adam"])
+    # one range both optimisers learn with in a few epochs (SGD's low end, Adam's high end)
+    trial.suggest_float("lr", 1e-3, 1e-2, log=True)
+    trial.suggest_categorical("hflip_p", [0.0, 0.5])
+    trial.suggest_categorical("freeze_depth", list(bounds.quick_freeze_depths))
+    return {"batch_size": 2}
+
+
+_SPACES = {"default": _default_space, "seed": _seed_space, "quick": _quick_space}
+BUILTIN_SPACES: tuple[str, ...] = tuple(_SPACES)
+
+
+def make_space(name: str, *, max_freeze_depth: int, epochs: int | None = None) -> Space:
+    """The built-in space ``name`` for an architecture's ``max_freeze_depth`` and the run's epochs.
+
+    ``epochs`` None means ``TrainingConfig``'s default. Raises ConfigError for an unknown name and
+    for the ``seed`` recipes when the run is too short for their step schedule to act.
+    """
+    if name not in _SPACES:
+        raise ConfigError(f"search space {name!r}: unknown built-in; accepted: {', '.join(BUILTIN_SPACES)}")
+    epochs = DEFAULT_EPOCHS if epochs is None else epochs
+    if name == "seed" and epochs <= 3:
+        raise ConfigError(
+            f"search space 'seed': its SGD recipe decays at epoch 3 (step_size 3), which a run of "
+            f"{epochs} epochs never reaches; use training.epochs >= 4"
+        )
+    return functools.partial(_SPACES[name], bounds=_bounds(max_freeze_depth=max_freeze_depth, epochs=epochs))
+
+
+_RESNET50_BOUNDS = _bounds(max_freeze_depth=RESNET50_FPN_MAX_FREEZE_DEPTH, epochs=DEFAULT_EPOCHS)
+
+
+def default(trial: Any) -> dict[str, Any] | None:
+    """Everything searchable: optimiser, schedule, warm-up, freezing, batch size, augmentation."""
+    return _default_space(trial, bounds=_RESNET50_BOUNDS)
+
+
+def seed(trial: Any) -> dict[str, Any] | None:
+    """Two recipes: Adam with exponential decay 0.65 per epoch, SGD with step decay 0.1 every 3 epochs."""
+    return _seed_space(trial, bounds=_RESNET50_BOUNDS)
+
+
+def quick(trial: Any) -> dict[str, Any] | None:
+    """SGD or Adam, lr, horizontal flip, a few freeze depths; batch size 2."""
+    return _quick_space(trial, bounds=_RESNET50_BOUNDS)

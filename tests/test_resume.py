@@ -1,0 +1,84 @@
+"""Interrupt a sweep as a user would (Ctrl-C on a real process) and resume it with `boxtune resume`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from conftest import TINY_MODEL
+
+BOXTUNE = [sys.executable, "-m", "tune.cli"]
+
+
+def _finished_trials(run: Path, epochs: int) -> dict[str, bytes]:
+    """trial folder -> its result.json bytes, for trials that reported their last epoch."""
+    done = {}
+    for result in run.glob("*/result.json"):
+        lines = [ln for ln in result.read_text().splitlines() if ln.strip()]
+        if lines and json.loads(lines[-1]).get("epoch") == epochs:
+            done[result.parent.name] = result.read_bytes()
+    return done
+
+
+def test_interrupt_then_resume_runs_each_trial_once(tmp_path, tiny_demo):
+    epochs, trials = 2, 4
+    cfg = {
+        "name": "resumable",
+        "data": {"path": str(tiny_demo), "val_fraction": 0.25},
+        "model": TINY_MODEL,
+        "training": {"epochs": epochs},
+        "search": {"space": "quick", "num_trials": trials, "seed": 1},
+        "scheduler": {"name": "fifo"},
+        "resources": {"cpu": 1},
+        "max_concurrent": 1,
+        "storage": str(tmp_path / "runs"),
+        "retries": 0,
+    }
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "runs" / "resumable"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = (tmp_path / "first.log").open("w")
+    proc = subprocess.Popen([*BOXTUNE, "sweep", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env,
+                            cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 300
+        while not _finished_trials(run, epochs) and time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.5)
+        before = _finished_trials(run, epochs)
+        assert before, "no trial finished within 300 s"
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    before = _finished_trials(run, epochs)  # anything that finished during shutdown counts as finished too
+    assert len(before) < trials, "the sweep finished before it could be interrupted"
+
+    out = subprocess.run([*BOXTUNE, "resume", str(run)], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    after = _finished_trials(run, epochs)
+    assert len(after) == trials, sorted(after)
+    # finished trials were not re-run: their result files are byte-for-byte what they were
+    for name, content in before.items():
+        assert after[name] == content
+    # every trial reported each epoch at least once and never went past the last one
+    for name in after:
+        epochs_seen = [json.loads(ln)["epoch"] for ln in (run / name / "result.json").read_text().splitlines() if ln.strip()]
+        assert sorted(set(epochs_seen)) == list(range(1, epochs + 1)), (name, epochs_seen)
+    table = subprocess.run([*BOXTUNE, "report", str(run), "--format", "json"], capture_output=True, text=True,
+                           env=env, cwd=tmp_path, timeout=120)
+    assert table.returncode == 0, table.stderr
+    ranked = json.loads(table.stdout)["trials"]
+    assert len(ranked) == trials and all(t["status"] == "TERMINATED" for t in ranked)

@@ -1,0 +1,26 @@
+"""The dataset layer: COCO and Pascal VOC in, one checked Parquet manifest out, torch datasets on top.
+
+``build_manifest`` parses, checks, repairs and splits a dataset once per sweep; trials load it
+with ``read_manifest`` and wrap its records in ``DetectionDataset``.
+"""
+
+from trainables.data.dataset import DetectionDataset, collate_detection, load_image
+from trainables.data.demo import DEMO_CATEGORIES, make_demo_dataset
+from trainables.data.manifest import Manifest, build_manifest, read_manifest
+from trainables.data.records import ClassInfo, ImageRecord
+from trainables.data.summary import DataSummary, summarize
+
+__all__ = [
+    "ClassInfo",
+    "DEMO_CATEGORIES",
+    "DataSummary",
+    "DetectionDataset",
+    "ImageRecord",
+    "Manifest",
+    "build_manifest",
+    "collate_detection",
+    "load_image",
+    "make_demo_dataset",
+    "read_manifest",
+    "summarize",
+]

@@ -1,0 +1,70 @@
+"""The torch side: manifest records as (image, target) pairs for torchvision detection models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
+
+from trainables.data.records import ImageRecord
+from trainables.errors import DataError
+
+__all__ = ["DetectionDataset", "collate_detection", "load_image"]
+
+
+def load_image(record: ImageRecord) -> tv_tensors.Image:
+    """Decode a record's image as displayed (EXIF orientation applied), RGB, uint8 (3, H, W)."""
+    with Image.open(record.path) as raw:
+        image = ImageOps.exif_transpose(raw).convert("RGB")
+    if image.size != (record.width, record.height):
+        raise DataError(
+            f"{record.path}: image id {record.image_id}: size {image.size[0]}x{image.size[1]} differs "
+            f"from the manifest's {record.width}x{record.height}; the file changed, rebuild the manifest"
+        )
+    return tv_tensors.Image(F.pil_to_tensor(image))
+
+
+class DetectionDataset(Dataset):
+    """Images and training targets for a list of records.
+
+    The target holds the non-crowd boxes only (crowd regions are for evaluation):
+    ``{"boxes": BoundingBoxes XYXY float32, "labels": int64 (N,), "image_id": int}``. With
+    ``transforms`` (torchvision.transforms.v2 style) the pair is passed through
+    ``transforms(image, target)`` and its result returned.
+    """
+
+    def __init__(self, records: Sequence[ImageRecord], transforms: Callable | None = None) -> None:
+        self.records = list(records)
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        record = self.records[index]
+        image = load_image(record)
+        keep = record.train_mask
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.from_numpy(record.boxes[keep].copy()).to(torch.float32).reshape(-1, 4),
+                format="XYXY",
+                canvas_size=(record.height, record.width),
+            ),
+            "labels": torch.from_numpy(record.labels[keep].copy()).to(torch.int64),
+            "image_id": int(record.image_id),
+        }
+        if self.transforms is not None:
+            return self.transforms(image, target)
+        return image, target
+
+
+def collate_detection(batch: Sequence[tuple[Any, Any]]) -> tuple[list[Any], list[Any]]:
+    """Detection batches stay lists: images differ in size and targets in box count."""
+    images = [image for image, _ in batch]
+    targets = [target for _, target in batch]
+    return images, targets

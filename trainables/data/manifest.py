@@ -1,0 +1,227 @@
+"""The manifest: one Parquet file that holds a checked dataset, built once per sweep.
+
+Every trial reads the manifest instead of the user's annotation files: reading it parses no XML
+or JSON and opens no image. One row per image (boxes flattened to 4N floats), and the classes,
+the source, the split settings and the repair summary as JSON under the schema metadata key
+``b"boxtune"``. The same inputs give a byte-identical file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from trainables.data.build import build_records
+from trainables.data.records import ClassInfo, ImageRecord
+from trainables.data.summary import DataSummary, compute_summary
+from trainables.errors import ConfigError, DataError
+
+__all__ = ["MANIFEST_SCHEMA", "METADATA_KEY", "Manifest", "build_manifest", "read_manifest"]
+
+METADATA_KEY = b"boxtune"
+_VERSION = 1
+SPLITS = ("train", "val")
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("file_name", pa.string()),
+        ("path", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("boxes", pa.list_(pa.float32())),  # xyxy px, flattened: 4 values per box
+        ("labels", pa.list_(pa.int64())),
+        ("category_ids", pa.list_(pa.int64())),
+        ("iscrowd", pa.list_(pa.bool_())),
+        ("area", pa.list_(pa.float32())),
+        ("split", pa.string()),
+    ]
+)
+_LIST_COLUMNS = {"boxes": 4, "labels": 1, "category_ids": 1, "iscrowd": 1, "area": 1}
+
+
+def _list_column(arrays: list[np.ndarray], dtype: pa.DataType) -> pa.ListArray:
+    # One list per image; (N, 4) boxes flatten row-major to x1, y1, x2, y2, x1, ...
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum([a.size for a in arrays], out=offsets[1:])
+    flat = np.concatenate([a.reshape(-1) for a in arrays]) if arrays else np.zeros(0)
+    values = pa.array(flat.astype(dtype.to_pandas_dtype(), copy=False), type=dtype)
+    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), values)
+
+
+def _records_to_table(records: list[ImageRecord], metadata: dict[str, Any]) -> pa.Table:
+    columns = {
+        "image_id": pa.array([r.image_id for r in records], type=pa.int64()),
+        "file_name": pa.array([r.file_name for r in records], type=pa.string()),
+        "path": pa.array([r.path for r in records], type=pa.string()),
+        "width": pa.array([r.width for r in records], type=pa.int32()),
+        "height": pa.array([r.height for r in records], type=pa.int32()),
+    }
+    for name in _LIST_COLUMNS:
+        dtype = MANIFEST_SCHEMA.field(name).type.value_type
+        columns[name] = _list_column([getattr(r, name) for r in records], dtype)
+    columns["split"] = pa.array([r.split for r in records], type=pa.string())
+    schema = MANIFEST_SCHEMA.with_metadata({METADATA_KEY: json.dumps(metadata).encode("utf-8")})
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def _split_list(column: pa.ChunkedArray, per_box: int, dtype: type) -> list[np.ndarray]:
+    array = column.combine_chunks()
+    offsets = array.offsets.to_numpy()
+    values = array.values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    out = [values[offsets[i] : offsets[i + 1]] for i in range(len(array))]
+    return [v.reshape(-1, 4) for v in out] if per_box == 4 else out
+
+
+def _table_to_records(table: pa.Table) -> list[ImageRecord]:
+    plain = {
+        name: table.column(name).to_pylist()
+        for name in ("image_id", "file_name", "path", "width", "height", "split")
+    }
+    dtypes = {
+        "boxes": np.float32,
+        "labels": np.int64,
+        "category_ids": np.int64,
+        "iscrowd": bool,
+        "area": np.float32,
+    }
+    lists = {
+        name: _split_list(table.column(name), per_box, dtypes[name])
+        for name, per_box in _LIST_COLUMNS.items()
+    }
+    return [
+        ImageRecord(**{k: v[i] for k, v in plain.items()}, **{k: v[i] for k, v in lists.items()})
+        for i in range(table.num_rows)
+    ]
+
+
+class Manifest:
+    """A checked dataset: image records, classes and the summary of what was repaired.
+
+    Build one with ``build_manifest``, save it with ``write``, load it with ``read_manifest``.
+    """
+
+    def __init__(self, table: pa.Table) -> None:
+        raw = (table.schema.metadata or {}).get(METADATA_KEY)
+        if raw is None:
+            raise DataError("not a boxtune manifest: its Parquet schema has no b'boxtune' metadata")
+        self.table = table
+        self.metadata: dict[str, Any] = json.loads(raw)
+        self.classes = [ClassInfo(**c) for c in self.metadata["classes"]]
+        self.summary = DataSummary.from_dict(self.metadata["summary"])
+        self._records: list[ImageRecord] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """K, not counting background."""
+        return len(self.classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    @property
+    def label_to_dataset_id(self) -> dict[int, int]:
+        return {c.label: c.dataset_id for c in self.classes}
+
+    @property
+    def source(self) -> str:
+        return self.metadata["source"]
+
+    @property
+    def format(self) -> str:
+        return self.metadata["format"]
+
+    @property
+    def split_settings(self) -> dict[str, Any]:
+        return self.metadata["split"]
+
+    def records(self, split: str | None = None) -> list[ImageRecord]:
+        """The image records, in image-id order; ``split`` "train", "val" or None for all."""
+        if split not in (None, *SPLITS):
+            raise ValueError(f"split should be 'train', 'val' or None, got {split!r}")
+        if self._records is None:
+            self._records = _table_to_records(self.table)
+        return [r for r in self._records if split is None or r.split == split]
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write the Parquet file atomically: a temp file in the same folder, then ``os.replace``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            pq.write_table(self.table, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def __repr__(self) -> str:
+        s = self.summary
+        return f"Manifest({self.source!r}, {self.format}, images={s.images}, classes={self.class_names})"
+
+
+def build_manifest(
+    source: str | os.PathLike,
+    *,
+    format: str = "auto",
+    images_dir: str | os.PathLike | None = None,
+    val_source: str | os.PathLike | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    classes: list[str] | None = None,
+    rename: dict[str, str] | None = None,
+) -> Manifest:
+    """Parse, check, repair and split a COCO or VOC dataset (see ``trainables.data.build``).
+
+    Raises ``DataError`` listing every problem in the data, ``ConfigError`` for a bad argument.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"seed should be an integer, got {seed!r}")
+    result = build_records(
+        source,
+        format=format,
+        images_dir=images_dir,
+        val_source=val_source,
+        val_fraction=val_fraction,
+        seed=seed,
+        classes=list(classes) if classes is not None and not isinstance(classes, str) else classes,
+        rename=dict(rename) if rename is not None else None,
+    )
+    summary = compute_summary(result.records, result.classes, result.repairs)
+    metadata = {
+        "version": _VERSION,
+        "source": result.source,
+        "format": result.format,
+        "images_dir": str(Path(images_dir).expanduser().resolve()) if images_dir is not None else None,
+        "split": result.split,
+        "selection": {"classes": classes and list(classes), "rename": rename and dict(rename)},
+        "classes": [asdict(c) for c in result.classes],
+        "summary": asdict(summary),
+    }
+    return Manifest(_records_to_table(result.records, metadata))
+
+
+def read_manifest(path: str | os.PathLike) -> Manifest:
+    """Load a manifest written by ``Manifest.write``; touches neither annotations nor images."""
+    path = Path(path)
+    try:
+        table = pq.read_table(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: manifest not found") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet manifest: {exc}") from None
+    try:
+        return Manifest(table)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None

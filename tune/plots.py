@@ -1,0 +1,202 @@
+"""PNG plots of a sweep (``boxtune report RUN --plot DIR``), drawn with matplotlib's Agg backend.
+
+* ``ap_per_epoch.png``: validation AP per epoch, one line per trial. A trial the scheduler (ASHA)
+  stopped before the planned number of epochs ends in an ``x``; errored trials are dashed.
+* ``ap_vs_<hparam>.png``: each trial's best AP against the value of one searched hyperparameter
+  (log x-axis for a positive range spanning more than 20x; categories as a strip plot). The
+  best trial is ringed.
+* ``importance.png``: Optuna's importances of the hyperparameters for best AP (needs 3 finished
+  trials).
+
+AP is COCO's AP@[.5:.95] on the validation split. Trials that errored before finishing an epoch
+have nothing to plot and are left out. Figures are built without pyplot, so plotting touches no
+global matplotlib state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+__all__ = ["AP_LABEL", "LOG_SPAN", "searched_hparams", "ap_per_epoch_figure", "hparam_figure", "importance_figure",
+           "write_plots"]
+
+AP_LABEL = "AP@[.5:.95] (validation)"
+LOG_SPAN = 20.0  # a positive numeric range wider than this factor gets a log x-axis
+_MAX_LEGEND = 24  # trials named in the legend; more would hide the plot
+_STRIP_WIDTH = 0.3  # total horizontal spread of one category's points, in category units
+
+
+def _epochs(trial) -> list[tuple[int, float]]:
+    """(epoch, AP) pairs of a trial's reported epochs, in order, AP NaN where undefined."""
+    points = []
+    for row in trial.history:
+        if "AP" in row and row.get("epoch") is not None:
+            ap = row.get("AP")
+            points.append((int(row["epoch"]), float("nan") if ap is None else float(ap)))
+    return sorted(points)
+
+
+def _planned_epochs(view) -> int | None:
+    """``training.epochs`` from the sweep's saved config, or None when it cannot be read."""
+    try:
+        import yaml
+
+        from tune.storage import RunStorage
+
+        cfg = yaml.safe_load(RunStorage.from_uri(view.uri).read_text("sweep.yaml")) or {}
+        return int(cfg["training"]["epochs"])
+    except (OSError, KeyError, TypeError, ValueError, ImportError):
+        return None
+
+
+def _figure(width: float = 7.0, height: float = 4.5) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def ap_per_epoch_figure(view, *, planned_epochs: int | None = None) -> Figure:
+    """AP per epoch for every trial with at least one epoch; early-stopped trials end in an 'x'."""
+    trials = [t for t in view.trials if _epochs(t)]
+    planned = planned_epochs or max((_epochs(t)[-1][0] for t in trials), default=0)
+    fig = _figure(9.0, 5.0)
+    ax = fig.add_subplot()
+    stopped_any = False
+    for trial in trials:
+        points = _epochs(trial)
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        last = xs[-1]
+        stopped = trial.status == "TERMINATED" and last < planned
+        note = {"ERROR": " (error)", "RUNNING": " (running)"}.get(trial.status, "")
+        if stopped:
+            note = f" (stopped at epoch {last})"
+        line = ax.plot(xs, ys, marker="o", markersize=3, linestyle="--" if trial.status == "ERROR" else "-",
+                       label=f"{trial.trial_id}{note}", gid=trial.trial_id)[0]
+        if stopped:
+            stopped_any = True
+            ax.plot([xs[-1]], [ys[-1]], marker="x", markersize=10, markeredgewidth=2, linestyle="none",
+                    color=line.get_color(), gid=f"{trial.trial_id}:stopped")
+    ax.set_title(f"Validation AP per epoch ({len(trials)} trials)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(AP_LABEL)
+    if planned:
+        ax.set_xlim(0.5, planned + 0.5)
+        ax.set_xticks(range(1, planned + 1, max(1, planned // 12)))
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if len(handles) > _MAX_LEGEND:
+        handles, labels = [], []
+    if stopped_any:
+        handles.append(Line2D([], [], marker="x", linestyle="none", color="black", markersize=8, markeredgewidth=2))
+        labels.append("x: stopped early by the scheduler (ASHA)")
+    if handles:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    if not trials:
+        ax.text(0.5, 0.5, "no trial has finished an epoch yet", ha="center", va="center", transform=ax.transAxes)
+    return fig
+
+
+def searched_hparams(view) -> list[str]:
+    """Config keys whose value differs between trials (the searched hyperparameters), sorted."""
+    keys = sorted({k for t in view.trials for k in t.config})
+    varying = []
+    for key in keys:
+        values = {json.dumps(t.config.get(key), sort_keys=True, default=str) for t in view.trials}
+        if len(values) > 1:
+            varying.append(key)
+    return varying
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def hparam_figure(view, rows: list[dict[str, Any]], name: str) -> Figure:
+    """Each finished trial's best AP against its value of ``name``; the best trial is ringed."""
+    configs = {t.trial_id: t.config for t in view.trials}
+    points = [(configs[r["trial"]][name], float(r["AP"]), r["rank"]) for r in rows
+              if r["best_epoch"] > 0 and name in configs.get(r["trial"], {}) and r["AP"] == r["AP"]]
+    fig = _figure()
+    ax = fig.add_subplot()
+    best = min((p for p in points), key=lambda p: p[2], default=None)
+    if points and all(_is_number(v) for v, _, _ in points):
+        xs = [float(v) for v, _, _ in points]
+        ax.scatter(xs, [ap for _, ap, _ in points], s=30, alpha=0.8)
+        if min(xs) > 0 and max(xs) / min(xs) > LOG_SPAN:
+            ax.set_xscale("log")
+        ax.set_xlabel(f"{name} (log scale)" if ax.get_xscale() == "log" else name)
+    else:
+        categories = sorted({str(v) for v, _, _ in points})
+        index = {c: i for i, c in enumerate(categories)}
+        xs = []
+        seen: dict[str, int] = {}
+        counts = {c: sum(str(v) == c for v, _, _ in points) for c in categories}
+        for v, _, _ in points:
+            c = str(v)
+            k, n = seen.get(c, 0), counts[c]
+            seen[c] = k + 1
+            # spread a category's points evenly across the strip, in input order (deterministic)
+            xs.append(index[c] + (0.0 if n == 1 else _STRIP_WIDTH * (k / (n - 1) - 0.5)))
+        ax.scatter(xs, [ap for _, ap, _ in points], s=30, alpha=0.8)
+        ax.set_xticks(range(len(categories)), categories)
+        ax.set_xlim(-0.6, max(len(categories) - 0.4, 0.6))
+        ax.set_xlabel(f"{name} (categorical)")
+    if best is not None:
+        bx = xs[points.index(best)]
+        ax.scatter([bx], [best[1]], s=160, facecolors="none", edgecolors="crimson", linewidths=1.5, label="best trial")
+        ax.legend(loc="best", fontsize="small")
+    ax.set_ylabel(f"best {AP_LABEL}")
+    ax.set_title(f"Best AP against {name} ({len(points)} trials)")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def importance_figure(importances: dict[str, float]) -> Figure:
+    """Horizontal bars of Optuna's hyperparameter importances for best AP, largest on top."""
+    items = sorted(importances.items(), key=lambda kv: kv[1])
+    fig = _figure(7.0, max(2.5, 0.4 * len(items) + 1.2))
+    ax = fig.add_subplot()
+    ax.barh([k for k, _ in items], [v for _, v in items], color="#4363d8")
+    ax.set_xlabel("importance for best AP (share of variance, fANOVA)")
+    ax.set_title("Hyperparameter importance")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def _file_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
+def write_plots(view, rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """Write the sweep's PNG plots into ``out_dir``; return their paths."""
+    from tune.report import param_importances
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [_save(ap_per_epoch_figure(view, planned_epochs=_planned_epochs(view)), out / "ap_per_epoch.png")]
+    for name in searched_hparams(view):
+        written.append(_save(hparam_figure(view, rows, name), out / f"ap_vs_{_file_name(name)}.png"))
+    finished = sum(1 for r in rows if r["best_epoch"] > 0)
+    if finished < 3:
+        print(f"importance plot skipped: it needs 3 finished trials, the sweep has {finished}", file=sys.stderr)
+        return written
+    importances = param_importances(view)
+    if not importances:
+        print("importance plot skipped: no hyperparameter varies across the finished trials", file=sys.stderr)
+        return written
+    written.append(_save(importance_figure(importances), out / "importance.png"))
+    return written

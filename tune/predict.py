@@ -1,0 +1,219 @@
+"""Running an exported model on image files: COCO results JSON, optionally images with boxes drawn.
+
+``boxtune predict best.pt photos/ extra.jpg --out detections.json --draw drawn/`` reads every
+``.jpg``/``.jpeg``/``.png``/``.bmp`` in ``photos/`` (sorted by name, not recursive) and
+``extra.jpg``, in that order. Images are decoded with Pillow, rotated by their EXIF orientation
+and converted to RGB, so boxes are in the coordinates of the image as a viewer shows it.
+
+The output is a COCO results list, one entry per detection scoring at least ``score_threshold``::
+
+    {"image_id": 1, "file_name": "photos/a.jpg", "category_id": 17, "bbox": [x, y, w, h], "score": 0.93}
+
+``image_id`` is the image's position in the input order, counting from 1; ``category_id`` is the
+category id of the user's dataset (the export's ``classes[label - 1]["dataset_id"]``); ``bbox`` is
+in pixels, top-left corner plus width and height. Nothing here needs Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainables.errors import BoxtuneError
+from tune.export import EXPORT_FORMAT, EXPORT_VERSION, build_export_model
+
+__all__ = ["IMAGE_SUFFIXES", "load_export", "collect_images", "read_image", "detections_to_coco", "predict_files"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+_PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
+
+
+def _read_payload(path: Path) -> Any:
+    try:
+        with warnings.catch_warnings():
+            # torch.load warns before refusing a TorchScript archive; the error below says more
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err) or zipfile.is_zipfile(path):
+            raise BoxtuneError(f"refusing to load {path}: it contains pickled code/objects; boxtune exports "
+                               "contain only tensors, numbers and strings") from None
+        raise BoxtuneError(f"{path}: not a torch file (expected a .pt file written by `boxtune export`)") from None
+    except RuntimeError as err:
+        if "TorchScript" in str(err):
+            raise BoxtuneError(f"{path}: a TorchScript archive; predict reads the .pt export "
+                               "(load TorchScript exports with torch.jit.load)") from None
+        raise BoxtuneError(f"{path}: not a torch file ({err})") from None
+    except Exception as err:  # noqa: BLE001 - the legacy unpickler raises KeyError, EOFError, ...
+        raise BoxtuneError(f"{path}: not a torch file ({type(err).__name__})") from None
+
+
+def load_export(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of a ``.pt`` export (eval mode, on the CPU) and its metadata (all but the weights).
+
+    Anything else is a BoxtuneError: a missing file, a file torch cannot read, a file holding
+    pickled objects (never loaded: no fallback to ``weights_only=False``), a dict that is not a
+    boxtune export, weights that do not fit the architecture.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BoxtuneError(f"{path}: no such file")
+    payload = _read_payload(path)
+    if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
+        if isinstance(payload, dict) and "format_version" in payload and "model" in payload:
+            raise BoxtuneError(f"{path}: a trial checkpoint, not an export; run `boxtune export` on the sweep first")
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise BoxtuneError(f"{path}: not a boxtune export (format {found!r}, expected {EXPORT_FORMAT!r})")
+    if payload.get("format_version") != EXPORT_VERSION:
+        raise BoxtuneError(f"{path}: export format_version {payload.get('format_version')!r}; "
+                           f"this boxtune reads version {EXPORT_VERSION}")
+    try:
+        model = build_export_model(payload["architecture"], int(payload["num_classes"]), payload["model_kwargs"])
+        model.load_state_dict(payload["state_dict"])
+    except KeyError as err:
+        raise BoxtuneError(f"{path}: export lacks {err}") from None
+    except RuntimeError as err:
+        raise BoxtuneError(f"{path}: weights do not fit {payload['architecture']}: {str(err).splitlines()[0]}") from None
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    return model.eval(), meta
+
+
+def collect_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """Files as given, folders expanded to their images sorted by name; a missing path is an error."""
+    images: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise BoxtuneError(f"{path}: no {'/'.join(IMAGE_SUFFIXES)} images in this folder")
+            images.extend(found)
+        elif path.is_file():
+            images.append(path)
+        else:
+            raise BoxtuneError(f"{path}: no such file or folder")
+    if not images:
+        raise BoxtuneError("no images given")
+    return images
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """uint8 ``[3, H, W]`` RGB, EXIF orientation applied; an unreadable file is a BoxtuneError naming it."""
+    from PIL import Image, ImageOps
+    from torchvision.transforms.functional import pil_to_tensor
+
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image).convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as err:  # UnidentifiedImageError is an OSError
+        raise BoxtuneError(f"{path}: cannot read this image ({err})") from None
+    return pil_to_tensor(image)
+
+
+def detections_to_coco(output: dict[str, torch.Tensor], *, image_id: int, file_name: str,
+                       classes: Sequence[dict[str, Any]], score_threshold: float) -> list[dict[str, Any]]:
+    """One image's detections as COCO results entries (``bbox`` as x, y, w, h in px)."""
+    dataset_ids = {int(c["label"]): c["dataset_id"] for c in classes}
+    results = []
+    for box, label, score in zip(output["boxes"].tolist(), output["labels"].tolist(), output["scores"].tolist()):
+        if score < score_threshold:
+            continue
+        x1, y1, x2, y2 = box
+        results.append({"image_id": image_id, "file_name": file_name, "category_id": dataset_ids[int(label)],
+                        "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+    return results
+
+
+def _draw(image: torch.Tensor, output: dict[str, torch.Tensor], keep: torch.Tensor, names: dict[int, str]) -> torch.Tensor:
+    from torchvision.utils import draw_bounding_boxes
+
+    if not keep.any():
+        return image
+    labels = output["labels"][keep].tolist()
+    text = [f"{names.get(lab, lab)} {s:.2f}" for lab, s in zip(labels, output["scores"][keep].tolist())]
+    colors = [_PALETTE[(lab - 1) % len(_PALETTE)] for lab in labels]
+    width = max(1, round(min(image.shape[1:]) / 200))  # ~0.5% of the shorter side, px
+    return draw_bounding_boxes(image, output["boxes"][keep], labels=text, colors=colors, width=width)
+
+
+def _save_image(image: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    picture = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
+    options = {"quality": 95} if path.suffix.lower() in (".jpg", ".jpeg") else {}
+    picture.save(path, **options)
+
+
+def _draw_targets(images: list[Path], draw: Path) -> list[Path]:
+    targets = [draw / p.name for p in images]
+    names = [t.name for t in targets]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise BoxtuneError(f"--draw: several input images are called {', '.join(repeated)}; drawn copies would overwrite each other")
+    for source, target in zip(images, targets):
+        if target.resolve() == source.resolve():
+            raise BoxtuneError(f"--draw {draw}: would overwrite the input image {source}; choose another folder")
+    return targets
+
+
+def _write_json(results: list[dict[str, Any]], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as sink:
+        json.dump(results, sink)
+    os.replace(tmp, out)
+
+
+def predict_files(model_path: str | os.PathLike, images: Sequence[str | os.PathLike], *, out: str | os.PathLike,
+                  draw: str | os.PathLike | None = None, score_threshold: float = 0.3, batch_size: int = 4,
+                  device: str | None = None) -> int:
+    """Detect objects in ``images`` with the export ``model_path``; write COCO results to ``out``.
+
+    Returns the number of detections written. With ``draw``, copies of the images with boxes,
+    class names and scores are written there under the same file names.
+    """
+    if not 0.0 <= score_threshold <= 1.0:
+        raise BoxtuneError(f"--score-threshold should be in [0, 1], got {score_threshold}")
+    if batch_size < 1:
+        raise BoxtuneError(f"--batch-size should be >= 1, got {batch_size}")
+    out = Path(out)
+    if out.is_dir():
+        raise BoxtuneError(f"--out {out} is a folder; give a file name such as {out / 'detections.json'}")
+    try:
+        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as err:
+        raise BoxtuneError(f"--device: {err}") from None
+    files = collect_images(images)
+    drawn = None
+    if draw is not None:
+        Path(draw).mkdir(parents=True, exist_ok=True)
+        drawn = _draw_targets(files, Path(draw))
+    model, meta = load_export(model_path)
+    model.to(target)
+    names = {int(c["label"]): str(c["name"]) for c in meta["classes"]}
+    results: list[dict[str, Any]] = []
+    with torch.inference_mode():
+        for start in range(0, len(files), batch_size):
+            batch = files[start:start + batch_size]
+            decoded = [read_image(p) for p in batch]
+            outputs = model([(img.to(target).float() / 255.0) for img in decoded])
+            for offset, (path, image, output) in enumerate(zip(batch, decoded, outputs)):
+                output = {k: v.cpu() for k, v in output.items()}
+                index = start + offset
+                results += detections_to_coco(output, image_id=index + 1, file_name=str(path),
+                                              classes=meta["classes"], score_threshold=score_threshold)
+                if drawn is not None:
+                    keep = output["scores"] >= score_threshold
+                    _save_image(_draw(image, output, keep, names), drawn[index])
+    _write_json(results, out)
+    return len(results)

@@ -1,0 +1,196 @@
+"""TensorBoard on a sweep folder: one HParams experiment for the whole sweep, and the server.
+
+Every trial writes its own events (``trainables.tensorboard``): scalars, images, and an HParams
+session with its hyperparameters. What the HParams dashboard still needs is the experiment: which
+hyperparameters and metrics make its columns. TensorBoard takes the first run holding an
+experiment summary, so ``write_hparams_experiment`` writes one event file directly in the sweep
+folder (TensorBoard's root run ``.``, listed before every trial folder). That matters because Ray
+Tune's own TensorBoard logger writes a per-trial experiment summary into every finished trial's
+folder, naming only that trial's hyperparameters and Ray's metrics.
+
+The experiment lists every hyperparameter that appears in any trial's config (the union:
+conditional ones too), strings and booleans with their values as discrete domains, and the
+metrics ``best/AP``, ``best/AR100`` and ``coco/AP``. TensorBoard reads an experiment once per
+run, so hyperparameters of trials that start after TensorBoard did appear after a restart.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from trainables.errors import BoxtuneError, ConfigError
+
+__all__ = ["EXPERIMENT_METRICS", "EVENTS_SUFFIX", "experiment_hparams", "write_hparams_experiment",
+           "start_tensorboard", "serve"]
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT_METRICS = ("best/AP", "best/AR100", "coco/AP")
+EVENTS_SUFFIX = ".boxtune-hparams"  # marks the experiment event file, so a rewrite replaces only it
+_STARTUP_S = 60.0  # how long TensorBoard may take to answer its first request, s
+_LOG_LINES = 40  # TensorBoard output lines kept for an error message
+
+
+def _hparam_value(value: Any) -> Any:
+    """TensorBoard's HParams take bool, number or string (as trainables.tensorboard writes them)."""
+    return value if isinstance(value, bool | int | float | str) else str(value)
+
+
+def experiment_hparams(configs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """(name -> an example value, name -> discrete domain) over the union of ``configs``' keys.
+
+    A name whose values are all numbers is numeric (no domain); all booleans, a boolean domain;
+    anything else becomes strings with every value seen as the domain.
+    """
+    values: dict[str, list[Any]] = collections.defaultdict(list)
+    for config in configs:
+        for key, value in config.items():
+            if value is not None:
+                values[key].append(_hparam_value(value))
+    example: dict[str, Any] = {}
+    domains: dict[str, list[Any]] = {}
+    for key in sorted(values):
+        seen = values[key]
+        if all(isinstance(v, bool) for v in seen):
+            example[key], domains[key] = seen[0], sorted(set(seen))
+        elif all(isinstance(v, int | float) and not isinstance(v, bool) for v in seen):
+            example[key] = seen[0]
+        else:
+            strings = sorted({str(v) for v in seen})
+            example[key], domains[key] = strings[0], strings
+    return example, domains
+
+
+def _experiment_summary(configs: list[dict[str, Any]]):
+    from torch.utils.tensorboard.summary import hparams
+
+    example, domains = experiment_hparams(configs)
+    experiment, _, _ = hparams(example, dict.fromkeys(EXPERIMENT_METRICS, 0.0), hparam_domain_discrete=domains)
+    return experiment
+
+
+def write_hparams_experiment(run: str) -> str | None:
+    """Write (or replace) the sweep's HParams experiment event file in ``run``; return its path.
+
+    Returns None, writing nothing, while no trial has started. A folder without ``sweep.yaml``
+    is a ConfigError.
+    """
+    from pyarrow import fs as pafs
+    from torch.utils.tensorboard import SummaryWriter
+
+    from tune.report import load_sweep
+    from tune.storage import RunStorage
+
+    view = load_sweep(run)
+    configs = [t.config for t in view.trials if t.config]
+    if not configs:
+        return None
+    storage = RunStorage.from_uri(run)
+    old = [info.path for info in storage.fs.get_file_info(pafs.FileSelector(storage.path))
+           if info.type == pafs.FileType.File and info.base_name.endswith(EVENTS_SUFFIX)]
+    with tempfile.TemporaryDirectory(prefix="boxtune-hparams-") as tmp:
+        writer = SummaryWriter(log_dir=tmp, filename_suffix=EVENTS_SUFFIX)
+        writer.file_writer.add_summary(_experiment_summary(configs))
+        writer.close()
+        (local,) = Path(tmp).glob(f"*{EVENTS_SUFFIX}")
+        target = f"{storage.path}/{local.name}"
+        with storage.fs.open_output_stream(target) as sink:
+            sink.write(local.read_bytes())
+    for path in old:
+        if path != target:
+            storage.fs.delete_file(path)
+    return storage.uri.rsplit("/", 1)[0] + "/" + f"{storage.name}/{local.name}"
+
+
+def _drain(stream, lines: collections.deque) -> None:
+    for line in stream:
+        lines.append(line.rstrip())
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "data/environment", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_tensorboard(run: str, *, host: str = "127.0.0.1", port: int = 6006,
+                      timeout: float = _STARTUP_S) -> tuple[subprocess.Popen, str]:
+    """Start TensorBoard on ``run`` bound to ``host``; return the process and its URL once it answers.
+
+    The caller stops it (``terminate()`` then ``wait()``). A TensorBoard that exits or stays
+    silent for ``timeout`` seconds is a BoxtuneError quoting its last output lines.
+    """
+    if "://" not in run and not Path(run).is_dir():
+        raise BoxtuneError(f"{run}: no such folder")
+    if not 0 < port < 65536:
+        raise BoxtuneError(f"--port should be in 1..65535, got {port}")
+    shown_host = f"[{host}]" if ":" in host else host
+    url = f"http://{shown_host}:{port}/"
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(run), "--host", host, "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               text=True, errors="replace")
+    output: collections.deque = collections.deque(maxlen=_LOG_LINES)
+    threading.Thread(target=_drain, args=(process.stdout, output), daemon=True).start()
+    probe = url.replace(f"//{shown_host}:", "//127.0.0.1:") if host in ("0.0.0.0", "") else url
+    deadline = time.monotonic() + timeout
+    while not _answers(probe):
+        if process.poll() is not None or time.monotonic() > deadline:
+            alive = process.poll() is None
+            if alive:
+                process.terminate()
+            process.wait(timeout=10)
+            time.sleep(0.1)  # let the reader thread take the last lines
+            why = f"did not answer within {timeout:.0f} s" if alive else f"exited with status {process.returncode}"
+            tail = "\n  ".join(list(output)[-8:])
+            raise BoxtuneError(f"TensorBoard on {url} {why}:\n  {tail}")
+        time.sleep(0.2)
+    return process, url
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def serve(run: str, *, host: str = "127.0.0.1", port: int = 6006) -> int:
+    """Write the experiment summary, start TensorBoard on ``run``, print its address, block until Ctrl-C."""
+    try:
+        written = write_hparams_experiment(run)
+        if written is None:
+            log.warning("no trial has started yet: the HParams dashboard will list hyperparameters after a restart")
+    except ConfigError as err:  # a plain `boxtune train` folder: scalars and images still work
+        log.warning("%s; serving without an HParams experiment", err)
+    if not _port_free(host, port):
+        raise BoxtuneError(f"port {port} on {host} is in use (another TensorBoard?); choose one with --port")
+    process, url = start_tensorboard(run, host=host, port=port)
+    print(f"TensorBoard for {run} at {url} (Ctrl-C to stop)", flush=True)
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    return 0
