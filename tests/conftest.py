@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 RACCOON = (REPO / ".." / "shared" / "data" / "raccoon").resolve()
 
 # a tiny model configuration every end-to-end test shares: random-init MobileNetV3 at 96 px
-TINY_MODEL = {"architecture": "fasterrcnn_mobilenet_v3_large_320_fpn", "weights": None, "min_size": 96, "max_size": 96}
+TINY_MODEL = {"architecture": "fasterrcnn_mobilenet_v3_large_320_fpn", "weights": None, "min_size": 96, "max_size": 96,
+              "box_batch_size_per_image": 64}
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import sysconfig
-import textwrap
 import warnings
 from pathlib import Path
 
@@ -31,6 +30,23 @@ CLASSES = [{"label": 1, "name": "circle", "dataset_id": 5}, {"label": 2, "name":
 SIZE = 64  # px, min_size = max_size
 
 
+def calibrate_norms(model: nn.Module, generator: torch.Generator) -> None:
+    """Set every normalisation layer's statistics to those of its input on random images, as training would.
+
+    A randomly initialised detector's features shrink to ~1e-9 through unit-variance statistics,
+    and every box then gets the same score.
+    """
+    def measure(layer, inputs):
+        layer.running_mean.copy_(inputs[0].mean((0, 2, 3)))
+        layer.running_var.copy_(inputs[0].var((0, 2, 3)))
+
+    hooks = [m.register_forward_pre_hook(measure) for m in model.modules() if isinstance(m, nn.BatchNorm2d | FrozenBatchNorm2d)]
+    with torch.no_grad():
+        model.eval().backbone(torch.randn(4, 3, SIZE, SIZE, generator=generator))
+    for hook in hooks:
+        hook.remove()
+
+
 def trained_state(*, weights: str | None, freeze_depth: int, epoch: int = 3, ap: float = 0.42) -> tuple[nn.Module, TrialState]:
     """A model built as a trial builds it, with moved BatchNorm statistics, in a hand-made TrialState."""
     cfg = TrialConfig.model_validate({
@@ -40,14 +56,11 @@ def trained_state(*, weights: str | None, freeze_depth: int, epoch: int = 3, ap:
     torch.manual_seed(0)
     model = build_model(cfg.model, [c["name"] for c in CLASSES])
     apply_freeze(model, architecture=ARCH, depth=freeze_depth)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # what training does to the statistics
+    calibrate_norms(model, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.normal_(0.0, 0.3)  # spread the scores
         for name, buf in model.named_buffers():
-            if name.endswith("running_var"):
-                buf.copy_(torch.rand(buf.shape, generator=g) + 0.5)
-            elif name.endswith("running_mean"):
-                buf.copy_(torch.randn(buf.shape, generator=g) * 0.1)
-            elif name.endswith("num_batches_tracked"):
+            if name.endswith("num_batches_tracked"):
                 buf.fill_(7)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3)
@@ -68,15 +81,28 @@ def coco_weights(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", params=["scratch", "pretrained"])
-def trained(request, coco_weights, tmp_path_factory):
-    """(in-process model, checkpoint dir, export path) for a scratch and a pretrained+frozen trial."""
-    weights, depth = (None, 0) if request.param == "scratch" else (str(coco_weights), 3)
+def _trained(kind: str, weights: str | None, depth: int, root: Path):
     model, state = trained_state(weights=weights, freeze_depth=depth)
-    root = tmp_path_factory.mktemp(request.param)
     save_checkpoint(root / "ckpt", state)
     out = export_checkpoint(root / "ckpt", root / "best.pt", trial_id="abc_00001", sweep="/runs/s")
-    return request.param, model, root / "ckpt", out
+    return kind, model, root / "ckpt", out
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    """(kind, in-process model, checkpoint dir, .pt export) of a trial trained from random weights."""
+    return _trained("scratch", None, 0, tmp_path_factory.mktemp("scratch"))
+
+
+@pytest.fixture(scope="module")
+def pretrained(coco_weights, tmp_path_factory):
+    """The same for a trial started from (stand-in) COCO weights with 3 stages frozen: FrozenBatchNorm2d."""
+    return _trained("pretrained", str(coco_weights), 3, tmp_path_factory.mktemp("pretrained"))
+
+
+@pytest.fixture(params=["scratch", "pretrained"])
+def trained(request):
+    return request.getfixturevalue(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +113,13 @@ def images() -> list[torch.Tensor]:
 
 def assert_same_detections(got, want, *, exact: bool) -> None:
     assert len(got) == len(want)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert len(w["boxes"]) > 0
         for key in ("boxes", "labels", "scores"):
             if exact or key == "labels":
                 assert torch.equal(g[key], w[key]), key
-            else:  # FrozenBatchNorm2d and BatchNorm2d round differently (~1e-5 px)
-                torch.testing.assert_close(g[key], w[key], atol=1e-4, rtol=1e-4)
+            else:  # FrozenBatchNorm2d and BatchNorm2d round differently; ~50 layers grow it to ~1e-4 relative
+                torch.testing.assert_close(g[key], w[key], atol=1e-2 if key == "boxes" else 1e-4, rtol=1e-3)
 
 
 def test_pt_export_holds_the_documented_fields(trained):
@@ -135,10 +161,9 @@ def _isolated_python(tmp_path: Path) -> Path:
     return env / "bin" / "python"
 
 
-def test_snippet_loads_with_torchvision_alone(trained, images, tmp_path):
-    kind, model, _, out = trained
-    if kind == "scratch":
-        pytest.skip("one isolated interpreter run is enough (pretrained: the harder case)")
+def test_snippet_loads_with_torchvision_alone(pretrained, images, tmp_path):
+    """In a Python that cannot import boxtune; the pretrained trial is the harder case (BatchNorm rebuilt)."""
+    _, model, _, out = pretrained
     work = tmp_path / "outside"
     work.mkdir()
     (work / "best.pt").write_bytes(out.read_bytes())
@@ -188,10 +213,8 @@ def test_foreign_keys_are_refused():
         normalize_state_dict(state, model=nn.BatchNorm2d(4))
 
 
-def test_torchscript_export_matches_eager(trained, images, tmp_path):
-    kind, model, ckpt, _ = trained
-    if kind == "pretrained":
-        pytest.skip("one architecture build is enough")
+def test_torchscript_export_matches_eager(scratch, images, tmp_path):
+    _, model, ckpt, _ = scratch
     out = export_checkpoint(ckpt, tmp_path / "best.ts", fmt="torchscript")
     meta = json.loads(Path(f"{out}.json").read_text())
     assert meta["classes"] == CLASSES and meta["num_classes"] == 4 and "state_dict" not in meta
@@ -199,17 +222,15 @@ def test_torchscript_export_matches_eager(trained, images, tmp_path):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated", category=FutureWarning)
         warnings.filterwarnings("ignore", message="RCNN always returns", category=UserWarning)
-        scripted = torch.jit.load(str(out))
+        scripted = torch.jit.load(str(out))  # needs torchvision imported: its ops (nms) live there
         with torch.inference_mode():
             _, got = scripted(images)
             want = model(images)
     assert_same_detections(got, want, exact=True)
 
 
-def test_onnx_export_matches_torch(trained, images, tmp_path):
-    kind, model, ckpt, _ = trained
-    if kind == "pretrained":
-        pytest.skip("one architecture build is enough")
+def test_onnx_export_matches_torch(scratch, images, tmp_path):
+    _, model, ckpt, _ = scratch
     import onnxruntime
 
     out = export_checkpoint(ckpt, tmp_path / "best.onnx", fmt="onnx")
@@ -223,13 +244,14 @@ def test_onnx_export_matches_torch(trained, images, tmp_path):
         got = {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels), "scores": torch.from_numpy(scores)}
         order_g, order_w = torch.argsort(got["scores"], descending=True), torch.argsort(want["scores"], descending=True)
         assert len(order_g) == len(order_w) > 0
-        torch.testing.assert_close(got["boxes"][order_g], want["boxes"][order_w], atol=1e-3, rtol=0)
-        torch.testing.assert_close(got["scores"][order_g], want["scores"][order_w], atol=1e-4, rtol=0)
+        # ONNX Runtime's kernels sum in another order: float32 noise of ~2e-4 relative after ~50 layers
+        torch.testing.assert_close(got["boxes"][order_g], want["boxes"][order_w], atol=1e-2, rtol=1e-3)  # px
+        torch.testing.assert_close(got["scores"][order_g], want["scores"][order_w], atol=1e-3, rtol=0)
         assert torch.equal(got["labels"][order_g], want["labels"][order_w])
 
 
-def test_onnx_without_the_package_says_what_to_install(trained, tmp_path, monkeypatch):
-    _, _, ckpt, _ = trained
+def test_onnx_without_the_package_says_what_to_install(scratch, tmp_path, monkeypatch):
+    _, _, ckpt, _ = scratch
     monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ImportError
     with pytest.raises(BoxtuneError, match=r"pip install boxtune\[onnx\]"):
         export_checkpoint(ckpt, tmp_path / "best.onnx", fmt="onnx")
@@ -237,8 +259,8 @@ def test_onnx_without_the_package_says_what_to_install(trained, tmp_path, monkey
 
 
 @pytest.mark.parametrize("fmt,match", [("tflite", "expected one of pt, torchscript, onnx"), ("pt", "is a folder")])
-def test_bad_arguments(trained, tmp_path, fmt, match):
-    _, _, ckpt, _ = trained
+def test_bad_arguments(scratch, tmp_path, fmt, match):
+    _, _, ckpt, _ = scratch
     with pytest.raises(BoxtuneError, match=match):
         export_checkpoint(ckpt, tmp_path, fmt=fmt)
 
@@ -286,7 +308,7 @@ def sweep(ray_local, tmp_path_factory):
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 0.5}),
         param_space={"case": tune.grid_search(list(CASES.values()))},
-        tune_config=tune.TuneConfig(max_concurrent_trials=3),
+        tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=True),  # one worker: one torch import
         run_config=tune.RunConfig(name="sweep", storage_path=str(root), verbose=0,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="AP",
                                                                           checkpoint_score_order="max")),

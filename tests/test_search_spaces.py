@@ -73,6 +73,7 @@ def test_default_space_branches(optimizer, schedule, augment_on):
         {
             **_DEFAULT_VALUES,
             "optimizer": optimizer,
+            "lr": 0.01 if optimizer == "sgd" else 0.001,  # inside the optimiser's own range
             "schedule": schedule,
             "jitter_p": p,
             "zoom_out_p": p,
@@ -115,14 +116,16 @@ def test_seed_space_is_two_recipes(optimizer, expected):
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_quick_space(optimizer):
-    trial = FixedTrial({"optimizer": optimizer, "lr": 0.005, "hflip_p": 0.5, "freeze_depth": 4})
+    lr = 0.02 if optimizer == "sgd" else 0.001  # inside each optimiser's own range
+    trial = FixedTrial({"optimizer": optimizer, "lr": lr, "hflip_p": 0.5, "freeze_depth": 2})
     hparams = suggest_hparams(quick, trial)
     assert hparams == {
         "optimizer": optimizer,
-        "lr": 0.005,
+        "lr": lr,
         "hflip_p": 0.5,
-        "freeze_depth": 4,
-        "batch_size": 2,
+        "freeze_depth": 2,
+        "batch_size": 4,
+        "warmup_iters": 20,
     }
     _accepted(hparams)
 
@@ -152,7 +155,11 @@ def test_every_sampled_config_is_accepted(name, max_freeze_depth):
         assert seen["schedule"] == set(_SCHEDULE_KEYS)
         assert seen["freeze_depth"] == set(range(max_freeze_depth + 1))
     if name == "quick":
-        assert seen["freeze_depth"] == {2, max_freeze_depth // 2, max_freeze_depth}
+        assert seen["freeze_depth"] == {0, 1, 2}
+        assert seen["optimizer"] == {"sgd", "adam"}
+        # each optimiser stays inside the range it learns with
+        assert all(0.01 <= h["lr"] <= 0.04 for h in samples if h["optimizer"] == "sgd")
+        assert all(3e-4 <= h["lr"] <= 2e-3 for h in samples if h["optimizer"] == "adam")
 
 
 @pytest.mark.parametrize("epochs", [1, 2, 4])
@@ -344,9 +351,9 @@ def test_resolve_errors_name_the_spec(user_module, spec, message):
 
 
 def test_resolve_builtins_and_mappings():
-    space = resolve_space("quick", max_freeze_depth=3)
+    space = resolve_space("quick", max_freeze_depth=1)
     samples = _sample(space, 40)
-    assert {h["freeze_depth"] for h in samples} == {1, 2, 3}
+    assert {h["freeze_depth"] for h in samples} == {0, 1}  # capped at the architecture's maximum
     mapped = resolve_space({"freeze_depth": {"int": [0, 3]}}, max_freeze_depth=3)
     assert suggest_hparams(mapped, FixedTrial({"freeze_depth": 3})) == {"freeze_depth": 3}
     with pytest.raises(ConfigError, match="above this architecture's maximum 2"):

@@ -104,6 +104,7 @@ def _train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch, devi
     model.train()
     sums = dict.fromkeys(("loss", *LOSS_NAMES), 0.0)
     steps = images = 0
+    lr = optimizer.param_groups[0]["lr"]
     start = time.perf_counter()
     for step, (batch_images, targets) in enumerate(loader):
         batch_images = [img.to(device, non_blocking=True) for img in batch_images]
@@ -120,6 +121,7 @@ def _train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch, devi
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip_norm)
         scaler.step(optimizer)
         scaler.update()
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step used
         scheduler.step()  # per iteration (see trainables.optim)
         sums["loss"] += loss.item()
         for k in LOSS_NAMES:
@@ -130,7 +132,7 @@ def _train_one_epoch(model, loader, optimizer, scheduler, scaler, *, epoch, devi
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     means = {k: v / max(steps, 1) for k, v in sums.items()}
-    return means, images / seconds if seconds > 0 else 0.0, seconds
+    return means, lr, images / seconds if seconds > 0 else 0.0, seconds
 
 
 @torch.inference_mode()
@@ -219,7 +221,7 @@ def run_trial(
         try:
             for epoch in range(start_epoch, tr.epochs):
                 train_loader.generator.manual_seed(tr.seed * 1_000_003 + epoch)
-                losses, images_per_s, train_s = _train_one_epoch(
+                losses, lr, images_per_s, train_s = _train_one_epoch(
                     model, train_loader, optimizer, scheduler, scaler, epoch=epoch + 1, device=device,
                     amp_dtype=amp_dtype, grad_clip_norm=tr.grad_clip_norm,
                 )
@@ -230,7 +232,7 @@ def run_trial(
                 metrics = {
                     "epoch": epoch + 1,
                     **losses,
-                    "lr": optimizer.param_groups[0]["lr"],
+                    "lr": lr,  # used by the epoch's last step
                     "images_per_s": images_per_s,
                     "train_s": train_s,
                     "eval_s": eval_s,

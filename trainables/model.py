@@ -126,7 +126,9 @@ def _source_rows(class_map: Mapping[str, str | None], class_names: Sequence[str]
 def _build_coco_model(model_cfg: ModelConfig) -> nn.Module:
     arch, weights = model_cfg.architecture, model_cfg.weights
     _check_architecture(arch)
-    common = dict(weights_backbone=None, num_classes=COCO_NUM_CLASSES, **model_kwargs(model_cfg))
+    # RoIs sampled per image for the box head's loss: training-only, so not part of model_kwargs
+    common = dict(weights_backbone=None, num_classes=COCO_NUM_CLASSES, **model_kwargs(model_cfg),
+                  box_batch_size_per_image=model_cfg.box_batch_size_per_image)
     if weights is None:
         # no trainable_backbone_layers: without weights torchvision warns that it does nothing
         return get_model(arch, weights=None, **common)

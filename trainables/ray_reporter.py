@@ -7,18 +7,25 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 __all__ = ["RayReporter"]
 
 
 class RayReporter:
-    """Reports with ``ray.tune.report(metrics, checkpoint=...)`` and resumes from ``ray.tune.get_checkpoint()``."""
+    """Reports with ``ray.tune.report(metrics, checkpoint=...)`` and resumes from ``ray.tune.get_checkpoint()``.
 
-    def __init__(self) -> None:
+    ``extra`` is merged into every report (the host's facts, such as the node a trial runs on);
+    the loop's own metrics win on a name clash.
+    """
+
+    def __init__(self, *, extra: Mapping[str, Any] | None = None) -> None:
         from ray import tune
 
         self._tune = tune
+        self._extra = dict(extra or {})
         self._restored: Path | None = None
 
     @property
@@ -34,7 +41,7 @@ class RayReporter:
         return Path(checkpoint.to_directory(str(self._restored)))
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
-        self._tune.report(dict(metrics), checkpoint=self._tune.Checkpoint.from_directory(str(checkpoint_dir)))
+        self._tune.report({**self._extra, **metrics}, checkpoint=self._tune.Checkpoint.from_directory(str(checkpoint_dir)))
         if self._restored is not None:
             shutil.rmtree(self._restored, ignore_errors=True)
             self._restored = None

@@ -27,10 +27,11 @@ buffer and, for ``fasterrcnn_resnet50_fpn``'s COCO weights, eps 0 instead of Bat
 Missing ``num_batches_tracked`` buffers are added as 0, and an eps difference is folded into the
 layer's weight, so the plain build computes what the trained model computed in eval mode.
 
-``torchscript`` saves ``torch.jit.script`` of that model (scripted torchvision detectors return a
-``(losses, detections)`` tuple) and ``onnx`` a graph taking one ``[3, H, W]`` float image in [0, 1]
-and returning ``boxes``, ``labels``, ``scores``; both write the metadata beside the model as
-``<out>.json``. torch 2.15 deprecates TorchScript and the TorchScript-based ONNX exporter with a
+``torchscript`` saves ``torch.jit.script`` of that model: load it with ``import torchvision`` done
+first (its ``nms`` op lives there), and call it as ``losses, detections = model(images)`` (scripted
+torchvision detectors always return both). ``onnx`` saves a graph taking one ``[3, H, W]`` float
+image in [0, 1] and returning ``boxes``, ``labels``, ``scores``. Both write the metadata beside the
+model as ``<out>.json``. torch 2.15 deprecates TorchScript and the TorchScript-based ONNX exporter with a
 warning (silenced here); the ONNX export uses that exporter (``dynamo=False``) because the
 torch.export-based one needs ``onnxscript``.
 """
@@ -41,7 +42,7 @@ import json
 import logging
 import math
 import os
-import tempfile
+import uuid
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -53,6 +54,7 @@ from torch import nn
 
 from trainables.checkpoint import TrialState, load_checkpoint
 from trainables.errors import BoxtuneError
+from trainables.model import build_inference_model
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -88,18 +90,9 @@ def build_export_model(architecture: str, num_classes: int, model_kwargs: Mappin
                        pretrained: bool = False) -> nn.Module:
     """The untrained model an export loads into; ``num_classes`` counts background (K + 1).
 
-    ``pretrained=True`` gives the structure a model built from weights trained with
+    ``pretrained=True`` gives instead the structure of a model trained from weights
     (FrozenBatchNorm2d in the backbone, with torchvision's eps).
     """
-    try:
-        from trainables.model import build_inference_model
-    except ImportError:  # an older trainables without the builder: torchvision's plain build
-        if pretrained:
-            raise
-        import torchvision
-
-        return torchvision.models.get_model(architecture, weights=None, weights_backbone=None,
-                                            num_classes=num_classes, **dict(model_kwargs))
     return build_inference_model(architecture, num_classes - 1, model_kwargs, pretrained=pretrained)
 
 
@@ -126,15 +119,15 @@ def normalize_state_dict(state_dict: Mapping[str, torch.Tensor], *, model: nn.Mo
     for key, value in state_dict.items():
         if key in target:
             out[key] = value.detach().to("cpu").contiguous()
-        elif not key.endswith("." + _BN_COUNTER):
+        elif key.rpartition(".")[2] != _BN_COUNTER:
             unexpected.append(key)
     modules = dict(model.named_modules())
     missing = []
     for key in target:
         if key in out:
             continue
-        layer = key.rpartition(".")[0]
-        if key.endswith("." + _BN_COUNTER) and isinstance(modules.get(layer), nn.BatchNorm2d):
+        layer, _, attr = key.rpartition(".")
+        if attr == _BN_COUNTER and isinstance(modules.get(layer), nn.BatchNorm2d):
             out[key] = torch.tensor(0, dtype=torch.long)
         else:
             missing.append(key)
@@ -144,10 +137,11 @@ def normalize_state_dict(state_dict: Mapping[str, torch.Tensor], *, model: nn.Mo
     model_eps = _norm_eps(model)
     for layer, eps in (trained_eps or {}).items():
         if layer in model_eps and not math.isclose(eps, model_eps[layer], rel_tol=0, abs_tol=1e-12):
-            var = out[f"{layer}.running_var"].double()
+            prefix = f"{layer}." if layer else ""
+            var = out[f"{prefix}running_var"].double()
             scale = torch.sqrt(var + model_eps[layer]) / torch.sqrt(var + eps)
-            weight = out[f"{layer}.weight"]
-            out[f"{layer}.weight"] = (weight.double() * scale).to(weight.dtype)
+            weight = out[f"{prefix}weight"]
+            out[f"{prefix}weight"] = (weight.double() * scale).to(weight.dtype)
     return {key: out[key] for key in target}  # the model's own key order
 
 
@@ -192,17 +186,14 @@ def _payload_and_model(state: TrialState, *, trial_id: str | None, sweep: str | 
     return payload, model.eval()
 
 
-def _atomic_target(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
-
-
 @contextmanager
 def _writing(out: Path) -> Iterator[Path]:
-    """A temporary path beside ``out`` that replaces ``out`` when the block succeeds."""
-    tmp = _atomic_target(out)
+    """A temporary path beside ``out`` that replaces ``out`` when the block succeeds.
+
+    The writer creates the file itself, so it gets the umask's permissions (mkstemp's are 0600).
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         yield tmp
         os.replace(tmp, out)

@@ -124,10 +124,10 @@ def hparam_figure(view, rows: list[dict[str, Any]], name: str) -> Figure:
     """Each finished trial's best AP against its value of ``name``; the best trial is ringed."""
     configs = {t.trial_id: t.config for t in view.trials}
     points = [(configs[r["trial"]][name], float(r["AP"]), r["rank"]) for r in rows
-              if r["best_epoch"] > 0 and name in configs.get(r["trial"], {}) and r["AP"] == r["AP"]]
+              if r["best_epoch"] > 0 and name in configs.get(r["trial"], {}) and not math.isnan(r["AP"])]
     fig = _figure()
     ax = fig.add_subplot()
-    best = min((p for p in points), key=lambda p: p[2], default=None)
+    best = min(points, key=lambda p: p[2], default=None)
     if points and all(_is_number(v) for v, _, _ in points):
         xs = [float(v) for v, _, _ in points]
         ax.scatter(xs, [ap for _, ap, _ in points], s=30, alpha=0.8)
@@ -166,7 +166,7 @@ def importance_figure(importances: dict[str, float]) -> Figure:
     fig = _figure(7.0, max(2.5, 0.4 * len(items) + 1.2))
     ax = fig.add_subplot()
     ax.barh([k for k, _ in items], [v for _, v in items], color="#4363d8")
-    ax.set_xlabel("importance for best AP (share of variance, fANOVA)")
+    ax.set_xlabel("importance for best AP (Optuna's default evaluator, sums to 1)")
     ax.set_title("Hyperparameter importance")
     ax.grid(axis="x", alpha=0.3)
     return fig

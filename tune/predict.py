@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
+import uuid
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -125,7 +125,7 @@ def detections_to_coco(output: dict[str, torch.Tensor], *, image_id: int, file_n
     """One image's detections as COCO results entries (``bbox`` as x, y, w, h in px)."""
     dataset_ids = {int(c["label"]): c["dataset_id"] for c in classes}
     results = []
-    for box, label, score in zip(output["boxes"].tolist(), output["labels"].tolist(), output["scores"].tolist()):
+    for box, label, score in zip(output["boxes"].tolist(), output["labels"].tolist(), output["scores"].tolist(), strict=True):
         if score < score_threshold:
             continue
         x1, y1, x2, y2 = box
@@ -140,7 +140,7 @@ def _draw(image: torch.Tensor, output: dict[str, torch.Tensor], keep: torch.Tens
     if not keep.any():
         return image
     labels = output["labels"][keep].tolist()
-    text = [f"{names.get(lab, lab)} {s:.2f}" for lab, s in zip(labels, output["scores"][keep].tolist())]
+    text = [f"{names.get(lab, lab)} {s:.2f}" for lab, s in zip(labels, output["scores"][keep].tolist(), strict=True)]
     colors = [_PALETTE[(lab - 1) % len(_PALETTE)] for lab in labels]
     width = max(1, round(min(image.shape[1:]) / 200))  # ~0.5% of the shorter side, px
     return draw_bounding_boxes(image, output["boxes"][keep], labels=text, colors=colors, width=width)
@@ -160,7 +160,7 @@ def _draw_targets(images: list[Path], draw: Path) -> list[Path]:
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise BoxtuneError(f"--draw: several input images are called {', '.join(repeated)}; drawn copies would overwrite each other")
-    for source, target in zip(images, targets):
+    for source, target in zip(images, targets, strict=True):
         if target.resolve() == source.resolve():
             raise BoxtuneError(f"--draw {draw}: would overwrite the input image {source}; choose another folder")
     return targets
@@ -168,10 +168,12 @@ def _draw_targets(images: list[Path], draw: Path) -> list[Path]:
 
 def _write_json(results: list[dict[str, Any]], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as sink:
-        json.dump(results, sink)
-    os.replace(tmp, out)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        tmp.write_text(json.dumps(results))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def predict_files(model_path: str | os.PathLike, images: Sequence[str | os.PathLike], *, out: str | os.PathLike,
@@ -207,7 +209,7 @@ def predict_files(model_path: str | os.PathLike, images: Sequence[str | os.PathL
             batch = files[start:start + batch_size]
             decoded = [read_image(p) for p in batch]
             outputs = model([(img.to(target).float() / 255.0) for img in decoded])
-            for offset, (path, image, output) in enumerate(zip(batch, decoded, outputs)):
+            for offset, (path, image, output) in enumerate(zip(batch, decoded, outputs, strict=True)):
                 output = {k: v.cpu() for k, v in output.items()}
                 index = start + offset
                 results += detections_to_coco(output, image_id=index + 1, file_name=str(path),

@@ -27,7 +27,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
-        ray.init(address=address, log_to_driver=True)
+        _join(address)
         where = address
     else:
         # Every port of an embedded Ray then listens on 127.0.0.1: a local sweep exposes nothing.
@@ -38,6 +38,21 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
         yield where
     finally:
         ray.shutdown()
+
+
+def _join(address: str) -> None:
+    """Connect to a running cluster; a refusal (wrong address, no token) is a user error, not a bug."""
+    import ray
+
+    try:
+        ray.init(address=address, log_to_driver=True)
+    except ConnectionError as err:
+        raise ConfigError(
+            f"--address {address}: cannot connect to a Ray cluster there ({err}). Check the address "
+            f"(`ray status` on the head node shows it); a cluster started with `ray start` uses token "
+            f"authentication: set RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token "
+            f"or RAY_AUTH_TOKEN."
+        ) from err
 
 
 def cluster_nodes() -> list[dict[str, float]]:

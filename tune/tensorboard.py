@@ -2,11 +2,14 @@
 
 Every trial writes its own events (``trainables.tensorboard``): scalars, images, and an HParams
 session with its hyperparameters. What the HParams dashboard still needs is the experiment: which
-hyperparameters and metrics make its columns. TensorBoard takes the first run holding an
-experiment summary, so ``write_hparams_experiment`` writes one event file directly in the sweep
-folder (TensorBoard's root run ``.``, listed before every trial folder). That matters because Ray
-Tune's own TensorBoard logger writes a per-trial experiment summary into every finished trial's
-folder, naming only that trial's hyperparameters and Ray's metrics.
+hyperparameters and metrics make its columns. TensorBoard's hparams plugin takes the first run
+holding an experiment summary, and Ray Tune's own TensorBoard logger writes one into every
+finished trial's folder, naming only that trial's hyperparameters and Ray's metrics. So
+``write_hparams_experiment`` writes the sweep's experiment directly in the sweep folder
+(TensorBoard's root run ``.``), and TensorBoard runs with its Python loader
+(``--load_fast=false``), which registers runs in the order it walks the folder: root first. (The
+Rust data server of ``--load_fast`` lists runs in an order that changes from start to start, and
+then often shows one trial's experiment instead.)
 
 The experiment lists every hyperparameter that appears in any trial's config (the union:
 conditional ones too), strings and booleans with their values as discrete domains, and the
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import signal
 import socket
 import subprocess
 import sys
@@ -110,7 +114,7 @@ def write_hparams_experiment(run: str) -> str | None:
     for path in old:
         if path != target:
             storage.fs.delete_file(path)
-    return storage.uri.rsplit("/", 1)[0] + "/" + f"{storage.name}/{local.name}"
+    return f"{storage.uri}/{local.name}"
 
 
 def _drain(stream, lines: collections.deque) -> None:
@@ -139,7 +143,10 @@ def start_tensorboard(run: str, *, host: str = "127.0.0.1", port: int = 6006,
         raise BoxtuneError(f"--port should be in 1..65535, got {port}")
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{port}/"
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(run), "--host", host, "--port", str(port)]
+    # --load_fast=false: the Python loader adds runs in the order it walks the folder, root first, so
+    # the sweep's experiment wins over Ray's per-trial ones; the Rust data server's order varies.
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(run), "--host", host, "--port", str(port),
+               "--load_fast=false"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                text=True, errors="replace")
     output: collections.deque = collections.deque(maxlen=_LOG_LINES)
@@ -162,6 +169,7 @@ def start_tensorboard(run: str, *, host: str = "127.0.0.1", port: int = 6006,
 
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no conflict
         try:
             sock.bind((host, port))
         except OSError:
@@ -169,12 +177,21 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def serve(run: str, *, host: str = "127.0.0.1", port: int = 6006) -> int:
     """Write the experiment summary, start TensorBoard on ``run``, print its address, block until Ctrl-C."""
     try:
-        written = write_hparams_experiment(run)
-        if written is None:
-            log.warning("no trial has started yet: the HParams dashboard will list hyperparameters after a restart")
+        if write_hparams_experiment(run) is None:
+            log.warning("no trial has started yet: restart TensorBoard later to get the HParams columns")
     except ConfigError as err:  # a plain `boxtune train` folder: scalars and images still work
         log.warning("%s; serving without an HParams experiment", err)
     if not _port_free(host, port):
@@ -182,15 +199,11 @@ def serve(run: str, *, host: str = "127.0.0.1", port: int = 6006) -> int:
     process, url = start_tensorboard(run, host=host, port=port)
     print(f"TensorBoard for {run} at {url} (Ctrl-C to stop)", flush=True)
     try:
-        process.wait()
+        status = process.wait()
     except KeyboardInterrupt:
-        pass
+        return 0
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-    return 0
+        _stop(process)
+    if status in (0, -signal.SIGINT, -signal.SIGTERM):  # Ctrl-C in a terminal reaches TensorBoard too
+        return 0
+    raise BoxtuneError(f"TensorBoard stopped (exit status {status})")

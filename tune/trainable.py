@@ -29,4 +29,14 @@ def sweep_trainable(config: dict[str, Any], *, manifest, base: dict[str, Any]) -
         raise TrainingError(f"trial was given {gpus} GPU but torch sees no CUDA device on this node")
     # only the device Ray assigned: CUDA_VISIBLE_DEVICES holds just this trial's GPU, so cuda:0 is it
     resources = TrialResources(cpus=max(1, int(round(base["resources"]["cpu"]))), device="cuda" if gpus > 0 else "cpu")
-    run_trial(merge_trial_config(base, config), manifest=manifest, reporter=RayReporter(), resources=resources)
+    # every epoch's result names the Ray node that ran it: on a cluster, where a trial ran (and where
+    # a retried one continued after losing its node) can be read from the results alone
+    reporter = RayReporter(extra={"node_id": _node_id()})
+    run_trial(merge_trial_config(base, config), manifest=manifest, reporter=reporter, resources=resources)
+
+
+def _node_id() -> str:
+    """The hex id of the Ray node this trial runs on (``ray.nodes()[i]["NodeID"]``)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()

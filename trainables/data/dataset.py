@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from PIL import Image, ImageOps
+from pyarrow import fs as pafs
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
@@ -17,9 +19,28 @@ from trainables.errors import DataError
 __all__ = ["DetectionDataset", "collate_detection", "load_image"]
 
 
+def _open_uri(record: ImageRecord) -> BinaryIO:
+    """The bytes of an image whose path is a URI (s3://, gs://, file://, ...), through pyarrow's filesystems.
+
+    Read whole into memory: images are small, and PIL seeks back and forth while decoding, which
+    costs a round trip per seek on an object store. Credentials come from the node's environment
+    (for S3: AWS_* variables, ~/.aws, or the instance profile).
+    """
+    try:
+        filesystem, path = pafs.FileSystem.from_uri(record.path)
+        with filesystem.open_input_file(path) as src:
+            return io.BytesIO(src.read())
+    except (OSError, ValueError) as exc:  # pyarrow raises FileNotFoundError, OSError or ArrowInvalid
+        raise DataError(f"{record.path}: image id {record.image_id}: cannot read the image: {exc}") from None
+
+
 def load_image(record: ImageRecord) -> tv_tensors.Image:
-    """Decode a record's image as displayed (EXIF orientation applied), RGB, uint8 (3, H, W)."""
-    with Image.open(record.path) as raw:
+    """Decode a record's image as displayed (EXIF orientation applied), RGB, uint8 (3, H, W).
+
+    ``record.path`` is a local path, or a URI (it contains ``://``) read through ``pyarrow.fs``.
+    """
+    source = _open_uri(record) if "://" in record.path else record.path
+    with Image.open(source) as raw:
         image = ImageOps.exif_transpose(raw).convert("RGB")
     if image.size != (record.width, record.height):
         raise DataError(

@@ -1,0 +1,350 @@
+"""Multi-node Ray scenarios on one machine, run as a script inside a private network namespace.
+
+``tests/test_cluster.py`` and ``benchmarks/bench_scaling.py`` start this file through
+``namespace_command`` (``unshare -rn``: a user and network namespace holding only a loopback
+interface, plus a PID namespace where permitted, so nothing the scenario starts can outlive it).
+Every Ray port therefore listens on 127.0.0.1 of a network nobody else can reach, and the nodes
+share the machine's filesystem, which stands in for the shared storage (EFS, a bucket) of a real
+cluster.
+
+    python tests/cluster_scenarios.py SCENARIO WORKDIR
+
+reads ``WORKDIR/sweep.yaml`` (and ``WORKDIR/params.json`` where a scenario takes parameters)
+and writes what it saw to ``WORKDIR/scenario.json``. Scenarios:
+
+``ray_start``   two ``ray start`` nodes (token authentication on, as ``ray start --head`` sets
+                it), the second with its own resources (1 CPU, 1 fake GPU); preflight checks
+                through ``ray_session``; then ``boxtune sweep --address`` as a client process.
+``node_loss``   a ``ray.cluster_utils.Cluster`` of two 1-CPU nodes; the second node is killed
+                (all its processes, no graceful shutdown) once one of its trials has checkpointed,
+                and the sweep has to finish on the first.
+``scaling``     the same sweep on one 1-CPU node, then on two; wall time of each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+__all__ = ["namespace_command", "NamespaceUnavailable", "run_scenario", "SCENARIOS"]
+
+HEAD_PORT = 6379  # free by construction: the namespace has its own loopback
+SECOND_NODE = "second_node"  # custom resource only the second node advertises
+_NODE_WAIT_S = 60
+
+
+class NamespaceUnavailable(RuntimeError):
+    """``unshare -rn`` is not permitted here (user namespaces disabled, or no ``unshare``/``ip``)."""
+
+
+def namespace_command() -> list[str]:
+    """The ``unshare`` prefix for a private network namespace: with a PID namespace where permitted.
+
+    In the PID namespace the scenario is process 1, so every Ray process it started dies with it
+    even if it crashes; ``--kill-child`` ends the scenario when the caller kills ``unshare``.
+    """
+    if shutil.which("unshare") is None:
+        raise NamespaceUnavailable("`unshare` (util-linux) is not installed")
+    if shutil.which("ip") is None:
+        raise NamespaceUnavailable("`ip` (iproute2) is not installed; it brings the namespace's loopback up")
+    tried = []
+    for flags in (["-rnpf", "--mount-proc", "--kill-child"], ["-rn"]):
+        probe = subprocess.run(["unshare", *flags, "true"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            return ["unshare", *flags]
+        tried.append(f"`unshare {' '.join(flags)} true` exited {probe.returncode}: {probe.stderr.strip()}")
+    raise NamespaceUnavailable(
+        "cannot create a private network namespace, so multi-node Ray cannot be confined to loopback: "
+        + "; ".join(tried)
+        + ". Enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, "
+        "or kernel.apparmor_restrict_unprivileged_userns=0)."
+    )
+
+
+def run_scenario(name: str, work: Path, *, timeout_s: float) -> dict[str, Any]:
+    """Run one scenario in a private namespace; return its ``scenario.json``. A failure carries the log."""
+    if name not in SCENARIOS:
+        raise ValueError(f"scenario should be one of {sorted(SCENARIOS)}, got {name!r}")
+    log = work / f"{name}.log"
+    cmd = [*namespace_command(), sys.executable, str(Path(__file__).resolve()), name, str(work)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env["PYTHONUNBUFFERED"] = "1"
+    with log.open("w") as out:
+        try:
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"scenario {name} ran past {timeout_s:.0f} s; log:\n{_tail(log)}") from None
+    if proc.returncode != 0:
+        raise AssertionError(f"scenario {name} exited {proc.returncode}; log:\n{_tail(log)}")
+    return json.loads((work / "scenario.json").read_text())
+
+
+def _tail(path: Path, chars: int = 6000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
+
+
+# --- inside the namespace ---------------------------------------------------------------------
+
+
+def _loopback_up() -> None:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+
+
+def _ray_temp_dir() -> Path:
+    # short on purpose: Ray's Unix socket paths live under it and must stay below 107 bytes
+    root = Path(tempfile.mkdtemp(prefix="bt-ray-", dir="/tmp"))
+    (root / "ray").mkdir()
+    return root
+
+
+def _node_env(temp: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    # multi-node joins refuse this switch; the namespace already confines every port to loopback
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    env.update(RAY_TMPDIR=str(temp), RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
+    return env
+
+
+def _ray_start(args: list[str], temp: Path) -> None:
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    cmd = [ray_cli, "start", "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp / "ray"),
+           "--disable-usage-stats", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=_node_env(temp), timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {out.returncode}:\n{out.stdout[-3000:]}{out.stderr[-3000:]}")
+
+
+def _pids_under(temp: Path) -> list[int]:
+    """Processes whose command line names our private temp dir: the nodes `ray start` left running."""
+    mine = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(temp).encode() in cmdline:
+            mine.append(int(entry.name))
+    return mine
+
+
+def _stop_nodes(temp: Path, *, grace_s: float = 10.0) -> None:
+    """SIGTERM every process of our nodes, then SIGKILL what is left after ``grace_s``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = _pids_under(temp)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _is_zombie(p)]
+            time.sleep(0.2)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
+
+
+def _wait_for_nodes(count: int) -> list[dict[str, Any]]:
+    import ray
+
+    deadline = time.monotonic() + _NODE_WAIT_S
+    while time.monotonic() < deadline:
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        if len(alive) >= count:
+            return alive
+        time.sleep(0.5)
+    raise RuntimeError(f"expected {count} alive Ray nodes within {_NODE_WAIT_S} s, saw {len(alive)}")
+
+
+def _node_summary(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"node_id": n["NodeID"], "resources": dict(n["Resources"]),
+             "head": "node:__internal_head__" in n["Resources"]} for n in nodes]
+
+
+def _sweep_config(work: Path):
+    from tune.config import SweepConfig, load_config
+
+    return load_config(work / "sweep.yaml", SweepConfig)
+
+
+def _params(work: Path) -> dict[str, Any]:
+    path = work / "params.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def scenario_ray_start(work: Path) -> dict[str, Any]:
+    """Two `ray start` nodes; preflight cases against them; `boxtune sweep --address` as a client,
+    once without the cluster's token (refused) and once with it."""
+    temp = _ray_temp_dir()
+    address = f"127.0.0.1:{HEAD_PORT}"
+    # before ray is imported: it reads RAY_AUTH_MODE once, at import
+    os.environ.update(_node_env(temp))
+    os.environ.pop("BOXTUNE_SKIP_PREFLIGHT", None)
+    import ray
+
+    from trainables.errors import ConfigError
+    from tune.ray_session import ray_session, require_resources
+
+    sweep_cmd = [sys.executable, "-m", "tune.cli", "sweep", str(work / "sweep.yaml"), "--address", address]
+    try:
+        _ray_start(["--head", "--port", str(HEAD_PORT), "--num-cpus", "1", "--num-gpus", "0",
+                    "--include-dashboard", "false"], temp)
+        # the second node has its own resources: a fake GPU (no CUDA device behind it) and a marker
+        _ray_start(["--address", address, "--num-cpus", "1", "--num-gpus", "1",
+                    "--resources", json.dumps({SECOND_NODE: 1})], temp)
+        # a client without the token: it retries for a while before giving up, so start it now
+        tokenless = subprocess.Popen([*sweep_cmd, "--name", "refused"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                                     env={**_node_env(temp), "RAY_AUTH_MODE": "disabled"})
+        preflight = []
+        with ray_session(address) as where:
+            nodes = _node_summary(_wait_for_nodes(2))
+            for cpu, gpu in _params(work).get("preflight", []):
+                try:
+                    require_resources(cpu=cpu, gpu=gpu)
+                    preflight.append({"cpu": cpu, "gpu": gpu, "error": None})
+                except ConfigError as err:
+                    preflight.append({"cpu": cpu, "gpu": gpu, "error": str(err)})
+        assert not ray.is_initialized(), "ray_session should disconnect a client it connected"
+        started = time.monotonic()
+        sweep = subprocess.run(sweep_cmd, capture_output=True, text=True, env=_node_env(temp), cwd=REPO, timeout=600)
+        sweep_s = time.monotonic() - started
+        refused_output, _ = tokenless.communicate(timeout=300)
+        return {"address": where, "nodes": nodes, "preflight": preflight, "sweep_rc": sweep.returncode,
+                "sweep_s": sweep_s, "sweep_output": (sweep.stdout + sweep.stderr)[-6000:],
+                "tokenless_rc": tokenless.returncode, "tokenless_output": refused_output[-3000:]}
+    finally:
+        _stop_nodes(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _cluster(temp: Path, *, nodes: int):
+    """A `ray.cluster_utils.Cluster` of ``nodes`` 1-CPU nodes, the second and later marked SECOND_NODE."""
+    from ray.cluster_utils import Cluster
+
+    os.environ.update(RAY_TMPDIR=str(temp), RAY_USAGE_STATS_ENABLED="0")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": str(temp / "ray"),
+                                                            "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=1, resources={SECOND_NODE: 1}) for _ in range(nodes - 1)]
+    cluster.wait_for_nodes()
+    return cluster, workers
+
+
+def _results(run: Path) -> dict[str, list[dict[str, Any]]]:
+    """trial folder -> its result rows so far (result.json is appended one line per report)."""
+    out = {}
+    for path in run.glob("*/result.json"):
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        rows = []
+        for line in lines:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line being written right now
+        out[path.parent.name] = rows
+    return out
+
+
+def _kill_after_checkpoint(cluster, node, run: Path, epochs: int, record: dict[str, Any], done: threading.Event) -> None:
+    """Remove ``node`` (a hard kill of all its processes) once a trial on it has reported an epoch
+    before its last: that trial has a checkpoint in storage and work left to do."""
+    while not done.is_set():
+        for trial, rows in _results(run).items():
+            if rows and rows[-1].get("node_id") == node.node_id and rows[-1].get("epoch", epochs) < epochs:
+                record.update(trial=trial, epoch_at_kill=rows[-1]["epoch"], killed_at=time.time())
+                cluster.remove_node(node, allow_graceful=False)
+                record["removed_at"] = time.time()
+                return
+        time.sleep(0.2)
+
+
+def scenario_node_loss(work: Path) -> dict[str, Any]:
+    """Two 1-CPU nodes; the second is killed mid-trial; the sweep must still account for every trial."""
+    from tune.sweep import run_sweep
+
+    cfg = _sweep_config(work)
+    run = Path(cfg.storage) / cfg.name
+    temp = _ray_temp_dir()
+    cluster, (worker,) = _cluster(temp, nodes=2)
+    kill: dict[str, Any] = {}
+    done = threading.Event()
+    killer = threading.Thread(target=_kill_after_checkpoint, args=(cluster, worker, run, cfg.training.epochs, kill, done),
+                              daemon=True)
+    try:
+        head_id, worker_id = cluster.head_node.node_id, worker.node_id
+        killer.start()
+        started = time.monotonic()
+        rows = run_sweep(cfg, address=cluster.address, echo=lambda *_: None)
+        return {"head_node": head_id, "second_node": worker_id, "kill": kill, "sweep_s": time.monotonic() - started,
+                "ranking": [{k: r[k] for k in ("trial", "status", "epochs", "error")} for r in rows]}
+    finally:
+        done.set()
+        killer.join(timeout=30)
+        cluster.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def scenario_scaling(work: Path) -> dict[str, Any]:
+    """The same sweep on one 1-CPU node, then on two; seconds from submit to ranking for each."""
+    import yaml
+
+    from tune.config import SweepConfig
+    from tune.sweep import run_sweep
+
+    base = yaml.safe_load((work / "sweep.yaml").read_text())
+    out = {}
+    for nodes in (1, 2):
+        cfg = SweepConfig.model_validate({**base, "name": f"{base.get('name', 'scaling')}_{nodes}node"})
+        temp = _ray_temp_dir()
+        cluster, _ = _cluster(temp, nodes=nodes)
+        try:
+            started = time.monotonic()
+            rows = run_sweep(cfg, address=cluster.address, echo=lambda *_: None)
+            seconds = time.monotonic() - started
+        finally:
+            cluster.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
+        out[f"{nodes}"] = {"seconds": seconds, "trials": len(rows),
+                           "finished": sum(r["status"] == "TERMINATED" for r in rows)}
+    return out
+
+
+SCENARIOS = {"ray_start": scenario_ray_start, "node_loss": scenario_node_loss, "scaling": scenario_scaling}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in SCENARIOS:
+        print(f"usage: cluster_scenarios.py {{{','.join(SCENARIOS)}}} WORKDIR", file=sys.stderr)
+        return 2
+    name, work = argv[0], Path(argv[1])
+    _loopback_up()
+    result = SCENARIOS[name](work)
+    (work / "scenario.json").write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

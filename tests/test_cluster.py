@@ -1,0 +1,274 @@
+"""Several Ray nodes: the launcher config, image URIs, and real two-node clusters on one machine.
+
+The ``cluster`` tests start their nodes inside a private network namespace (``unshare -rn``, see
+``cluster_scenarios.py``): every Ray port is on a loopback nobody else shares, and the nodes
+share this machine's filesystem, which stands in for a cluster's shared storage. Where user
+namespaces are not permitted those tests fail with the reason; they do not skip.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+
+from cluster_scenarios import SECOND_NODE, NamespaceUnavailable, run_scenario
+from conftest import REPO, TINY_MODEL
+from trainables.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from trainables.data import DetectionDataset, Manifest, build_manifest, load_image, read_manifest
+from trainables.errors import DataError
+
+CLUSTER_YAML = REPO / "cluster.yaml"
+EPOCHS = 2
+# (cpu, gpu) per trial -> None if the preflight accepts it, else the start of its message.
+# The cluster: a head with 1 CPU and no GPU, a second node with 1 CPU and 1 (fake) GPU.
+PREFLIGHT = {
+    (1, 1): None,
+    (1, 0.5): None,
+    (1, 0): None,
+    (1, 2): "resources.gpu: each trial asks for 2 GPU, but no node of the Ray cluster has that many "
+            "(nodes: 1 CPU/1 GPU, 1 CPU/0 GPU)",
+    (2, 1): "resources.cpu: each trial asks for 2 CPUs and 1 GPU, but no single node has that",
+}
+
+
+# --- cluster.yaml -------------------------------------------------------------------------------
+
+
+def _launcher_config() -> dict:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def _validate(config: dict) -> dict:
+    """Ray's own checks, as `ray up` runs them: the JSON schema, then defaults filled in, then again."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(config)
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    return prepared
+
+
+def test_cluster_yaml_passes_ray_validation():
+    prepared = _validate(_launcher_config())
+    assert prepared["provider"]["type"] == "aws"
+    assert prepared["available_node_types"][prepared["head_node_type"]]["max_workers"] == 0
+
+
+def test_cluster_yaml_head_runs_no_trials_and_gpu_workers_scale():
+    cfg = _launcher_config()
+    types = cfg["available_node_types"]
+    assert types[cfg["head_node_type"]]["resources"] == {"CPU": 0}
+    (worker,) = [t for name, t in types.items() if name != cfg["head_node_type"]]
+    assert worker["node_config"]["InstanceType"].split(".")[0] in ("g5", "g6")
+    assert worker["resources"]["GPU"] >= 1
+    assert 0 <= worker["min_workers"] < worker["max_workers"] <= cfg["max_workers"]
+
+
+def test_cluster_yaml_installs_boxtune_and_exposes_only_ssh():
+    cfg = _launcher_config()
+    assert cfg["file_mounts"]["/home/ubuntu/boxtune"] == "."
+    assert any("~/boxtune" in cmd and cmd.startswith("pip install") for cmd in cfg["setup_commands"])
+    assert any("mount" in cmd and "/mnt/efs" in cmd for cmd in cfg["setup_commands"])
+    # Ray adds only the node-to-node and SSH rules to its group; no extra ingress here
+    assert cfg["provider"]["security_group"]["IpPermissions"] == []
+    head_start = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start and "RAY_AUTH_MODE=token ray start --head" in head_start
+    assert "RAY_AUTH_MODE=token ray start --address" in " ".join(cfg["worker_start_ray_commands"])
+    assert cfg["file_mounts"]["/home/ubuntu/.ray/auth_token"] == "~/.ray/auth_token"
+
+
+@pytest.mark.parametrize(
+    "path, misspelled",
+    [
+        (("setup_commands",), "setup_comands"),
+        (("available_node_types", "gpu_worker", "min_workers"), "min_worker"),
+        (("available_node_types", "head", "resources"), "resource"),
+        (("provider", "security_group", "IpPermissions"), "IpPermission"),
+        (("head_start_ray_commands",), "head_start_commands"),
+    ],
+)
+def test_misspelled_key_fails_ray_validation(path, misspelled):
+    import jsonschema
+
+    cfg = _launcher_config()
+    node = cfg
+    for key in path[:-1]:
+        node = node[key]
+    node[misspelled] = node.pop(path[-1])
+    with pytest.raises(jsonschema.ValidationError) as err:
+        _validate(cfg)
+    assert repr(misspelled) in err.value.message or "'resources' is a required property" in err.value.message
+
+
+# --- images behind a URI ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def uri_manifest(tiny_demo, tmp_path_factory) -> Path:
+    """The tiny demo's manifest with every image path rewritten as a file:// URI (as s3:// would be)."""
+    manifest = build_manifest(tiny_demo, val_fraction=0.25, seed=0)
+    table = manifest.table
+    uris = pa.array([Path(p).as_uri() for p in table.column("path").to_pylist()], pa.string())
+    table = table.set_column(table.schema.get_field_index("path"), table.schema.field("path"), uris)
+    return Manifest(table).write(tmp_path_factory.mktemp("uri_manifest") / "manifest.parquet")
+
+
+def test_dataset_reads_images_through_file_uri(uri_manifest, tiny_manifest):
+    by_uri, local = read_manifest(uri_manifest).records("train"), read_manifest(tiny_manifest).records("train")
+    assert by_uri[0].path.startswith("file:///") and by_uri[0].path == Path(local[0].path).as_uri()
+    for index in (0, len(local) - 1):
+        image, target = DetectionDataset(by_uri)[index]
+        expected_image, expected_target = DetectionDataset(local)[index]
+        assert image.shape == (3, 96, 96) and torch.equal(image, expected_image)
+        assert torch.equal(target["boxes"], expected_target["boxes"]) and target["image_id"] == expected_target["image_id"]
+
+
+@pytest.mark.parametrize("uri", ["file:///nonexistent/boxtune/img_0001.jpg", "nosuchscheme://bucket/img_0001.jpg"])
+def test_unreadable_image_uri_names_file_and_record(uri_manifest, uri):
+    record = read_manifest(uri_manifest).records("val")[0]
+    moved = type(record)(**{**record.__dict__, "path": uri})
+    with pytest.raises(DataError, match=rf"^{uri}: image id {record.image_id}: cannot read the image"):
+        load_image(moved)
+
+
+# --- real clusters ------------------------------------------------------------------------------
+
+
+def _write_sweep(work: Path, **cfg) -> None:
+    base = {
+        "model": TINY_MODEL,
+        "training": {"epochs": EPOCHS, "seed": 0},
+        "search": {"space": "quick", "num_trials": 2, "sampler": "random", "seed": 1},
+        "scheduler": {"name": "fifo"},
+        "resources": {"cpu": 1},
+        "max_concurrent": 2,
+        "storage": str(work / "runs"),
+    }
+    (work / "sweep.yaml").write_text(yaml.safe_dump({**base, **cfg}))
+
+
+def _scenario(name: str, work: Path) -> dict:
+    try:
+        return run_scenario(name, work, timeout_s=420)
+    except NamespaceUnavailable as err:
+        pytest.fail(f"multi-node tests need a private network namespace: {err}", pytrace=False)
+
+
+def _trial_results(run: Path) -> dict[str, list[dict]]:
+    """trial id -> its result rows, read from the sweep's storage."""
+    out = {}
+    for path in sorted(run.glob("*/result.json")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        out[rows[0]["trial_id"]] = rows
+    return out
+
+
+def _trial_dir(run: Path, trial_id: str) -> Path:
+    (folder,) = [p.parent for p in run.glob(f"*_{trial_id}_*/result.json")]
+    return folder
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory, uri_manifest):
+    """`boxtune sweep --address` against two `ray start` nodes. The manifest holds only file:// URIs,
+    so a trial that finishes has read its images through pyarrow's filesystems."""
+    work = tmp_path_factory.mktemp("two_nodes")
+    _write_sweep(work, name="two", data={"path": str(uri_manifest)}, retries=0)
+    (work / "params.json").write_text(json.dumps({"preflight": [list(case) for case in PREFLIGHT]}))
+    return _scenario("ray_start", work), work / "runs" / "two"
+
+
+@pytest.mark.cluster
+def test_sweep_through_address_runs_trials_on_both_nodes(two_nodes):
+    seen, run = two_nodes
+    assert seen["sweep_rc"] == 0, seen["sweep_output"]
+    nodes = {n["node_id"]: n for n in seen["nodes"]}
+    assert len(nodes) == 2 and sum(n["head"] for n in nodes.values()) == 1
+    (second,) = [i for i, n in nodes.items() if n["resources"].get(SECOND_NODE) == 1]
+    assert nodes[second]["resources"]["GPU"] == 1 and nodes[second]["resources"]["CPU"] == 1
+    results = _trial_results(run)
+    assert len(results) == 2
+    ran_on = {row["node_id"] for rows in results.values() for row in rows}
+    assert ran_on == set(nodes)  # two concurrent 1-CPU trials, one 1-CPU node each
+    # a trial stays on its node when nothing fails
+    assert all(len({row["node_id"] for row in rows}) == 1 for rows in results.values())
+    assert json.loads((run / "boxtune.json").read_text())["ray_address"] == "127.0.0.1:6379"
+
+
+@pytest.mark.cluster
+def test_every_trial_result_and_checkpoint_is_in_sweep_storage(two_nodes):
+    _, run = two_nodes
+    ranking = pq.read_table(run / "ranking.parquet").to_pylist()
+    assert [r["status"] for r in ranking] == ["TERMINATED", "TERMINATED"]
+    results = _trial_results(run)
+    assert set(results) == {r["trial"] for r in ranking}
+    for trial_id, rows in results.items():
+        assert [row["epoch"] for row in rows] == list(range(1, EPOCHS + 1))
+        checkpoints = sorted(_trial_dir(run, trial_id).glob(f"checkpoint_*/{CHECKPOINT_FILE}"))
+        assert checkpoints, f"trial {trial_id} has no checkpoint in {run}"
+        for path in checkpoints:
+            state = load_checkpoint(path.parent)
+            epoch = int(path.parent.name.removeprefix("checkpoint_")) + 1  # Tune counts reports from 0
+            assert state.epoch == epoch and state.metrics["AP"] == pytest.approx(rows[epoch - 1]["AP"], nan_ok=True)
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("cpu, gpu", list(PREFLIGHT), ids=[f"cpu{c}-gpu{g}" for c, g in PREFLIGHT])
+def test_preflight_against_real_nodes(two_nodes, cpu, gpu):
+    seen, _ = two_nodes
+    (case,) = [c for c in seen["preflight"] if (c["cpu"], c["gpu"]) == (cpu, gpu)]
+    expected = PREFLIGHT[(cpu, gpu)]
+    if expected is None:
+        assert case["error"] is None
+    else:
+        assert case["error"] is not None and case["error"].startswith(expected), case["error"]
+
+
+@pytest.mark.cluster
+def test_client_without_token_is_refused_with_a_hint(two_nodes):
+    seen, run = two_nodes
+    assert seen["tokenless_rc"] == 2, seen["tokenless_output"]
+    last = seen["tokenless_output"].strip().splitlines()[-1]
+    assert last.startswith("boxtune: error: --address 127.0.0.1:6379: cannot connect") and "RAY_AUTH_MODE=token" in last
+    assert not (run.parent / "refused").exists()
+
+
+@pytest.fixture(scope="module")
+def node_loss(tmp_path_factory, tiny_demo):
+    """Two 1-CPU nodes; the second is killed once one of its trials has checkpointed epoch 1."""
+    work = tmp_path_factory.mktemp("node_loss")
+    _write_sweep(work, name="loss", data={"path": str(tiny_demo), "val_fraction": 0.25}, retries=2)
+    return _scenario("node_loss", work), work / "runs" / "loss"
+
+
+@pytest.mark.cluster
+def test_node_loss_loses_no_trial(node_loss):
+    seen, run = node_loss
+    assert seen["kill"].get("removed_at"), "the second node was never killed: no trial of it checkpointed"
+    assert [(r["status"], r["epochs"], r["error"]) for r in seen["ranking"]] == [("TERMINATED", EPOCHS, None)] * 2
+    results = _trial_results(run)
+    assert set(results) == {r["trial"] for r in seen["ranking"]}
+    for rows in results.values():  # each epoch once: nothing restarted from scratch, nothing skipped
+        assert [row["epoch"] for row in rows] == list(range(1, EPOCHS + 1))
+        assert rows[-1]["node_id"] == seen["head_node"]  # the second node is gone; every trial ends on the head
+
+
+@pytest.mark.cluster
+def test_lost_trial_continues_from_its_checkpoint_on_the_other_node(node_loss):
+    seen, run = node_loss
+    killed = seen["kill"]["trial"]
+    (trial_id,) = [t for t in _trial_results(run) if f"_{t}_" in killed]
+    rows = _trial_results(run)[trial_id]
+    first, second = rows
+    assert (first["epoch"], first["node_id"], first["iterations_since_restore"]) == (1, seen["second_node"], 1)
+    # restored: epoch 2 is the first iteration since the restore, not epoch 1 again
+    assert (second["epoch"], second["node_id"], second["iterations_since_restore"]) == (2, seen["head_node"], 1)
+    assert second["training_iteration"] == 2
+    assert (_trial_dir(run, trial_id) / "error.txt").is_file()  # Tune recorded the failure it retried
