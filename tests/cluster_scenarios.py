@@ -33,7 +33,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tune.config import SweepConfig
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -181,7 +184,7 @@ def _node_summary(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "head": "node:__internal_head__" in n["Resources"]} for n in nodes]
 
 
-def _sweep_config(work: Path):
+def _sweep_config(work: Path) -> SweepConfig:
     from tune.config import SweepConfig, load_config
 
     return load_config(work / "sweep.yaml", SweepConfig)

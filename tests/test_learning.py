@@ -1,4 +1,4 @@
-"""The trainable learns: a few CPU minutes on the demo data lift AP well above the untrained model's."""
+"""The trainable learns: about three CPU minutes on the demo data lift AP far above the untrained model's."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from trainables.model import build_model
 from trainables.reporting import LocalReporter
 
 CONFIG = {
-    "model": {"architecture": "fasterrcnn_mobilenet_v3_large_320_fpn", "weights": None, "min_size": 128,
-              "max_size": 128, "box_batch_size_per_image": 128},
+    "model": {"architecture": "fasterrcnn_mobilenet_v3_large_320_fpn", "weights": None, "min_size": 160,
+              "max_size": 160, "box_batch_size_per_image": 128},
     "training": {"epochs": 3, "seed": 0},
     "hparams": {"optimizer": "sgd", "lr": 0.02, "momentum": 0.9, "warmup_iters": 20, "batch_size": 4, "hflip_p": 0.5},
 }
@@ -24,7 +24,7 @@ CONFIG = {
 
 @pytest.mark.slow
 def test_training_lifts_ap_clearly(tmp_path):
-    data = make_demo_dataset(tmp_path / "demo", num_images=200, image_size=128, seed=0)
+    data = make_demo_dataset(tmp_path / "demo", num_images=240, image_size=160, seed=0)
     manifest = build_manifest(data, val_fraction=0.2, seed=0)
     val = manifest.records("val")
 
@@ -42,6 +42,7 @@ def test_training_lifts_ap_clearly(tmp_path):
     history = reporter.history()
     after = history[-1]
     assert before["AP"] < 0.01 and before["AP50"] < 0.03
-    assert after["AP50"] > 0.15, history
-    assert after["AP"] > 0.04 and after["AP"] > 5 * before["AP"], history
+    # measured on this configuration: AP 0.171, AP50 0.427 after epoch 3 (from ~0.000 untrained)
+    assert after["AP50"] > 0.25, history
+    assert after["AP"] > 0.08 and after["AP"] > 10 * before["AP"], history
     assert history[-1]["loss"] < history[0]["loss"]

@@ -151,7 +151,9 @@ def _distribution(values: list[Any]):
 def param_importances(view: SweepView) -> dict[str, float]:
     """Optuna's importances of the varying hyperparameters that every finished trial has, for best AP."""
     done = [t for t in view.trials if t.best() is not None]
-    varying = [k for k in _varying(done) if all(k in t.config for t in done)]
+    # scalar hyperparameters every finished trial has (a list such as milestones is not one)
+    varying = [k for k in _varying(done)
+               if all(k in t.config and isinstance(t.config[k], bool | int | float | str) for t in done)]
     if len(done) < 3 or not varying:
         return {}
     dists = {k: _distribution([t.config[k] for t in done]) for k in varying}

@@ -32,6 +32,7 @@ from trainables.freeze import max_freeze_depth, validate_freeze_depth
 from tune.config import SweepConfig
 from tune.ray_session import ray_session, require_resources
 from tune.storage import RunStorage
+from tune.tensorboard import write_hparams_experiment
 from tune.trainable import merge_trial_config, sweep_trainable
 
 __all__ = ["run_sweep", "resume_sweep", "prepare_manifest", "check_space", "make_sampler", "SWEEP_FILE", "MANIFEST_FILE"]
@@ -131,7 +132,12 @@ def _versions() -> dict[str, str]:
 def _tuner(cfg: SweepConfig, storage: RunStorage, manifest: Manifest, *, restore: bool):
     # keeping one best checkpoint per trial makes Tune snapshot its state at every epoch, by design
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Trials write their own TensorBoard events (grouped tags, one HParams session per trial;
+    # see trainables.tensorboard). Ray's TensorBoard logger would add a second, conflicting HParams
+    # session and ray/tune/* scalars to every trial folder, so only its JSON and CSV loggers run.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
@@ -163,6 +169,7 @@ def _tuner(cfg: SweepConfig, storage: RunStorage, manifest: Manifest, *, restore
                                                     checkpoint_score_order="max"),
             failure_config=tune.FailureConfig(max_failures=cfg.retries),
             verbose=1,  # a status table now and then, not every result
+            callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
             # trial TensorBoard events are written in the trial's working dir; copy them on every checkpoint
             sync_config=tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True, sync_period=10),
         ),
@@ -193,6 +200,7 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) -> li
         echo(f"sweep {cfg.name}: {cfg.search.num_trials} trials, {cfg.search.sampler} sampler, "
              f"{cfg.scheduler.name} scheduler, results in {storage.uri}")
         _tuner(cfg, storage, manifest, restore=False).fit()
+    write_hparams_experiment(storage.uri)
     return write_ranking(storage.uri)
 
 
@@ -209,4 +217,5 @@ def resume_sweep(run: str, *, address: str | None = None, echo=print) -> list[di
         require_resources(cpu=cfg.resources.cpu, gpu=cfg.resources.gpu)
         echo(f"resuming sweep {cfg.name} in {storage.uri}")
         _tuner(cfg, storage, manifest, restore=True).fit()
+    write_hparams_experiment(storage.uri)
     return write_ranking(storage.uri)
