@@ -89,7 +89,7 @@ def run_minimal(args) -> dict:
                                          box_batch_size_per_image=args.rois).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     loader = DataLoader(Minimal(), batch_size=args.batch, shuffle=True, num_workers=args.workers,
-                        collate_fn=lambda b: tuple(zip(*b)))
+                        collate_fn=lambda b: tuple(zip(*b, strict=True)))
     use_amp = device.type == "cuda"
     dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     rates = []

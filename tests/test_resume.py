@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from conftest import TINY_MODEL
 
 BOXTUNE = [sys.executable, "-m", "tune.cli"]

@@ -8,8 +8,8 @@ import textwrap
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import TINY_MODEL
+
 from trainables.errors import ConfigError
 from tune.config import SweepConfig
 from tune.report import format_ranking, load_sweep, rank_trials

@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 import yaml
-
 from conftest import TINY_MODEL
+
 from trainables.checkpoint import load_checkpoint
 from trainables.config import parse_trial_config
 from trainables.errors import NonFiniteLossError, TrainingError

@@ -220,4 +220,4 @@ def parse_trial_config(data: dict[str, Any] | TrialConfig) -> TrialConfig:
     try:
         return TrialConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError("invalid trial config:\n  " + "\n  ".join(format_validation_error(err, TrialConfig)))
+        raise ConfigError("invalid trial config:\n  " + "\n  ".join(format_validation_error(err, TrialConfig))) from None

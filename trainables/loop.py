@@ -144,7 +144,7 @@ def predict(model, loader, *, device, amp_dtype=None) -> dict[int, dict[str, tor
         batch_images = [img.to(device, non_blocking=True) for img in batch_images]
         with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             outputs = model(batch_images)
-        for target, output in zip(targets, outputs):
+        for target, output in zip(targets, outputs, strict=True):
             out[int(target["image_id"])] = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
                                             for k, v in output.items()}
     return out

@@ -87,7 +87,7 @@ class TrialWriter:
                 labels = det["labels"][keep].tolist()
                 names = [
                     f"{self._class_names[lab - 1] if 0 < lab <= len(self._class_names) else lab} {s:.2f}"
-                    for lab, s in zip(labels, det["scores"][keep].tolist())
+                    for lab, s in zip(labels, det["scores"][keep].tolist(), strict=True)
                 ]
                 colors = [_PALETTE[(lab - 1) % len(_PALETTE)] for lab in labels]
                 image = draw_bounding_boxes(image, det["boxes"][keep], labels=names, colors=colors, width=2)

@@ -225,8 +225,8 @@ def format_ranking(rows: list[dict[str, Any]], *, fmt: str = "table", top: int |
     cells = [[_cell(r.get(k)) for k in shown if k != "error"] for r in rows]
     header = [k for k in shown if k != "error"]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)) for cell in cells]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)) for cell in cells]
     errors = [f"  {r['trial']}: {r['error']}" for r in rows if r.get("error")]
     if errors:
         lines += ["", "errored trials:", *errors]

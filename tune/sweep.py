@@ -116,10 +116,11 @@ def _base(cfg: SweepConfig) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
     import ray
     import torch
     import torchvision
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         boxtune = version("boxtune")
