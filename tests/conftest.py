@@ -44,3 +44,24 @@ def ray_local():
         yield ray
     finally:
         ray.shutdown()
+
+
+def calibrate_norms(model, generator, *, size: int = 64) -> None:
+    """Set every normalisation layer's statistics to those of its input on random images, as training would.
+
+    A randomly initialised detector's features shrink to ~1e-9 through unit-variance statistics,
+    and every box then gets the same score.
+    """
+    import torch
+    from torch import nn
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    def measure(layer, inputs):
+        layer.running_mean.copy_(inputs[0].mean((0, 2, 3)))
+        layer.running_var.copy_(inputs[0].var((0, 2, 3)))
+
+    hooks = [m.register_forward_pre_hook(measure) for m in model.modules() if isinstance(m, nn.BatchNorm2d | FrozenBatchNorm2d)]
+    with torch.no_grad():
+        model.eval().backbone(torch.randn(4, 3, size, size, generator=generator))
+    for hook in hooks:
+        hook.remove()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import calibrate_norms
 from torch import nn
 from torchvision.models import get_model
 from torchvision.ops.misc import FrozenBatchNorm2d
@@ -28,23 +29,6 @@ ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
 CLASSES = [{"label": 1, "name": "circle", "dataset_id": 5}, {"label": 2, "name": "square", "dataset_id": 17},
            {"label": 3, "name": "triangle", "dataset_id": 42}]
 SIZE = 64  # px, min_size = max_size
-
-
-def calibrate_norms(model: nn.Module, generator: torch.Generator) -> None:
-    """Set every normalisation layer's statistics to those of its input on random images, as training would.
-
-    A randomly initialised detector's features shrink to ~1e-9 through unit-variance statistics,
-    and every box then gets the same score.
-    """
-    def measure(layer, inputs):
-        layer.running_mean.copy_(inputs[0].mean((0, 2, 3)))
-        layer.running_var.copy_(inputs[0].var((0, 2, 3)))
-
-    hooks = [m.register_forward_pre_hook(measure) for m in model.modules() if isinstance(m, nn.BatchNorm2d | FrozenBatchNorm2d)]
-    with torch.no_grad():
-        model.eval().backbone(torch.randn(4, 3, SIZE, SIZE, generator=generator))
-    for hook in hooks:
-        hook.remove()
 
 
 def trained_state(*, weights: str | None, freeze_depth: int, epoch: int = 3, ap: float = 0.42) -> tuple[nn.Module, TrialState]:

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import calibrate_norms
 from PIL import Image
-from torch import nn
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 from trainables.checkpoint import TrialState, save_checkpoint
 from trainables.config import TrialConfig
@@ -23,23 +22,6 @@ from tune.predict import collect_images, load_export, predict_files, read_image
 ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
 CLASSES = [{"label": 1, "name": "cat", "dataset_id": 3}, {"label": 2, "name": "dog", "dataset_id": 18}]
 SIZE = 64  # px
-
-
-def calibrate_norms(model: nn.Module, generator: torch.Generator) -> None:
-    """Set every normalisation layer's statistics to those of its input on random images, as training would.
-
-    A randomly initialised detector's features shrink to ~1e-9 through unit-variance statistics,
-    and every box then gets the same score.
-    """
-    def measure(layer, inputs):
-        layer.running_mean.copy_(inputs[0].mean((0, 2, 3)))
-        layer.running_var.copy_(inputs[0].var((0, 2, 3)))
-
-    hooks = [m.register_forward_pre_hook(measure) for m in model.modules() if isinstance(m, nn.BatchNorm2d | FrozenBatchNorm2d)]
-    with torch.no_grad():
-        model.eval().backbone(torch.randn(4, 3, SIZE, SIZE, generator=generator))
-    for hook in hooks:
-        hook.remove()
 
 
 @pytest.fixture(scope="module")

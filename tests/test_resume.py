@@ -54,6 +54,13 @@ def test_interrupt_then_resume_runs_each_trial_once(tmp_path, tiny_demo):
             time.sleep(0.5)
         before = _finished_trials(run, epochs)
         assert before, "no trial finished within 300 s"
+        # `boxtune status` from another terminal while the sweep runs
+        status = subprocess.run([*BOXTUNE, "status", str(run)], capture_output=True, text=True, env=env,
+                                timeout=120)
+        assert status.returncode == 0, status.stderr
+        assert f"trials: {trials} asked" in status.stdout and "best so far: trial " in status.stdout, status.stdout
+        done = int(status.stdout.split(" asked, ")[1].split(" done")[0])
+        assert done < trials  # Tune's state file may lag the trial that just finished by a snapshot
         proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
         proc.wait(timeout=120)
     finally:

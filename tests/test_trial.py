@@ -18,8 +18,9 @@ from trainables.loop import TrialResources, run_trial
 from trainables.reporting import LocalReporter
 
 # augmentation, warm-up and a step schedule all draw on or carry state that a resume must restore
-HPARAMS = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "schedule": "step", "step_size": 2, "gamma": 0.5,
-           "warmup_iters": 3, "batch_size": 4, "hflip_p": 0.5, "jitter_p": 0.5, "crop_p": 0.3}
+HPARAMS = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "warmup_iters": 3, "batch_size": 4, "hflip_p": 0.5,
+           "jitter_p": 0.5, "crop_p": 0.3}
+STEP = {"schedule": "step", "step_size": 2, "gamma": 0.5}  # halves the rate after epoch 2
 TIMING = ("images_per_s", "train_s", "eval_s")
 
 
@@ -45,15 +46,16 @@ def _strip(metrics):
 
 
 def test_two_plus_two_epochs_equal_four_straight(tmp_path, tiny_manifest):
-    one = tiny = TrialResources(cpus=1, device="cpu")  # same threads both ways
+    one = tiny = TrialResources(cpus=1, device="cpu")  # the same threads both ways
     straight = LocalReporter(tmp_path / "straight")
-    run_trial(_config(4), manifest=tiny_manifest, reporter=straight, resources=one)
+    run_trial(_config(4, **STEP), manifest=tiny_manifest, reporter=straight, resources=one)
 
     with pytest.raises(KeyboardInterrupt):
-        run_trial(_config(4), manifest=tiny_manifest, reporter=_StopAfter(tmp_path / "split", 2), resources=tiny)
+        run_trial(_config(4, **STEP), manifest=tiny_manifest, reporter=_StopAfter(tmp_path / "split", 2),
+                  resources=tiny)
     resumed = LocalReporter(tmp_path / "split")
     assert load_checkpoint(resumed.latest_checkpoint()).epoch == 2
-    run_trial(_config(4), manifest=tiny_manifest, reporter=resumed, resources=tiny)
+    run_trial(_config(4, **STEP), manifest=tiny_manifest, reporter=resumed, resources=tiny)
 
     a = load_checkpoint(straight.latest_checkpoint())
     b = load_checkpoint(resumed.latest_checkpoint())
@@ -79,8 +81,9 @@ def test_checkpoint_is_weights_only_and_complete(tmp_path, tiny_manifest):
     assert set(raw["rng"]) >= {"python", "numpy", "torch"}
     # the recorded config is complete and validates again as it is
     again = parse_trial_config(raw["config"])
-    assert again.hparams.step_size == 2 and again.training.seed == 7
-    assert "beta1" not in raw["config"]["hparams"]  # another branch's key is not recorded
+    assert again.hparams.momentum == 0.9 and again.hparams.warmup_iters == 3 and again.training.seed == 7
+    # keys of branches not chosen are not recorded (adam's beta1, the step schedule's step_size)
+    assert "beta1" not in raw["config"]["hparams"] and "step_size" not in raw["config"]["hparams"]
     assert raw["metrics"]["AP"] == metrics["AP"]
     for key in ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg", "lr",
                 "images_per_s", "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"):

@@ -161,7 +161,10 @@ def _tuner(cfg: SweepConfig, storage: RunStorage, manifest: Manifest, *, restore
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=cfg.search.num_trials,
-                                    max_concurrent_trials=cfg.max_concurrent),
+                                    max_concurrent_trials=cfg.max_concurrent,
+                                    # a trial reuses a finished trial's worker process: no new process,
+                                    # no second import of torch (run_trial seeds and sets threads itself)
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
             name=cfg.name,
             storage_path=storage.parent_uri,
