@@ -86,10 +86,13 @@ def test_bad_sweep_configs(tmp_path, text, message):
 
 
 def test_overrides_and_relative_paths(tmp_path):
-    path = _write(tmp_path, "data: {path: data/ann.json}\nsearch: {num_trials: 2}\n")
+    path = _write(tmp_path, "data: {path: data/ann.json}\nsearch: {num_trials: 2}\nstorage: runs\n")
     cfg = load_config(path, SweepConfig, overrides=["search.num_trials=7", "resources.gpu=0.5", "model.min_size=160"])
     assert cfg.search.num_trials == 7 and cfg.resources.gpu == 0.5 and cfg.model.min_size == 160
     assert cfg.data.path == str((tmp_path / "data" / "ann.json").resolve())
+    assert cfg.storage == str((tmp_path / "runs").resolve())
+    remote = load_config(path, SweepConfig, overrides=["storage=s3://bucket/runs"])
+    assert remote.storage == "s3://bucket/runs"
     with pytest.raises(ConfigError, match="expected key.path=value"):
         apply_overrides({}, ["search.num_trials"])
 

@@ -132,7 +132,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
-    """Relative data and weights paths are relative to the config file's folder."""
+    """Relative data, weights and storage paths are relative to the config file's folder."""
+    storage = data.get("storage")
+    if isinstance(storage, str) and "://" not in storage and not Path(storage).is_absolute():
+        data["storage"] = str((base / storage).resolve())
     section = data.get("data")
     if isinstance(section, dict):
         for key in ("path", "images_dir", "val_path"):
