@@ -61,6 +61,8 @@ def test_interrupt_then_resume_runs_each_trial_once(tmp_path, tiny_demo):
         assert f"trials: {trials} asked" in status.stdout and "best so far: trial " in status.stdout, status.stdout
         done = int(status.stdout.split(" asked, ")[1].split(" done")[0])
         assert done < trials  # Tune's state file may lag the trial that just finished by a snapshot
+        running = int(status.stdout.split(" done, ")[1].split(" running")[0])
+        assert done + running >= 1  # a trial that has reported is counted as started, not pending
         proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
         proc.wait(timeout=120)
     finally:

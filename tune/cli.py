@@ -113,7 +113,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
     view = load_sweep(args.run)
     counts: dict[str, int] = {}
     for t in view.trials:
-        counts[t.status] = counts.get(t.status, 0) + 1
+        # Tune's state snapshot records running trials as PENDING (so a restore restarts them);
+        # a trial that has reported epochs has started
+        status = "RUNNING" if t.status == "PENDING" and t.history else t.status
+        counts[status] = counts.get(status, 0) + 1
     not_started = max(0, view.num_trials - len(view.trials))
     print(f"sweep {view.uri}")
     print(f"  trials: {view.num_trials} asked, {counts.get('TERMINATED', 0)} done, {counts.get('RUNNING', 0)} running, "
@@ -121,7 +124,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     rows = [r for r in rank_trials(view) if r["best_epoch"]]
     if rows:
         b = rows[0]
-        print(f"  best so far: trial {b['trial']} AP {b['AP']:.4f} AR100 {b['AR100']:.4f} at epoch {b['best_epoch']} ({b['status']})")
+        state = "RUNNING" if b["status"] == "PENDING" else b["status"]
+        print(f"  best so far: trial {b['trial']} AP {b['AP']:.4f} AR100 {b['AR100']:.4f} at epoch {b['best_epoch']} ({state})")
     else:
         print("  best so far: no epoch finished yet")
     return 0
