@@ -4,38 +4,46 @@ Nothing here imports ``tune`` or ``search_spaces``; the only module that talks t
 ``trainables.ray_reporter``, imported by ``tune`` alone.
 """
 
-from trainables.checkpoint import TrialState, load_checkpoint, save_checkpoint
-from trainables.coco_eval import COCO_STAT_NAMES, build_coco_gt, evaluate_detections
-from trainables.config import HParams, ModelConfig, TrainingConfig, TrialConfig, parse_trial_config
-from trainables.errors import BoxtuneError, ConfigError, DataError, NonFiniteLossError, TrainingError
-from trainables.freeze import apply_freeze, max_freeze_depth
-from trainables.loop import TrialResources, run_trial
-from trainables.model import build_inference_model, build_model
-from trainables.reporting import LocalReporter, Reporter
+from __future__ import annotations
 
-__all__ = [
-    "COCO_STAT_NAMES",
-    "BoxtuneError",
-    "ConfigError",
-    "DataError",
-    "HParams",
-    "LocalReporter",
-    "ModelConfig",
-    "NonFiniteLossError",
-    "Reporter",
-    "TrainingConfig",
-    "TrainingError",
-    "TrialConfig",
-    "TrialResources",
-    "TrialState",
-    "apply_freeze",
-    "build_coco_gt",
-    "build_inference_model",
-    "build_model",
-    "evaluate_detections",
-    "load_checkpoint",
-    "max_freeze_depth",
-    "parse_trial_config",
-    "run_trial",
-    "save_checkpoint",
-]
+import importlib
+
+# Names load on first use (PEP 562), so importing one submodule (the CLI, the config schema)
+# does not import torch, optuna and Ray for the whole package.
+_EXPORTS = {
+    "TrialState": "trainables.checkpoint",
+    "load_checkpoint": "trainables.checkpoint",
+    "save_checkpoint": "trainables.checkpoint",
+    "COCO_STAT_NAMES": "trainables.coco_eval",
+    "build_coco_gt": "trainables.coco_eval",
+    "evaluate_detections": "trainables.coco_eval",
+    "HParams": "trainables.config",
+    "ModelConfig": "trainables.config",
+    "TrainingConfig": "trainables.config",
+    "TrialConfig": "trainables.config",
+    "parse_trial_config": "trainables.config",
+    "BoxtuneError": "trainables.errors",
+    "ConfigError": "trainables.errors",
+    "DataError": "trainables.errors",
+    "NonFiniteLossError": "trainables.errors",
+    "TrainingError": "trainables.errors",
+    "apply_freeze": "trainables.freeze",
+    "max_freeze_depth": "trainables.freeze",
+    "TrialResources": "trainables.loop",
+    "run_trial": "trainables.loop",
+    "build_inference_model": "trainables.model",
+    "build_model": "trainables.model",
+    "LocalReporter": "trainables.reporting",
+    "Reporter": "trainables.reporting",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import random
 import shutil
@@ -34,7 +33,7 @@ from trainables.errors import DataError, NonFiniteLossError, TrainingError
 from trainables.freeze import apply_freeze
 from trainables.model import build_model, model_kwargs
 from trainables.optim import build_optimizer, build_scheduler
-from trainables.reporting import Reporter
+from trainables.reporting import Reporter, sort_score
 from trainables.tensorboard import TrialWriter
 
 __all__ = ["LOSS_NAMES", "TrialResources", "run_trial", "predict"]
@@ -240,7 +239,7 @@ def run_trial(
                     "trainable_params": freeze.trainable_params,
                 }
                 history.append(metrics)
-                best = max(history, key=lambda m: (_finite(m["AP"]), _finite(m["AR100"])))
+                best = max(history, key=lambda m: (sort_score(m["AP"]), sort_score(m["AR100"])))
                 metrics.update(best_AP=best["AP"], best_AR100=best["AR100"], best_epoch=best["epoch"])
                 writer.epoch(metrics, model=model, val_set=val_set, detections=detections, device=device)
                 state = TrialState(
@@ -258,7 +257,3 @@ def run_trial(
         finally:
             writer.close()
     return metrics
-
-
-def _finite(x: float) -> float:
-    return -1.0 if x is None or math.isnan(x) else x

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Reporter", "LocalReporter", "format_epoch_line"]
+__all__ = ["Reporter", "LocalReporter", "format_epoch_line", "sort_score"]
 
 
 @runtime_checkable
@@ -85,7 +85,7 @@ class LocalReporter:
         tmp = self.out_dir / "metrics.jsonl.tmp"
         tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
         tmp.replace(self.out_dir / "metrics.jsonl")
-        best = max(kept, key=lambda m: (_score(m.get("AP")), _score(m.get("AR100"))))
+        best = max(kept, key=lambda m: (sort_score(m.get("AP")), sort_score(m.get("AR100"))))
         (self.out_dir / "best.json").write_text(json.dumps({"epoch": int(best["epoch"]), "metrics": best}, indent=2))
         keep = {target.name, f"epoch_{int(best['epoch']):04d}"}
         for old in self._ckpt_root.glob("epoch_*"):
@@ -95,5 +95,10 @@ class LocalReporter:
             self._echo(format_epoch_line(metrics))
 
 
-def _score(value: float | None) -> float:
-    return -1.0 if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+def sort_score(value) -> float:
+    """A metric as a sort key: NaN, None and non-numbers sort below every real value (AP is >= 0)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return -1.0
+    return -1.0 if math.isnan(v) else v

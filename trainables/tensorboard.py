@@ -16,7 +16,6 @@ search space sampled, plus constants), so trials can be sorted side by side.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +99,3 @@ class TrialWriter:
     def close(self) -> None:
         self._writer.file_writer.add_summary(self._end)
         self._writer.close()
-
-
-def finite_or_nan(value: float) -> float:
-    return float("nan") if value is None or not math.isfinite(value) else float(value)

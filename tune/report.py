@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trainables.errors import ConfigError
+from trainables.reporting import sort_score
 from tune.storage import RunStorage
 
 __all__ = ["RANKING_FILE", "SweepView", "load_sweep", "rank_trials", "write_ranking", "format_ranking",
@@ -27,7 +28,6 @@ __all__ = ["RANKING_FILE", "SweepView", "load_sweep", "rank_trials", "write_rank
 
 RANKING_FILE = "ranking.parquet"
 METRIC_COLUMNS = ("AP", "AP50", "AP75", "AR1", "AR10", "AR100")
-_IGNORED_CONFIG = frozenset()
 
 
 @dataclass
@@ -43,7 +43,7 @@ class TrialView:
         rows = [r for r in self.history if "AP" in r]
         if not rows:
             return None
-        return max(rows, key=lambda r: (_num(r.get("AP")), _num(r.get("AR100"))))
+        return max(rows, key=lambda r: (sort_score(r.get("AP")), sort_score(r.get("AR100"))))
 
 
 @dataclass
@@ -52,14 +52,6 @@ class SweepView:
     trials: list[TrialView]
     num_trials: int  # asked for in the config
     analysis: Any  # ray.tune.ExperimentAnalysis
-
-
-def _num(value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return -1.0
-    return -1.0 if math.isnan(v) else v
 
 
 def load_sweep(run: str) -> SweepView:
@@ -131,7 +123,7 @@ def rank_trials(view: SweepView) -> list[dict[str, Any]]:
         row["error"] = t.error
         row["path"] = t.path
         rows.append(row)
-    rows.sort(key=lambda r: (r["best_epoch"] == 0, -_num(r["AP"]), -_num(r["AR100"]), r["trial"]))
+    rows.sort(key=lambda r: (r["best_epoch"] == 0, -sort_score(r["AP"]), -sort_score(r["AR100"]), r["trial"]))
     for i, row in enumerate(rows, 1):
         row["rank"] = i
     return rows
@@ -162,7 +154,7 @@ def param_importances(view: SweepView) -> dict[str, float]:
     study = optuna.create_study(direction="maximize")
     for t in done:
         study.add_trial(optuna.trial.create_trial(params={k: t.config[k] for k in dists}, distributions=dists,
-                                                  value=_num(t.best()["AP"])))
+                                                  value=sort_score(t.best()["AP"])))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

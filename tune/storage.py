@@ -41,9 +41,6 @@ class RunStorage:
     def filesystem_for_ray(self):
         return None  # Ray resolves the same URI itself
 
-    def local_path(self) -> Path | None:
-        return None if self.remote else Path(self.path)
-
     def exists(self, rel: str) -> bool:
         return self.fs.get_file_info(f"{self.path}/{rel}").type != pafs.FileType.NotFound
 

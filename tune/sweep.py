@@ -191,9 +191,11 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) -> li
     check_space(cfg)
     echo(f"reading dataset {cfg.data.path}")
     manifest = prepare_manifest(cfg)
-    if not manifest.records("val"):
+    splits = manifest.table.column("split").to_pylist()
+    n_train, n_val = splits.count("train"), splits.count("val")
+    if not n_val:
         raise DataError(f"{cfg.data.path}: the validation split is empty; set data.val_fraction > 0 or data.val_path")
-    echo(f"  {len(manifest.records('train'))} train / {len(manifest.records('val'))} val images, "
+    echo(f"  {n_train} train / {n_val} val images, "
          f"classes: {', '.join(manifest.class_names)}")
     with ray_session(address) as ray_info:
         require_resources(cpu=cfg.resources.cpu, gpu=cfg.resources.gpu)
