@@ -81,7 +81,8 @@ def run_minimal(args) -> dict:
             r = records[i]
             image = to_tensor(Image.open(r.path).convert("RGB"))
             keep = ~r.iscrowd
-            return image, {"boxes": torch.as_tensor(r.boxes[keep]), "labels": torch.as_tensor(r.labels[keep])}
+            boxes = torch.as_tensor(r.boxes[keep], dtype=torch.float32)  # the manifest holds float64
+            return image, {"boxes": boxes, "labels": torch.as_tensor(r.labels[keep])}
 
     device = torch.device(args.device)
     num_classes = int(max(max(r.labels, default=0) for r in records)) + 1

@@ -12,6 +12,7 @@ from search_spaces.builtin import (
     make_space,
     quick,
     seed,
+    to_hparams,
 )
 from search_spaces.declarative import KINDS, DeclarativeSpace, parse_space
 from search_spaces.registry import resolve_space, suggest_hparams
@@ -28,4 +29,5 @@ __all__ = [
     "resolve_space",
     "seed",
     "suggest_hparams",
+    "to_hparams",
 ]

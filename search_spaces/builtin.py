@@ -3,7 +3,8 @@
 A space is an Optuna define-by-run function of ``trial``: it only calls ``trial.suggest_*``
 inside plain ``if`` blocks (a branch's parameters live under its categorical choice, as
 ``trainables.config`` requires), does no computation, and returns the constants of the sampled
-config (or None). Every name is an ``HParams`` field name, and never changes.
+config (or None). Every name is an ``HParams`` field name or one of ``PARAM_ALIASES``, and
+never changes.
 
 Two facts of the sweep bound the ranges, and both are fixed before it starts:
 
@@ -16,6 +17,16 @@ Two facts of the sweep bound the ranges, and both are fixed before it starts:
 :func:`seed` and :func:`quick` are those spaces for ResNet-50 FPN (``max_freeze_depth=8``) and
 the default of ``TrainingConfig.epochs``. ``make_space`` returns ``functools.partial`` objects
 over module-level functions, so spaces pickle (Ray checkpoints its searcher with the space).
+
+Learning rates are searched under one name per optimiser, ``lr_sgd`` (SGD) and ``lr_adam`` (Adam
+and AdamW), and :func:`to_hparams` maps both back to ``HParams.lr`` (``tune.trainable`` applies it
+to every sampled config). Under one shared name, Optuna's TPESampler, which models each parameter
+on its own and builds its density from every trial that has the name, whatever its range, would
+put SGD's rates (1e-3..5e-2) and Adam's (1e-5..3e-3) into one density: good SGD trials would pull
+the Adam rates it proposes to the top of Adam's range, where Adam is least stable.
+``multivariate=True, group=True`` does not separate them: Optuna 5.0 groups the shared name with
+``optimizer`` but keeps one distribution for it (the range of the last branch seen), so the other
+branch's rates fall back to independent sampling; and ``group`` is still experimental there.
 """
 
 from __future__ import annotations
@@ -35,13 +46,34 @@ __all__ = [
     "default",
     "make_space",
     "quick",
+    "PARAM_ALIASES",
     "seed",
+    "to_hparams",
 ]
 
 RESNET50_FPN_MAX_FREEZE_DEPTH = 8
 DEFAULT_EPOCHS: int = TrainingConfig.model_fields["epochs"].default
 
 Space = Callable[[Any], "dict[str, Any] | None"]
+
+# searched name -> HParams field: one learning-rate parameter per optimiser family, so that each
+# has its own density in the sampler
+PARAM_ALIASES: dict[str, str] = {"lr_sgd": "lr", "lr_adam": "lr"}
+
+
+def to_hparams(sampled: dict[str, Any]) -> dict[str, Any]:
+    """A sampled config with the per-optimiser names (``PARAM_ALIASES``) renamed to their ``HParams`` field.
+
+    Raises ConfigError when a config holds two names for one field (``lr_sgd`` and ``lr``).
+    """
+    out = {k: v for k, v in sampled.items() if k not in PARAM_ALIASES}
+    for alias, field in PARAM_ALIASES.items():
+        if alias not in sampled:
+            continue
+        if field in out:
+            raise ConfigError(f"search space: {alias!r} and {field!r} both set {field!r}; search one of them")
+        out[field] = sampled[alias]
+    return out
 
 
 @dataclass(frozen=True)
@@ -72,12 +104,12 @@ def _bounds(*, max_freeze_depth: int, epochs: int) -> _Bounds:
 
 def _default_space(trial: Any, *, bounds: _Bounds) -> dict[str, Any] | None:
     optimizer = trial.suggest_categorical("optimizer", ["sgd", "adam", "adamw"])
-    # each optimiser's own lr range (Adam at SGD's rates diverges); both are float distributions,
-    # which Optuna accepts under one name
+    # each optimiser's own lr range (Adam at SGD's rates diverges), each under its own name so
+    # that the sampler models each on its own (to_hparams makes both HParams.lr)
     if optimizer == "sgd":
-        trial.suggest_float("lr", 1e-3, 5e-2, log=True)
+        trial.suggest_float("lr_sgd", 1e-3, 5e-2, log=True)
     else:
-        trial.suggest_float("lr", 1e-5, 3e-3, log=True)
+        trial.suggest_float("lr_adam", 1e-5, 3e-3, log=True)
     trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)
     trial.suggest_categorical("decay_norm_and_bias", [True, False])
     if optimizer == "sgd":
@@ -155,14 +187,14 @@ def _quick_space(trial: Any, *, bounds: _Bounds) -> dict[str, Any] | None:
     """Small and fast: learns on the demo data in a few CPU epochs, even from random weights.
 
     Each optimiser gets the learning-rate range it learns with (SGD from random init wants
-    ~0.01-0.04, Adam ~1e-3); Optuna accepts the same name under both branches because both are
-    float distributions. Freeze depths stay shallow, since the demo trains from random weights.
+    ~0.01-0.04, Adam ~1e-3), under its own name (``lr_sgd``, ``lr_adam``; see ``to_hparams``).
+    Freeze depths stay shallow, since the demo trains from random weights.
     """
     optimizer = trial.suggest_categorical("optimizer", ["sgd", "adam"])
     if optimizer == "sgd":
-        trial.suggest_float("lr", 1e-2, 4e-2, log=True)
+        trial.suggest_float("lr_sgd", 1e-2, 4e-2, log=True)
     else:
-        trial.suggest_float("lr", 3e-4, 2e-3, log=True)
+        trial.suggest_float("lr_adam", 3e-4, 2e-3, log=True)
     trial.suggest_categorical("hflip_p", [0.0, 0.5])
     trial.suggest_categorical("freeze_depth", list(bounds.quick_freeze_depths))
     return {"batch_size": 4, "warmup_iters": 20}

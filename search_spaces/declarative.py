@@ -10,6 +10,11 @@ Each key is an ``HParams`` field; each value is a constant or a mapping with one
     step_size: {int: [2, 5, 1], when: {schedule: step}}
     milestones: {value: [6, 8], when: {schedule: multistep}}   # a constant under a condition
     batch_size: 2                              # a constant
+    architecture: {choice: [ssdlite320_mobilenet_v3_large, fasterrcnn_mobilenet_v3_large_fpn]}
+
+``architecture`` is the one key that is not an ``HParams`` field: a choice (or constant) of
+``ARCHITECTURES`` that the sweep moves into the trial's model section, with that architecture's
+``model.by_architecture`` settings. It can be a ``when`` parent like any choice.
 
 ``when`` maps earlier ``choice`` keys to a value or a list of values; the key is sampled only when
 every condition holds. Problems are found before any trial runs, all at once, each naming its
@@ -29,7 +34,7 @@ from typing import Annotated, Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from trainables.config import _BRANCH_KEYS, HParams  # the schema the space must produce
+from trainables.config import _BRANCH_KEYS, ARCHITECTURES, HParams  # the schema the space must produce
 from trainables.errors import ConfigError
 
 __all__ = ["KINDS", "DeclarativeSpace", "parse_space"]
@@ -37,6 +42,7 @@ __all__ = ["KINDS", "DeclarativeSpace", "parse_space"]
 KINDS = ("choice", "uniform", "loguniform", "float", "int", "value")
 _OPTIONS = ("when", "log")
 _FLOAT_KINDS = ("uniform", "loguniform", "float")
+_MODEL_KEY = "architecture"  # searchable, though it lives in the model section, not in HParams
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,8 @@ class DeclarativeSpace:
 
 @cache
 def _adapter(key: str) -> TypeAdapter:
+    if key == _MODEL_KEY:
+        return TypeAdapter(typing.Literal[ARCHITECTURES])  # type: ignore[valid-type]
     field = HParams.model_fields[key]
     if not field.metadata:
         return TypeAdapter(field.annotation)
@@ -94,6 +102,8 @@ def _schema_problem(key: str, value: Any) -> str | None:
 
 
 def _field_type(key: str) -> str:
+    if key == _MODEL_KEY:
+        return "categorical"
     ann = HParams.model_fields[key].annotation
     if ann is bool or typing.get_origin(ann) is typing.Literal:
         return "categorical"
@@ -275,9 +285,9 @@ def parse_space(
         raise ConfigError(f"{prefix.rstrip('.')}: a declarative space is a non-empty mapping, got {data!r}")
     problems: list[str] = []
     params: dict[str, _Param] = {}
-    fields = sorted(HParams.model_fields)
+    fields = sorted([*HParams.model_fields, _MODEL_KEY])
     for key, raw in data.items():
-        if key not in HParams.model_fields:
+        if key not in fields:
             match = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.6)
             hint = f" (did you mean {match[0]!r}?)" if match else ""
             problems.append(f"{key}: unknown hyperparameter{hint}; accepted: {', '.join(fields)}")

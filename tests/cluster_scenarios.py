@@ -12,9 +12,11 @@ cluster.
 reads ``WORKDIR/sweep.yaml`` (and ``WORKDIR/params.json`` where a scenario takes parameters)
 and writes what it saw to ``WORKDIR/scenario.json``. Scenarios:
 
-``ray_start``   two ``ray start`` nodes (token authentication on, as ``ray start --head`` sets
-                it), the second with its own resources (1 CPU, 1 fake GPU); preflight checks
-                through ``ray_session``; then ``boxtune sweep --address`` as a client process.
+``ray_start``   three ``ray start`` nodes (token authentication on, with the scenario's own token):
+                a head with ``CPU: 0`` as in ``cluster.yaml``, so every trial runs on a worker, and
+                two 1-CPU workers, one with a fake GPU; preflight checks through ``ray_session``;
+                then ``boxtune sweep --address`` as a client process, and two clients refused (no
+                token, another cluster's token).
 ``node_loss``   a ``ray.cluster_utils.Cluster`` of two 1-CPU nodes; the second node is killed
                 (all its processes, no graceful shutdown) once one of its trials has checkpointed,
                 and the sweep has to finish on the first.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -46,6 +49,7 @@ __all__ = ["namespace_command", "NamespaceUnavailable", "run_scenario", "SCENARI
 
 HEAD_PORT = 6379  # free by construction: the namespace has its own loopback
 SECOND_NODE = "second_node"  # custom resource only the second node advertises
+AUTH_TOKEN_FILE = "auth_token"  # the scenario's own cluster token, in its private temp dir
 _NODE_WAIT_S = 60
 
 
@@ -83,7 +87,10 @@ def run_scenario(name: str, work: Path, *, timeout_s: float) -> dict[str, Any]:
         raise ValueError(f"scenario should be one of {sorted(SCENARIOS)}, got {name!r}")
     log = work / f"{name}.log"
     cmd = [*namespace_command(), sys.executable, str(Path(__file__).resolve()), name, str(work)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    # none of the caller's Ray settings: no address, no token of its own, and not the switch that
+    # confines a local Ray to loopback (`ray start --address` aborts under it)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_ADDRESS", "RAY_AUTH_")) and k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
     env["PYTHONUNBUFFERED"] = "1"
     with log.open("w") as out:
         try:
@@ -107,9 +114,18 @@ def _loopback_up() -> None:
 
 
 def _ray_temp_dir() -> Path:
+    """A private temp dir for the scenario's nodes, holding the cluster's own auth token.
+
+    The token is generated here, as `ray get-auth-token --generate` would, but never written to
+    ``~/.ray``: every node and client gets it through ``RAY_AUTH_TOKEN_PATH`` (see ``_node_env``),
+    so the scenario runs the same on a fresh machine and leaves the user's token alone.
+    """
     # short on purpose: Ray's Unix socket paths live under it and must stay below 107 bytes
     root = Path(tempfile.mkdtemp(prefix="bt-ray-", dir="/tmp"))
     (root / "ray").mkdir()
+    token = root / AUTH_TOKEN_FILE
+    token.touch(mode=0o600)
+    token.write_text(secrets.token_hex(32))  # 256 bits, as Ray generates them
     return root
 
 
@@ -117,13 +133,18 @@ def _node_env(temp: Path) -> dict[str, str]:
     env = dict(os.environ)
     # multi-node joins refuse this switch; the namespace already confines every port to loopback
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
-    env.update(RAY_TMPDIR=str(temp), RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_AUTH_TOKEN", None)  # it would win over the file below
+    env.update(RAY_TMPDIR=str(temp), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(temp / AUTH_TOKEN_FILE),
+               RAY_USAGE_STATS_ENABLED="0")
     return env
 
 
-def _ray_start(args: list[str], temp: Path) -> None:
+def _ray_start(args: list[str], temp: Path, *, node_dir: str = "ray") -> None:
+    """`ray start` with its own temp dir ``temp/node_dir``: as on separate machines, a node's session
+    folder (and what trials stage there) is not the head's, although all share this filesystem."""
     ray_cli = str(Path(sys.executable).parent / "ray")
-    cmd = [ray_cli, "start", "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp / "ray"),
+    (temp / node_dir).mkdir(exist_ok=True)
+    cmd = [ray_cli, "start", "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp / node_dir),
            "--disable-usage-stats", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, env=_node_env(temp), timeout=120)
     if out.returncode != 0:
@@ -196,12 +217,14 @@ def _params(work: Path) -> dict[str, Any]:
 
 
 def scenario_ray_start(work: Path) -> dict[str, Any]:
-    """Two `ray start` nodes; preflight cases against them; `boxtune sweep --address` as a client,
-    once without the cluster's token (refused) and once with it."""
+    """A CPU-less head and two workers from `ray start`; preflight cases against them; `boxtune sweep
+    --address` as a client, refused without the cluster's token and with another token, then run."""
     temp = _ray_temp_dir()
     address = f"127.0.0.1:{HEAD_PORT}"
     # before ray is imported: it reads RAY_AUTH_MODE once, at import
-    os.environ.update(_node_env(temp))
+    env = _node_env(temp)
+    os.environ.clear()
+    os.environ.update(env)
     os.environ.pop("BOXTUNE_SKIP_PREFLIGHT", None)
     import ray
 
@@ -210,18 +233,26 @@ def scenario_ray_start(work: Path) -> dict[str, Any]:
 
     sweep_cmd = [sys.executable, "-m", "tune.cli", "sweep", str(work / "sweep.yaml"), "--address", address]
     try:
-        _ray_start(["--head", "--port", str(HEAD_PORT), "--num-cpus", "1", "--num-gpus", "0",
+        _ray_start(["--head", "--port", str(HEAD_PORT), "--num-cpus", "0", "--num-gpus", "0",
                     "--include-dashboard", "false"], temp)
         # the second node has its own resources: a fake GPU (no CUDA device behind it) and a marker
         _ray_start(["--address", address, "--num-cpus", "1", "--num-gpus", "1",
-                    "--resources", json.dumps({SECOND_NODE: 1})], temp)
-        # a client without the token: it retries for a while before giving up, so start it now
-        tokenless = subprocess.Popen([*sweep_cmd, "--name", "refused"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                                     env={**_node_env(temp), "RAY_AUTH_MODE": "disabled"})
+                    "--resources", json.dumps({SECOND_NODE: 1})], temp, node_dir="ray-second")
+        _ray_start(["--address", address, "--num-cpus", "1", "--num-gpus", "0"], temp, node_dir="ray-third")
+        # clients without the token and with another one: they retry for a while before giving up,
+        # so start them now
+        other_token = temp / "other_auth_token"
+        other_token.write_text(secrets.token_hex(32))
+        refused = {
+            "tokenless": {"RAY_AUTH_MODE": "disabled"},
+            "wrong_token": {"RAY_AUTH_TOKEN_PATH": str(other_token)},
+        }
+        clients = {case: subprocess.Popen([*sweep_cmd, "--name", case], stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True, cwd=REPO, env={**_node_env(temp), **extra})
+                   for case, extra in refused.items()}
         preflight = []
         with ray_session(address) as where:
-            nodes = _node_summary(_wait_for_nodes(2))
+            nodes = _node_summary(_wait_for_nodes(3))
             for cpu, gpu in _params(work).get("preflight", []):
                 try:
                     require_resources(cpu=cpu, gpu=gpu)
@@ -232,10 +263,12 @@ def scenario_ray_start(work: Path) -> dict[str, Any]:
         started = time.monotonic()
         sweep = subprocess.run(sweep_cmd, capture_output=True, text=True, env=_node_env(temp), cwd=REPO, timeout=600)
         sweep_s = time.monotonic() - started
-        refused_output, _ = tokenless.communicate(timeout=300)
-        return {"address": where, "nodes": nodes, "preflight": preflight, "sweep_rc": sweep.returncode,
-                "sweep_s": sweep_s, "sweep_output": (sweep.stdout + sweep.stderr)[-6000:],
-                "tokenless_rc": tokenless.returncode, "tokenless_output": refused_output[-3000:]}
+        seen = {"address": where, "nodes": nodes, "preflight": preflight, "sweep_rc": sweep.returncode,
+                "sweep_s": sweep_s, "sweep_output": (sweep.stdout + sweep.stderr)[-6000:]}
+        for case, client in clients.items():
+            output, _ = client.communicate(timeout=300)
+            seen.update({f"{case}_rc": client.returncode, f"{case}_output": output[-3000:]})
+        return seen
     finally:
         _stop_nodes(temp)
         shutil.rmtree(temp, ignore_errors=True)

@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+# Ray reads this once, when any test or fixture first imports it: every local Ray the suite starts
+# then listens on 127.0.0.1 only. Scenarios that start `ray start` nodes take it out of their
+# environment (joins abort under it); tests/test_exposure.py runs the CLI without it.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+
 REPO = Path(__file__).resolve().parents[1]
 RACCOON = (REPO / ".." / "shared" / "data" / "raccoon").resolve()
 
@@ -36,7 +41,6 @@ def tiny_manifest(tiny_demo, tmp_path_factory):
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for every test that needs it, on loopback only, stopped at the end."""
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -65,3 +69,11 @@ def calibrate_norms(model, generator, *, size: int = 64) -> None:
         model.eval().backbone(torch.randn(4, 3, size, size, generator=generator))
     for hook in hooks:
         hook.remove()
+
+
+@pytest.fixture(scope="session")
+def shared_run(tiny_demo, tmp_path_factory):
+    """The suite's one production sweep (``boxtune sweep``, ASHA, retries), run once; see tests/shared_run.py."""
+    from shared_run import run_shared_sweep
+
+    return run_shared_sweep(tmp_path_factory.mktemp("shared_run"), tiny_demo, TINY_MODEL, REPO)

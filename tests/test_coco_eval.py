@@ -36,29 +36,32 @@ ID_TO_LABEL = {v: k for k, v in LABEL_TO_ID.items()}
 
 @dataclass
 class _Record:
-    """Stands in for the manifest's per-image record (attributes, not keys)."""
+    """Stands in for the manifest's per-image record (attributes, not keys): its evaluation view."""
 
     image_id: int
     width: int
     height: int
-    boxes: np.ndarray
-    category_ids: np.ndarray
-    iscrowd: np.ndarray
-    area: np.ndarray
+    eval_xywh: np.ndarray
+    eval_category_ids: np.ndarray
+    eval_iscrowd: np.ndarray
+    eval_area: np.ndarray
+    eval_difficult: np.ndarray
 
 
 def _records(gt_boxes: dict, as_dict: bool = False) -> list:
     out = []
     for image_id, boxes in gt_boxes.items():
-        xyxy = np.array([b for b, _, _ in boxes], dtype=np.float32).reshape(-1, 4)
+        xyxy = np.array([b for b, _, _ in boxes], dtype=np.float64).reshape(-1, 4)
+        xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
         rec = _Record(
             image_id=image_id,
             width=128,
             height=128,
-            boxes=xyxy,
-            category_ids=np.array([c for _, c, _ in boxes], dtype=np.int64),
-            iscrowd=np.array([z for _, _, z in boxes], dtype=bool),
-            area=(xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1]),
+            eval_xywh=xywh,
+            eval_category_ids=np.array([c for _, c, _ in boxes], dtype=np.int64),
+            eval_iscrowd=np.array([z for _, _, z in boxes], dtype=bool),
+            eval_area=xywh[:, 2] * xywh[:, 3],
+            eval_difficult=np.zeros(len(boxes), dtype=bool),
         )
         out.append(rec.__dict__ if as_dict else rec)
     return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -249,80 +248,46 @@ def test_bad_arguments(scratch, tmp_path, fmt, match):
         export_checkpoint(ckpt, tmp_path, fmt=fmt)
 
 
-# ---- export_best on a real (tiny) Ray Tune experiment -------------------------------------------
-
-CASES = {  # name -> AP per epoch, whether the trial checkpoints
-    "best": ([0.10, 0.60, 0.30], True),  # best trial; its best epoch (2) is not its last
-    "other": ([0.20], True),
-    "nockpt": ([0.05, 0.04], False),
-}
-
+# ---- export_best on the suite's production sweep (tests/shared_run.py) -------------------------
 
 @pytest.fixture(scope="module")
-def sweep(ray_local, tmp_path_factory):
-    """A sweep folder written by Ray Tune: 3 trials reporting hand-made checkpoints."""
-    from ray import tune
+def sweep(shared_run):
+    """The shared ``boxtune sweep`` run and its ranking: the best trial, another one, the errored one."""
+    import pyarrow.parquet as pq
 
-    _, state = trained_state(weights=None, freeze_depth=0)
-    root = tmp_path_factory.mktemp("runs")
-    base = root / "base"
-    save_checkpoint(base, state)
-    base_dir = str(base)
+    rows = pq.read_table(shared_run.run / "ranking.parquet").to_pylist()
+    finished = [r for r in rows if r["status"] == "TERMINATED"]
+    errored = [r for r in rows if r["status"] == "ERROR"]
+    assert rows[0]["rank"] == 1 and len(finished) >= 2 and len(errored) == 1
+    # the runner-up: checkpoints.keep_trials (default 2) keeps the top two trials' checkpoints
+    return str(shared_run.run), {"best": rows[0], "other": finished[1], "nockpt": errored[0]}
 
-    def trainable(config):  # defined here so Ray ships it by value to its workers
-        import tempfile
 
-        from ray import tune as ray_tune
-
-        from trainables.checkpoint import load_checkpoint, save_checkpoint
-
-        aps, checkpoints = config["case"]
-        template = load_checkpoint(base_dir) if checkpoints else None
-        for epoch, ap in enumerate(aps, 1):
-            metrics = {"epoch": epoch, "AP": ap, "AR100": ap / 2}
-            if template is None:
-                ray_tune.report(metrics)
-                continue
-            with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(tmp, dataclasses.replace(template, epoch=epoch, metrics=metrics))
-                ray_tune.report(metrics, checkpoint=ray_tune.Checkpoint.from_directory(tmp))
-
-    (root / "sweep").mkdir()
-    (root / "sweep" / "sweep.yaml").write_text("search:\n  num_trials: 3\ntraining:\n  epochs: 3\n")
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": 0.5}),
-        param_space={"case": tune.grid_search(list(CASES.values()))},
-        tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=True),  # one worker: one torch import
-        run_config=tune.RunConfig(name="sweep", storage_path=str(root), verbose=0,
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="AP",
-                                                                          checkpoint_score_order="max")),
-    )
-    results = tuner.fit()
-    assert not results.errors
-    ids = {name: next(r.metrics["trial_id"] for r in results if list(r.config["case"][0]) == aps)
-           for name, (aps, _) in CASES.items()}
-    return str(root / "sweep"), ids
+def _same_epoch(ckpt: dict, row: dict) -> None:
+    """The export is the ranking's best epoch of its trial, with that epoch's numbers."""
+    assert (ckpt["trial_id"], ckpt["epoch"]) == (row["trial"], row["best_epoch"])
+    for key in ("AP", "AP50", "AR100"):
+        assert ckpt["metrics"][key] == pytest.approx(row[key], abs=1e-12), key
 
 
 def test_export_best_takes_the_best_epoch_of_the_best_trial(sweep, tmp_path):
-    run, ids = sweep
-    ckpt = torch.load(export_best(run, tmp_path / "best.pt"), weights_only=True)
-    assert ckpt["trial_id"] == ids["best"]
-    assert ckpt["epoch"] == 2 and ckpt["metrics"]["AP"] == pytest.approx(0.60)  # not the last epoch (3)
+    run, rows = sweep
+    _same_epoch(torch.load(export_best(run, tmp_path / "best.pt"), weights_only=True), rows["best"])
 
 
 def test_export_best_of_a_chosen_trial(sweep, tmp_path):
-    run, ids = sweep
-    ckpt = torch.load(export_best(run, tmp_path / "other.pt", trial=ids["other"]), weights_only=True)
-    assert (ckpt["trial_id"], ckpt["epoch"]) == (ids["other"], 1)
+    run, rows = sweep
+    ckpt = torch.load(export_best(run, tmp_path / "other.pt", trial=rows["other"]["trial"]), weights_only=True)
+    _same_epoch(ckpt, rows["other"])
 
 
 def test_export_best_errors(sweep, tmp_path):
-    run, ids = sweep
-    with pytest.raises(BoxtuneError, match=f"no trial 'nope'; trials: .*{ids['nockpt']}"):
+    run, rows = sweep
+    nockpt = rows["nockpt"]["trial"]  # errored in its first epoch: no checkpoint at all
+    with pytest.raises(BoxtuneError, match=f"no trial 'nope'; trials: .*{nockpt}"):
         export_best(run, tmp_path / "x.pt", trial="nope")
-    with pytest.raises(BoxtuneError, match=f"trial {ids['nockpt']} has no checkpoint"):
-        export_best(run, tmp_path / "x.pt", trial=ids["nockpt"])
+    with pytest.raises(BoxtuneError, match=f"trial {nockpt} has no checkpoint"):
+        export_best(run, tmp_path / "x.pt", trial=nockpt)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "sweep.yaml").write_text("search:\n  num_trials: 2\n")
@@ -334,6 +299,6 @@ def test_export_best_errors(sweep, tmp_path):
 def test_predict_reads_what_export_best_wrote(sweep, tmp_path):
     from tune.predict import load_export
 
-    run, ids = sweep
+    run, rows = sweep
     model, meta = load_export(export_best(run, tmp_path / "best.pt"))
-    assert meta["trial_id"] == ids["best"] and not model.training
+    assert meta["trial_id"] == rows["best"]["trial"] and not model.training

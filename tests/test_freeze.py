@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from trainables.config import ARCHITECTURES, ModelConfig
+from trainables.config import ARCHITECTURES, FAMILIES, ModelConfig
 from trainables.errors import ConfigError
 from trainables.freeze import (
     STAGES,
@@ -22,6 +22,8 @@ from trainables.freeze import (
 from trainables.model import build_inference_model, build_model
 
 CLASSES = ["a", "b", "c"]  # K = 3
+# the one-stage families have their own counts in test_onestage_heads.py
+FASTER_RCNN = [arch for arch in ARCHITECTURES if FAMILIES[arch] == "fasterrcnn"]
 SIZES = {"min_size": 64, "max_size": 96}
 # K = 3 box predictor on the 1024-d box head: cls_score 1024*4+4, bbox_pred 1024*16+16
 PREDICTOR_NUMEL = (1024 * 4 + 4) + (1024 * 16 + 16)
@@ -55,7 +57,7 @@ EXPECTED_TRAINABLE = {
     ("fasterrcnn_mobilenet_v3_large_320_fpn", "pretrained"): _MOBILENET_PRETRAINED,
 }
 CASES = [
-    (arch, kind, depth) for arch in ARCHITECTURES for kind in ("random", "pretrained") for depth in range(9)
+    (arch, kind, depth) for arch in FASTER_RCNN for kind in ("random", "pretrained") for depth in range(9)
 ]
 
 
@@ -63,7 +65,7 @@ CASES = [
 def models():
     """One model per (architecture, structure), built once; tests deep-copy them."""
     built = {}
-    for arch in ARCHITECTURES:
+    for arch in FASTER_RCNN:
         built[arch, "random"] = build_model(ModelConfig(architecture=arch, **SIZES), CLASSES)
         built[arch, "pretrained"] = build_inference_model(arch, len(CLASSES), SIZES, pretrained=True)
     return built
@@ -81,7 +83,8 @@ def _numel(module: nn.Module, *, batchnorm: bool | None = None) -> int:
 def test_every_architecture_has_eight_stages_ending_before_the_predictor():
     for arch in ARCHITECTURES:
         assert max_freeze_depth(arch) == 8
-        assert [name for name, _ in STAGES[arch]][-3:] == ["fpn", "rpn", "box_head"]
+        last = ["fpn", "rpn", "box_head"] if arch in FASTER_RCNN else ["box_tower", "class_tower"]
+        assert [name for name, _ in STAGES[arch]][-len(last):] == last
 
 
 @pytest.mark.parametrize("arch,kind,depth", CASES)
@@ -108,7 +111,7 @@ def test_trainable_counts_per_depth(models, arch, kind, depth):
             assert not any(isinstance(x, nn.BatchNorm2d) for x in frozen.modules())
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", FASTER_RCNN)
 def test_max_depth_trains_only_the_box_predictor(models, arch):
     model = copy.deepcopy(models[arch, "random"])
     apply_freeze(model, architecture=arch, depth=max_freeze_depth(arch))

@@ -71,9 +71,12 @@ def test_parquet_schema_and_metadata(demo, tmp_path):
     schema = pq.read_schema(path)
     expected = {
         "image_id": pa.int64(), "file_name": pa.string(), "path": pa.string(), "width": pa.int32(),
-        "height": pa.int32(), "boxes": pa.list_(pa.float32()), "labels": pa.list_(pa.int64()),
+        "height": pa.int32(), "boxes": pa.list_(pa.float64()), "labels": pa.list_(pa.int64()),
         "category_ids": pa.list_(pa.int64()), "iscrowd": pa.list_(pa.bool_()),
-        "area": pa.list_(pa.float32()), "split": pa.string(),
+        "area": pa.list_(pa.float64()), "eval_xywh": pa.list_(pa.float64()),
+        "eval_category_ids": pa.list_(pa.int64()), "eval_iscrowd": pa.list_(pa.bool_()),
+        "eval_area": pa.list_(pa.float64()), "eval_difficult": pa.list_(pa.bool_()), "split": pa.string(),
+        "jpeg_tail_missing": pa.bool_(),
     }  # fmt: skip
     assert {f.name: f.type for f in schema} == expected
     meta = json.loads(schema.metadata[b"boxtune"])
@@ -82,6 +85,7 @@ def test_parquet_schema_and_metadata(demo, tmp_path):
     table = pq.read_table(path)
     first = table.slice(0, 1).to_pylist()[0]
     assert len(first["boxes"]) == 4 * len(first["labels"])
+    assert len(first["eval_xywh"]) == 4 * len(first["eval_area"])
 
 
 def test_rebuild_is_byte_identical(demo, tmp_path):
@@ -234,7 +238,7 @@ def test_summary_and_summarize(demo):
     assert s.boxes == len(annotations)
     assert {k: sum(v.values()) for k, v in s.box_sizes.items()} == s.boxes_per_class
     text = summarize(manifest)
-    assert f"Source: {demo.resolve()} (coco)" in text and "Images: 12 (train 10, val 2)" in text
+    assert f"Source: {demo.resolve()} (coco)" in text and "Images: 12 (train 10, val 2, test 0)" in text
     circles = sum(a["category_id"] == 5 for a in annotations)
     assert any(line.split()[:4] == ["1", "5", "circle", str(circles)] for line in text.splitlines())
     assert "Repaired or dropped: nothing" in text
@@ -242,4 +246,4 @@ def test_summary_and_summarize(demo):
 
 def test_records_rejects_unknown_split(demo):
     with pytest.raises(ValueError, match="split should be"):
-        build_manifest(demo).records("test")
+        build_manifest(demo).records("testing")

@@ -29,7 +29,7 @@ def test_raccoon_counts(manifest):
 
 def test_raccoon_summary_text(manifest):
     text = summarize(manifest)
-    assert "Images: 200 (train 160, val 40)" in text
+    assert "Images: 200 (train 160, val 40, test 0)" in text
     assert any(line.split()[:4] == ["1", "1", "raccoon", "217"] for line in text.splitlines())
 
 

@@ -20,6 +20,7 @@ from search_spaces import (
     resolve_space,
     seed,
     suggest_hparams,
+    to_hparams,
 )
 from trainables.augment import build_train_transforms
 from trainables.config import HParams, TrialConfig
@@ -30,7 +31,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 EPOCHS = 10
 _DEFAULT_BASE = {
-    "optimizer", "lr", "weight_decay", "decay_norm_and_bias", "schedule", "freeze_depth", "batch_size",
+    "optimizer", "weight_decay", "decay_norm_and_bias", "schedule", "freeze_depth", "batch_size",
     "hflip_p", "vflip_p", "jitter_p", "crop_p", "zoom_out_p", "scale_jitter_p",
 }  # fmt: skip
 _OPTIMIZER_KEYS = {
@@ -46,9 +47,11 @@ _SCHEDULE_KEYS = {
     "cosine": {"eta_min_factor", "warmup_iters"},
     "onecycle": {"pct_start", "div_factor", "final_div_factor"},
 }
+# each optimiser's learning rate is searched under its own name (to_hparams makes it HParams.lr)
+_LR_NAME = {"sgd": "lr_sgd", "adam": "lr_adam", "adamw": "lr_adam"}
 # one value for every parameter any branch of `default` can suggest
 _DEFAULT_VALUES = dict(
-    lr=0.01, weight_decay=1e-4, decay_norm_and_bias=False, momentum=0.9, nesterov=True, beta1=0.9,
+    lr_sgd=0.01, lr_adam=0.001, weight_decay=1e-4, decay_norm_and_bias=False, momentum=0.9, nesterov=True, beta1=0.9,
     beta2=0.999, eps=1e-8, step_size=3, gamma=0.5, eta_min_factor=0.01, pct_start=0.3, div_factor=10.0,
     final_div_factor=100.0, warmup_iters=100, freeze_depth=3, batch_size=4, hflip_p=0.5, vflip_p=0.0,
     brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, crop_p=0.5, zoom_out_max=2.0, scale_min=0.7,
@@ -73,7 +76,6 @@ def test_default_space_branches(optimizer, schedule, augment_on):
         {
             **_DEFAULT_VALUES,
             "optimizer": optimizer,
-            "lr": 0.01 if optimizer == "sgd" else 0.001,  # inside the optimiser's own range
             "schedule": schedule,
             "jitter_p": p,
             "zoom_out_p": p,
@@ -81,13 +83,14 @@ def test_default_space_branches(optimizer, schedule, augment_on):
         }
     )
     hparams = suggest_hparams(default, trial)
-    expected = _DEFAULT_BASE | _OPTIMIZER_KEYS[optimizer] | _SCHEDULE_KEYS[schedule]
+    expected = _DEFAULT_BASE | {_LR_NAME[optimizer]} | _OPTIMIZER_KEYS[optimizer] | _SCHEDULE_KEYS[schedule]
     if augment_on:
         expected |= {"brightness", "contrast", "saturation", "hue", "zoom_out_max", "scale_min", "scale_max"}
     assert set(hparams) == expected
     if schedule == "multistep":
         assert hparams["milestones"] == [7, 9]  # 2/3 and 8/9 of 10 epochs
-    _accepted(hparams)
+    assert to_hparams(hparams)["lr"] == _DEFAULT_VALUES[_LR_NAME[optimizer]]
+    _accepted(to_hparams(hparams))
 
 
 @pytest.mark.parametrize(
@@ -117,8 +120,8 @@ def test_seed_space_is_two_recipes(optimizer, expected):
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_quick_space(optimizer):
     lr = 0.02 if optimizer == "sgd" else 0.001  # inside each optimiser's own range
-    trial = FixedTrial({"optimizer": optimizer, "lr": lr, "hflip_p": 0.5, "freeze_depth": 2})
-    hparams = suggest_hparams(quick, trial)
+    trial = FixedTrial({"optimizer": optimizer, _LR_NAME[optimizer]: lr, "hflip_p": 0.5, "freeze_depth": 2})
+    hparams = to_hparams(suggest_hparams(quick, trial))
     assert hparams == {
         "optimizer": optimizer,
         "lr": lr,
@@ -144,7 +147,7 @@ def _sample(space, n: int, seed: int = 0) -> list[dict]:
 @pytest.mark.parametrize("max_freeze_depth", [8, 5])
 def test_every_sampled_config_is_accepted(name, max_freeze_depth):
     space = make_space(name, max_freeze_depth=max_freeze_depth, epochs=EPOCHS)
-    samples = _sample(space, 200)
+    samples = [to_hparams(s) for s in _sample(space, 200)]
     for hparams in samples:
         assert set(hparams) <= set(HParams.model_fields)
         assert hparams.get("freeze_depth", 0) <= max_freeze_depth
@@ -162,9 +165,34 @@ def test_every_sampled_config_is_accepted(name, max_freeze_depth):
         assert all(3e-4 <= h["lr"] <= 2e-3 for h in samples if h["optimizer"] == "adam")
 
 
+@pytest.mark.parametrize("name", ["default", "quick"])
+def test_each_optimiser_has_its_own_lr_parameter(name):
+    # TPE models each name on its own: SGD's rates must never enter the density Adam's come from
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=5))
+    space = make_space(name, max_freeze_depth=5, epochs=EPOCHS)
+    for _ in range(30):
+        trial = study.ask()
+        sampled = suggest_hparams(space, trial)
+        study.tell(trial, 1.0 if sampled["optimizer"] == "sgd" else 0.0)
+    for t in study.trials:
+        names = {k for k in t.params if k.startswith("lr")}
+        assert names == {"lr_sgd" if t.params["optimizer"] == "sgd" else "lr_adam"}
+    adam = [t.params["lr_adam"] for t in study.trials if "lr_adam" in t.params]
+    sgd = [t.params["lr_sgd"] for t in study.trials if "lr_sgd" in t.params]
+    assert adam and sgd and max(adam) <= 3e-3 and min(sgd) >= 1e-3
+
+
+def test_to_hparams_renames_and_refuses_two_names():
+    assert to_hparams({"optimizer": "sgd", "lr_sgd": 0.02, "batch_size": 4}) == {
+        "optimizer": "sgd", "lr": 0.02, "batch_size": 4}
+    assert to_hparams({"lr": 0.01}) == {"lr": 0.01}
+    with pytest.raises(ConfigError, match="'lr_adam' and 'lr' both set 'lr'"):
+        to_hparams({"lr": 0.01, "lr_adam": 0.001})
+
+
 @pytest.mark.parametrize("epochs", [1, 2, 4])
 def test_short_runs_only_get_schedules_that_act(epochs):
-    samples = _sample(make_space("default", max_freeze_depth=3, epochs=epochs), 100)
+    samples = [to_hparams(s) for s in _sample(make_space("default", max_freeze_depth=3, epochs=epochs), 100)]
     schedules = {h["schedule"] for h in samples}
     assert ("step" in schedules) == (epochs >= 2)
     for hparams in samples:
@@ -180,7 +208,7 @@ def test_make_space_rejects_what_cannot_work():
 
 def test_spaces_pickle():
     values = {**_DEFAULT_VALUES, "optimizer": "sgd", "schedule": "cosine", "jitter_p": 0.0, "zoom_out_p": 0.0,
-              "scale_jitter_p": 0.0}  # fmt: skip
+              "scale_jitter_p": 0.0, "lr": 0.001}  # fmt: skip
     for space in (
         make_space("default", max_freeze_depth=6),
         parse_space({"lr": {"loguniform": [1e-4, 1e-2]}}),

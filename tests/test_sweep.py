@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import textwrap
 
 import pyarrow.parquet as pq
@@ -11,6 +12,7 @@ import pytest
 from conftest import TINY_MODEL
 
 from trainables.errors import ConfigError
+from trainables.objective import fold_score
 from tune.config import SweepConfig
 from tune.report import format_ranking, load_sweep, rank_trials
 from tune.sweep import run_sweep
@@ -65,14 +67,16 @@ def test_sweep_ranks_by_best_epoch_ap(finished_sweep):
     for trial_dir in run.iterdir():
         if (trial_dir / "result.json").is_file():
             hist = _history(trial_dir)
-            best = max(hist, key=lambda m: (m["AP"], m["AR100"]))
+            best = max(hist, key=lambda m: (m["score"], m["epoch"]))  # the later of equal scores, as Ray keeps
+            assert all(m["score"] == fold_score(m["AP"], m["AR100"]) for m in hist)  # search.metric: AP
             by_trial[hist[0]["trial_id"]] = (best, len(hist))
     assert set(by_trial) == {r["trial"] for r in rows}
     for row in rows:
         best, epochs = by_trial[row["trial"]]
         assert row["AP"] == pytest.approx(best["AP"]) and row["AR100"] == pytest.approx(best["AR100"])
         assert row["best_epoch"] == best["epoch"] and row["epochs"] == epochs == 2
-    keys = [(r["AP"], r["AR100"]) for r in rows]
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    keys = [(round(r["AP"], 6), r["AR100"]) for r in rows]  # the score orders by AP to 1e-6, then AR100
     assert keys == sorted(keys, reverse=True)
     assert [r["rank"] for r in rows] == [1, 2, 3, 4]
 
@@ -162,3 +166,39 @@ def test_space_that_samples_rejected_config_fails_before_ray(tmp_path, tiny_demo
     with pytest.raises(ConfigError, match="momentum"):
         run_sweep(cfg, echo=lambda *_: None)
     assert not (tmp_path / "runs" / "bad").exists()
+
+
+# Ray Tune reads these from the environment inside Tuner.fit(); a sweep sets them for its own fit
+_TUNE_SETTINGS = ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S")
+_TUNE_SETTINGS_AT_IMPORT = {name: os.environ.get(name) for name in _TUNE_SETTINGS}  # before any sweep ran
+
+
+def test_tune_settings_hold_during_the_fit_and_do_not_leak(finished_sweep):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, _, run = finished_sweep
+    assert {name: os.environ.get(name) for name in _TUNE_SETTINGS} == _TUNE_SETTINGS_AT_IMPORT
+    # in effect during the fit: Ray's own TensorBoard logger (ray/tune/* scalars) never ran
+    folders = [path.parent for path in run.glob("*/result.json")]
+    assert folders
+    for folder in folders:
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        scalars = events.Tags()["scalars"]
+        assert "coco/AP" in scalars and not [tag for tag in scalars if tag.startswith("ray/")], (folder, scalars)
+
+
+@pytest.mark.parametrize("preset", [None, "7"])
+def test_tune_environment_restores_what_was_there(monkeypatch, preset):
+    from tune.sweep import _tune_environment
+
+    threshold = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
+    monkeypatch.delenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", raising=False)
+    if preset is None:
+        monkeypatch.delenv(threshold, raising=False)
+    else:
+        monkeypatch.setenv(threshold, preset)
+    with _tune_environment():
+        assert os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1"
+        assert os.environ[threshold] == (preset or "0")  # a threshold the user set is kept
+    assert os.environ.get(threshold) == preset and "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ

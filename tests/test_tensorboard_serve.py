@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from shared_run import NUM_TRIALS
 from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.plugins.hparams import metadata as hp_metadata
 
@@ -74,60 +75,20 @@ def test_trial_events_read_back_with_tensorboards_reader(tmp_path):
     assert session.hparams["milestones"].string_value == "[8, 11]"
 
 
-POINTS = [  # the trials' sampled configs: a conditional space, so each trial has its own keys
-    {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True},
-    {"optimizer": "adam", "lr": 0.001, "beta1": 0.8},
-]
-UNION = {"optimizer", "lr", "momentum", "nesterov", "beta1"}
-
-
-def space(trial):
-    """Define-by-run, as boxtune's spaces are (module level: Ray pickles the searcher with it)."""
-    optimizer = trial.suggest_categorical("optimizer", ["sgd", "adam"])
-    trial.suggest_float("lr", 1e-4, 1.0, log=True)
-    if optimizer == "sgd":
-        trial.suggest_float("momentum", 0.0, 0.99)
-        trial.suggest_categorical("nesterov", [False, True])
-    else:
-        trial.suggest_float("beta1", 0.5, 0.99)
+# the shared production sweep (tests/shared_run.py): every sampled key of any trial; the diverging
+# trial has only optimizer, lr and batch_size, and no epoch (so no scalars)
+UNION = {"optimizer", "lr", "nesterov", "hflip_p", "freeze_depth", "batch_size"}
+TRAINED = NUM_TRIALS - 1  # trials that reported epochs
 
 
 @pytest.fixture(scope="module")
-def sweep(ray_local, tmp_path_factory) -> str:
-    """A sweep folder written by Ray Tune (Optuna define-by-run), each trial logging with TrialWriter."""
-    import optuna
-    from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
+def sweep(shared_run) -> str:
+    """The suite's ``boxtune sweep`` run: every trial logged with TrialWriter, under the production Tuner."""
+    return str(shared_run.run)
 
-    def trainable(config):  # defined here so Ray ships it by value
-        from ray import tune as ray_tune
 
-        from trainables.tensorboard import TrialWriter
-
-        writer = TrialWriter(ray_tune.get_context().get_trial_dir(), hparams=config)
-        for epoch in range(1, 3):
-            ap = 0.1 * epoch + config["lr"]
-            metrics = {"epoch": epoch, "loss": 1.0 / epoch, "AP": ap, "AR100": ap + 0.1, "lr": config["lr"],
-                       "best_AP": ap, "best_AR100": ap + 0.1}
-            writer.epoch(metrics)
-            ray_tune.report(metrics)
-        writer.close()
-
-    root = tmp_path_factory.mktemp("runs")
-    (root / "sweep").mkdir()
-    (root / "sweep" / "sweep.yaml").write_text("search:\n  num_trials: 2\ntraining:\n  epochs: 2\n")
-    searcher = OptunaSearch(space=space, metric="AP", mode="max", points_to_evaluate=POINTS,
-                            sampler=optuna.samplers.RandomSampler(seed=0))
-    tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": 0.5}),
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=len(POINTS), max_concurrent_trials=1,
-                                    reuse_actors=True),  # one worker: one torch import
-        run_config=tune.RunConfig(name="sweep", storage_path=str(root), verbose=0,
-                                  sync_config=tune.SyncConfig(sync_artifacts=True)),
-    )
-    results = tuner.fit()
-    assert not results.errors
-    return str(root / "sweep")
+def _configs(run: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in Path(run).glob("*/params.json")]
 
 
 def _root_experiment(run: str):
@@ -144,9 +105,10 @@ def test_experiment_lists_every_hyperparameter_of_any_trial(sweep):
     infos = {h.name: h for h in experiment.hparam_infos}
     assert set(infos) == UNION
     assert [v.string_value for v in infos["optimizer"].domain_discrete.values] == ["adam", "sgd"]
-    assert [v.number_value for v in infos["nesterov"].domain_discrete.values] == [1.0]  # True, as torch writes it
+    nesterov = sorted({float(c["nesterov"]) for c in _configs(sweep) if "nesterov" in c})  # as torch writes booleans
+    assert [v.number_value for v in infos["nesterov"].domain_discrete.values] == nesterov and nesterov
     assert not infos["lr"].HasField("domain_discrete")
-    assert [m.name.tag for m in experiment.metric_infos] == ["best/AP", "best/AR100", "coco/AP"]
+    assert [m.name.tag for m in experiment.metric_infos] == ["best/score", "best/AP", "best/AR100", "coco/AP"]
 
 
 def test_rewriting_replaces_the_experiment_file(sweep):
@@ -186,14 +148,14 @@ def test_tensorboard_serves_scalars_and_the_sweep_experiment(sweep):
     process, url = start_tensorboard(sweep, host="127.0.0.1", port=_free_port())
     try:
         assert url.startswith("http://127.0.0.1:")
-        tags = _wait_for_runs(url, len(POINTS))
+        tags = _wait_for_runs(url, TRAINED)
         trial_runs = [run for run in tags if "best/AP" in tags[run]]
-        assert len(trial_runs) == len(POINTS)
+        assert len(trial_runs) == TRAINED
         assert {"coco/AP", "loss/loss", "train/lr"} <= set(tags[trial_runs[0]])
         experiment = _get(url + "data/plugin/hparams/experiment", {"experimentName": ""})
         # ours, not one of the per-trial experiments Ray Tune's own logger writes into trial folders
         assert {h["name"] for h in experiment["hparamInfos"]} == UNION
-        assert [m["name"]["tag"] for m in experiment["metricInfos"]] == ["best/AP", "best/AR100", "coco/AP"]
+        assert [m["name"]["tag"] for m in experiment["metricInfos"]] == ["best/score", "best/AP", "best/AR100", "coco/AP"]
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -232,7 +194,7 @@ def test_dashboards_render_in_a_browser(sweep, tmp_path, view):
     write_hparams_experiment(sweep)
     process, url = start_tensorboard(sweep, port=_free_port())
     try:
-        _wait_for_runs(url, len(POINTS))
+        _wait_for_runs(url, TRAINED)
         shot = tmp_path / f"{view}.png"
         subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                         "--disable-component-update", "--disable-sync", "--no-first-run",

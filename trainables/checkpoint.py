@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainables.atomic import atomic_path
 from trainables.errors import TrainingError
 
 __all__ = ["CHECKPOINT_FILE", "FORMAT_VERSION", "TrialState", "save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng"]
@@ -74,14 +74,8 @@ def save_checkpoint(directory: str | os.PathLike, state: TrialState) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     payload = {"format_version": FORMAT_VERSION, **state.__dict__}
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(directory / CHECKPOINT_FILE) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, directory / CHECKPOINT_FILE)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return directory / CHECKPOINT_FILE
 
 

@@ -3,7 +3,7 @@
 A trial config has three parts:
 
 * ``model``: architecture, weights and the class-to-COCO mapping for the pruned head (fixed for a
-  sweep);
+  sweep, unless the space searches ``architecture``: see ``ModelConfig.by_architecture``);
 * ``training``: epochs, seed, loader workers, AMP, image logging (fixed for a sweep);
 * ``hparams``: what a search space samples, one flat mapping with stable names.
 
@@ -17,12 +17,17 @@ from __future__ import annotations
 import difflib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables.errors import ConfigError
+from trainables.objective import parse_objective
 
 __all__ = [
     "ARCHITECTURES",
+    "FAMILIES",
+    "FAMILY_MODEL_KEYS",
+    "family_of",
+    "resolve_model_section",
     "OPTIMIZERS",
     "SCHEDULES",
     "ModelConfig",
@@ -38,7 +43,34 @@ ARCHITECTURES = (
     "fasterrcnn_resnet50_fpn_v2",
     "fasterrcnn_mobilenet_v3_large_fpn",
     "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "retinanet_resnet50_fpn",
+    "retinanet_resnet50_fpn_v2",
+    "fcos_resnet50_fpn",
+    "ssdlite320_mobilenet_v3_large",
 )
+# architecture -> family: the detector class torchvision builds, which decides the head layout,
+# the loss names and which model keys apply
+FAMILIES: dict[str, str] = {
+    "fasterrcnn_resnet50_fpn": "fasterrcnn",
+    "fasterrcnn_resnet50_fpn_v2": "fasterrcnn",
+    "fasterrcnn_mobilenet_v3_large_fpn": "fasterrcnn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn": "fasterrcnn",
+    "retinanet_resnet50_fpn": "retinanet",
+    "retinanet_resnet50_fpn_v2": "retinanet",
+    "fcos_resnet50_fpn": "fcos",
+    "ssdlite320_mobilenet_v3_large": "ssd",
+}
+# The model keys each family's builder uses besides architecture, weights and class_map. SSDlite
+# resizes every image to a fixed 320x320 (its builder takes no min_size/max_size), and only the
+# Faster R-CNN box head samples RoIs.
+FAMILY_MODEL_KEYS: dict[str, tuple[str, ...]] = {
+    "fasterrcnn": ("min_size", "max_size", "box_batch_size_per_image"),
+    "retinanet": ("min_size", "max_size"),
+    "fcos": ("min_size", "max_size"),
+    "ssd": (),
+}
+_SIZED_KEYS = ("min_size", "max_size", "box_batch_size_per_image")
+_OVERRIDABLE_KEYS = ("weights", *_SIZED_KEYS)  # what by_architecture may set per architecture
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "exponential", "cosine", "onecycle")
 
@@ -65,8 +97,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=False)
 
 
+def family_of(architecture: str) -> str:
+    """The family ("fasterrcnn", "retinanet", "fcos", "ssd") of a known architecture."""
+    try:
+        return FAMILIES[architecture]
+    except KeyError:
+        raise ConfigError(
+            f"model.architecture: unknown architecture {architecture!r}; accepted: {', '.join(ARCHITECTURES)}"
+        ) from None
+
+
 class ModelConfig(_Strict):
-    """Which detector, which weights, and how the COCO head is cut to the dataset's classes."""
+    """Which detector, which weights, and how the COCO head is cut to the dataset's classes.
+
+    A key the chosen family does not use (``FAMILY_MODEL_KEYS``) is an error when set to anything
+    but its default, as any knob that would silently do nothing. ``by_architecture`` holds per-architecture settings for
+    a sweep whose space searches ``architecture``: ``{ssdlite320_mobilenet_v3_large: {weights:
+    ...}, fasterrcnn_mobilenet_v3_large_fpn: {min_size: 320, max_size: 320}}``; each entry is
+    validated as the model section that architecture's trials get (``resolve_model_section``).
+    """
 
     architecture: Literal[ARCHITECTURES] = "fasterrcnn_mobilenet_v3_large_320_fpn"  # type: ignore[valid-type]
     # A torchvision weights name ("DEFAULT", "COCO_V1"), a local .pth/.pt path, or None (random).
@@ -80,6 +129,9 @@ class ModelConfig(_Strict):
     # layer is 12544x1024, so on CPU 128 trains about 5x faster, and with a few objects per image
     # it is plenty (Detectron2's small-dataset recipe uses 128).
     box_batch_size_per_image: int = Field(default=512, ge=16, le=4096)
+    # architecture -> settings (weights, min_size, max_size, box_batch_size_per_image) that replace
+    # the ones above when a searched architecture picks it
+    by_architecture: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _sizes(self) -> ModelConfig:
@@ -87,18 +139,87 @@ class ModelConfig(_Strict):
             raise ValueError(f"max_size ({self.max_size}) must be >= min_size ({self.min_size})")
         return self
 
+    @model_validator(mode="after")
+    def _family_keys(self) -> ModelConfig:
+        # a key counts as set when it differs from its default: a full dump (sweep.yaml, a
+        # checkpoint's config) carries every default and must validate again as it is
+        changed = {k for k in self.model_fields_set if getattr(self, k) != ModelConfig.model_fields[k].default}
+        problems = _family_problems(self.architecture, changed, "")
+        base = self.model_dump(mode="json", include=self.model_fields_set - {"by_architecture", "architecture"})
+        for arch, settings in self.by_architecture.items():
+            where = f"by_architecture.{arch}"
+            if arch not in ARCHITECTURES:
+                close = difflib.get_close_matches(str(arch), ARCHITECTURES, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"{where}: unknown architecture{hint}; accepted: {', '.join(ARCHITECTURES)}")
+                continue
+            unknown = sorted(set(settings) - set(_OVERRIDABLE_KEYS))
+            if unknown:
+                problems.append(f"{where}: {', '.join(unknown)} cannot be set per architecture; "
+                                f"accepted: {', '.join(_OVERRIDABLE_KEYS)}")
+                continue
+            try:
+                ModelConfig.model_validate({**base, **settings, "architecture": arch})
+            except ValidationError as err:
+                problems += [f"{where}: {line.removeprefix('<config>: ')}"
+                             for line in format_validation_error(err, ModelConfig)]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _family_problems(architecture: str, keys_set: set[str], where: str) -> list[str]:
+    family = FAMILIES[architecture]
+    allowed = FAMILY_MODEL_KEYS[family]
+    problems = []
+    for key in sorted((set(keys_set) & set(_SIZED_KEYS)) - set(allowed)):
+        if family == "ssd":
+            why = "SSDlite resizes every image to 320x320, fixed by torchvision's builder"
+        else:
+            why = f"{family} keys: {', '.join(allowed)}"
+        problems.append(f"{where}{key} does not apply to {architecture} ({why}); remove it"
+                        + (" or set it under by_architecture" if where == "" else ""))
+    return problems
+
+
+def resolve_model_section(model: dict[str, Any], architecture: str | None = None) -> dict[str, Any]:
+    """The model section one trial gets: ``architecture`` (if given, else the section's own) with
+    its ``by_architecture`` settings applied over the shared ones, and ``by_architecture`` dropped.
+
+    Nothing is dropped silently: a shared key the chosen family does not use stays, and the trial
+    schema refuses it (a sweep finds that in its preflight sampling, before Ray starts).
+    """
+    section = dict(model)
+    per_arch = section.pop("by_architecture", None) or {}
+    if architecture is None:
+        architecture = section.get("architecture", ModelConfig.model_fields["architecture"].default)
+    section["architecture"] = architecture
+    section.update(per_arch.get(architecture, {}))
+    return section
+
 
 class TrainingConfig(_Strict):
     """How long and how a trial runs; fixed across a sweep."""
 
     epochs: int = Field(default=10, ge=1, le=1000)
     seed: int = 0
-    num_workers: int = Field(default=0, ge=0, le=64)  # DataLoader decoding processes
+    # DataLoader processes (decoding the images the cache does not hold, and the transforms);
+    # "auto": none on CPU (the model's threads need the cores), else the trial's CPU share less one, at most 8
+    num_workers: int | Literal["auto"] = 0
+    # decoded images kept in host memory across epochs, MiB per trial; 0 = decode every epoch
+    cache_mb: int = Field(default=1024, ge=0, le=1_048_576)
     amp: bool = True  # mixed precision on CUDA (bf16 where supported); always off on CPU
     grad_clip_norm: float | None = Field(default=None, gt=0)
     image_log_every: int = Field(default=0, ge=0)  # epochs between TensorBoard image grids; 0 = off
     image_log_count: int = Field(default=4, ge=1, le=32)
     eval_batch_size: int = Field(default=4, ge=1, le=256)
+
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _workers(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 64):
+            return v
+        raise ValueError("expected a number of processes in [0, 64] or 'auto'")
 
 
 class HParams(_Strict):
@@ -168,6 +289,32 @@ class TrialConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     hparams: HParams = Field(default_factory=HParams)
+    # what picks the best epoch (a sweep's search.metric); see trainables.objective
+    metric: str | dict[str, float] = "AP"
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str | dict[str, float]) -> str | dict[str, float]:
+        parse_objective(v, key=None)  # a ConfigError is a ValueError: pydantic names the key
+        return v
+
+    @model_validator(mode="after")
+    def _one_architecture(self) -> TrialConfig:
+        # a trial builds one architecture: its by_architecture settings apply (all of them were
+        # validated with the model section), the others go
+        if self.model.by_architecture:
+            section = resolve_model_section(self.model.model_dump(mode="json", exclude_unset=True))
+            self.model = ModelConfig.model_validate(section)
+        return self
+
+    @model_validator(mode="after")
+    def _ssd_batch(self) -> TrialConfig:
+        # SSDlite's extra layers and head put BatchNorm2d on a 1x1 map: one image cannot train
+        # them (torch refuses a batch statistic of one value); only depth 8 freezes them all
+        if FAMILIES[self.model.architecture] == "ssd" and self.hparams.batch_size == 1 and self.hparams.freeze_depth < 8:
+            raise ValueError(f"hparams.batch_size 1 cannot train {self.model.architecture}: its BatchNorm layers "
+                             "on the 1x1 feature map need 2 or more images per batch (or freeze_depth 8)")
+        return self
 
     def resolved(self) -> dict[str, Any]:
         """The full config with defaults filled in, minus keys of branches not chosen.

@@ -2,8 +2,13 @@
 
 Every architecture has eight stages, so a depth means the same thing for all of them (a sweep
 over architectures can share one ``freeze_depth`` range). The backbone stages follow the feature
-map's stride; the last three are the FPN, the RPN and the RoI box head. At depth d the first d
-stages are frozen; at depth 8 only ``roi_heads.box_predictor`` (the pruned head) trains.
+map's stride (1-5); then come the FPN (SSDlite: its extra feature layers), and two head stages:
+for Faster R-CNN the RPN and the RoI box head, for the one-stage detectors the box-regression
+tower and then the classification tower (their shared convs; SSDlite: the depthwise 3x3 convs
+of each prediction block). At depth d the first d stages are frozen; at depth 8 only the final
+layers train: ``roi_heads.box_predictor`` (Faster R-CNN), ``cls_logits`` and ``bbox_reg`` (plus
+``bbox_ctrness`` for FCOS), or SSDlite's final 1x1 class and box convs. The pruned class layer
+always trains.
 
 =====  ===================================  ===================================
 depth  ResNet-50 FPN (v1 and v2)            MobileNetV3-Large FPN (and 320)
@@ -18,9 +23,23 @@ depth  ResNet-50 FPN (v1 and v2)            MobileNetV3-Large FPN (and 320)
 8      box_head: roi_heads.box_head         box_head: roi_heads.box_head
 =====  ===================================  ===================================
 
+=====  ==============================================  ===============================================
+depth  RetinaNet (v1, v2) and FCOS, ResNet-50 FPN      SSDlite320 MobileNetV3-Large
+=====  ==============================================  ===============================================
+1-5    as ResNet-50 FPN above (backbone.body)          stem, stride4, stride8, stride16 as MobileNetV3
+                                                       above, in backbone.features.0; stride32:
+                                                       backbone.features.0.13 and backbone.features.1
+6      fpn: backbone.fpn                               extras: backbone.extra
+7      box_tower: head.regression_head.conv            box_tower: head.regression_head.module_list.*.0
+8      class_tower: head.classification_head.conv      class_tower: head.classification_head.module_list.*.0
+=====  ==============================================  ===============================================
+
 (MobileNetV3's ``features`` blocks 0-16 sit in ``backbone.body``; block 16 is the 1x1 conv to
 960 channels at stride 32. torchvision's own ``trainable_backbone_layers`` keeps it apart as a
-sixth backbone stage; here it belongs to the stride-32 stage so depths line up with ResNet's.)
+sixth backbone stage; here it belongs to the stride-32 stage so depths line up with ResNet's.
+SSDlite splits block 13, the first at stride 32, after its 1x1 expansion conv, to tap the
+stride-16 map: ``backbone.features.0.13`` is that conv and ``backbone.features.1`` the rest of
+blocks 13-16, so the stride-32 stage is the same five blocks.)
 
 Freezing sets ``requires_grad=False`` and replaces each ``BatchNorm2d`` of a frozen stage by a
 ``FrozenBatchNorm2d`` with the same statistics, affine values and eps, so a frozen stage stays
@@ -85,12 +104,42 @@ _MOBILENET_STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("box_head", ("roi_heads.box_head",)),
 )
 
-# architecture -> ((stage name, module paths), ...), from the input to the box head
+# RetinaNet and FCOS: the same ResNet-50 FPN, then the head's two towers of 3x3 convs
+_ONESTAGE_RESNET_STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    *_RESNET_STAGES[:6],
+    ("box_tower", ("head.regression_head.conv",)),
+    ("class_tower", ("head.classification_head.conv",)),
+)
+
+
+def _features(first: int, last: int) -> tuple[str, ...]:
+    return tuple(f"backbone.features.0.{i}" for i in range(first, last + 1))
+
+
+_SSDLITE_MAPS = 6  # feature maps SSDlite predicts from: two of the backbone, four extras
+# SSDlite's MobileNetV3 grouped by output stride as above; the head's prediction blocks are a
+# depthwise 3x3 conv (.0) and the final 1x1 conv (.1) per feature map
+_SSDLITE_STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("stem", _features(0, 1)),
+    ("stride4", _features(2, 3)),
+    ("stride8", _features(4, 6)),
+    ("stride16", _features(7, 12)),
+    ("stride32", ("backbone.features.0.13", "backbone.features.1")),
+    ("extras", ("backbone.extra",)),
+    ("box_tower", tuple(f"head.regression_head.module_list.{i}.0" for i in range(_SSDLITE_MAPS))),
+    ("class_tower", tuple(f"head.classification_head.module_list.{i}.0" for i in range(_SSDLITE_MAPS))),
+)
+
+# architecture -> ((stage name, module paths), ...), from the input to the last head stage
 STAGES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "fasterrcnn_resnet50_fpn": _RESNET_STAGES,
     "fasterrcnn_resnet50_fpn_v2": _RESNET_STAGES,
     "fasterrcnn_mobilenet_v3_large_fpn": _MOBILENET_STAGES,
     "fasterrcnn_mobilenet_v3_large_320_fpn": _MOBILENET_STAGES,
+    "retinanet_resnet50_fpn": _ONESTAGE_RESNET_STAGES,
+    "retinanet_resnet50_fpn_v2": _ONESTAGE_RESNET_STAGES,
+    "fcos_resnet50_fpn": _ONESTAGE_RESNET_STAGES,
+    "ssdlite320_mobilenet_v3_large": _SSDLITE_STAGES,
 }
 
 
@@ -107,7 +156,7 @@ class FreezeReport:
 
 
 def max_freeze_depth(architecture: str) -> int:
-    """The deepest freeze: every stage frozen, only the box predictor trains."""
+    """The deepest freeze: every stage frozen, only the final class and box layers train."""
     return len(_stages(architecture))
 
 
@@ -117,7 +166,7 @@ def validate_freeze_depth(architecture: str, depth: int) -> None:
     if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or not 0 <= depth <= top:
         raise ConfigError(
             f"hparams.freeze_depth should be in the range [0,{top}] for {architecture}, got {depth!r} "
-            f"(0 trains everything, {top} only the box predictor)"
+            f"(0 trains everything, {top} only the final class and box layers)"
         )
 
 

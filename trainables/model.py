@@ -13,10 +13,15 @@ weights: the backbone body of ``fasterrcnn_resnet50_fpn`` and of both MobileNetV
 ``FrozenBatchNorm2d`` (``fasterrcnn_resnet50_fpn_v2`` keeps ``BatchNorm2d`` everywhere). Nothing
 is frozen here beyond that; ``trainables.freeze`` decides what trains.
 
-Then the box predictor is pruned to the dataset's classes (``trainables.heads``): each dataset
-class mapped by ``model.class_map`` to a COCO category starts from that category's rows, the
-others from a fresh initialisation, and background keeps COCO's row 0. Class counts K never
-include the background, which torchvision counts as class 0.
+Then the class head is pruned to the dataset's classes: the Faster R-CNN box predictor
+(``trainables.heads``) or the RetinaNet, FCOS and SSDlite class convs
+(``trainables.onestage_heads``). Each dataset class mapped by ``model.class_map`` to a COCO
+category starts from that category's rows (channels, for every anchor), the others from a fresh
+initialisation, and index 0 keeps COCO's background (closed, in the sigmoid heads). Class counts
+K never include index 0: every family's model has K + 1 classes, as torchvision counts them.
+
+The builder's keyword arguments depend on the family (``model_kwargs``): ``min_size``/``max_size``
+for Faster R-CNN, RetinaNet and FCOS, nothing for SSDlite, whose builder fixes 320x320.
 """
 
 from __future__ import annotations
@@ -30,12 +35,13 @@ import torch
 from torch import nn
 from torchvision.models import get_model, get_model_weights
 
-from trainables.config import ARCHITECTURES, ModelConfig
+from trainables.config import ARCHITECTURES, FAMILIES, FAMILY_MODEL_KEYS, ModelConfig
 from trainables.errors import ConfigError
 from trainables.freeze import freeze_batchnorm
 from trainables.heads import check_predictor, coco_label, prune_box_predictor
+from trainables.onestage_heads import check_class_head, prune_class_head
 
-__all__ = ["COCO_NUM_CLASSES", "build_model", "build_inference_model", "model_kwargs"]
+__all__ = ["COCO_NUM_CLASSES", "build_model", "build_inference_model", "check_head", "model_kwargs"]
 
 COCO_NUM_CLASSES = 91  # rows of torchvision's COCO head, background and "N/A" placeholders included
 
@@ -46,23 +52,44 @@ _ALL_BACKBONE_LAYERS = {
     "fasterrcnn_resnet50_fpn_v2": 5,
     "fasterrcnn_mobilenet_v3_large_fpn": 6,
     "fasterrcnn_mobilenet_v3_large_320_fpn": 6,
+    "retinanet_resnet50_fpn": 5,
+    "retinanet_resnet50_fpn_v2": 5,
+    "fcos_resnet50_fpn": 5,
+    "ssdlite320_mobilenet_v3_large": 6,
 }
 # Where torchvision's pretrained builders put FrozenBatchNorm2d, and its eps there: resnet50_fpn's
-# COCO_V1 weights reset eps to 0.0 after loading (torchvision's overwrite_eps); the MobileNetV3
-# backbone keeps 1e-5, the eps its BatchNorm2d has without weights. Built from a file, the same
-# layers get the same, so a torchvision weights file computes exactly what the named weights do.
+# COCO_V1 weights (Faster R-CNN and RetinaNet v1) reset eps to 0.0 after loading (torchvision's
+# overwrite_eps); FCOS keeps FrozenBatchNorm2d's 1e-5, as does the MobileNetV3 FPN backbone (the
+# eps its BatchNorm2d has without weights). The v2 models and SSDlite keep BatchNorm2d. Built
+# from a file, the same layers get the same, so a torchvision weights file computes exactly what
+# the named weights do.
 _PRETRAINED_FROZEN_BN: dict[str, tuple[str, float]] = {
     "fasterrcnn_resnet50_fpn": ("backbone.body", 0.0),
     "fasterrcnn_mobilenet_v3_large_fpn": ("backbone.body", 1e-5),
     "fasterrcnn_mobilenet_v3_large_320_fpn": ("backbone.body", 1e-5),
+    "retinanet_resnet50_fpn": ("backbone.body", 0.0),
+    "fcos_resnet50_fpn": ("backbone.body", 1e-5),
 }
 _CHECKPOINT_SUFFIXES = (".pth", ".pt")
 _SHOWN_KEYS = 5  # state_dict keys quoted in a mismatch message
 
 
 def model_kwargs(model_cfg: ModelConfig) -> dict[str, Any]:
-    """The keyword arguments of torchvision's builder that a checkpoint must carry (resize, px)."""
-    return {"min_size": model_cfg.min_size, "max_size": model_cfg.max_size}
+    """The keyword arguments of torchvision's builder that a checkpoint must carry (resize, px).
+
+    Per family: SSDlite's builder takes none (its size is fixed); RoI sampling is training-only.
+    """
+    keys = [k for k in ("min_size", "max_size") if k in FAMILY_MODEL_KEYS[FAMILIES[model_cfg.architecture]]]
+    return {k: getattr(model_cfg, k) for k in keys}
+
+
+def check_head(model: nn.Module, architecture: str, num_classes: int) -> None:
+    """Raise TrainingError unless ``model``'s class head fits K = ``num_classes`` (see the head modules)."""
+    family = FAMILIES[architecture]
+    if family == "fasterrcnn":
+        check_predictor(model, num_classes)
+    else:
+        check_class_head(model, family, num_classes)
 
 
 def build_model(model_cfg: ModelConfig, class_names: Sequence[str]) -> nn.Module:
@@ -73,8 +100,12 @@ def build_model(model_cfg: ModelConfig, class_names: Sequence[str]) -> nn.Module
     """
     source_rows = _source_rows(model_cfg.class_map, class_names)  # validate before the slow part
     model = _build_coco_model(model_cfg)
-    model.roi_heads.box_predictor = prune_box_predictor(model.roi_heads.box_predictor, source_rows)
-    check_predictor(model, len(class_names))
+    family = FAMILIES[model_cfg.architecture]
+    if family == "fasterrcnn":
+        model.roi_heads.box_predictor = prune_box_predictor(model.roi_heads.box_predictor, source_rows)
+    else:
+        prune_class_head(model, family, source_rows)
+    check_head(model, model_cfg.architecture, len(class_names))
     return model
 
 
@@ -96,7 +127,7 @@ def build_inference_model(
     )
     if pretrained:
         _to_pretrained_structure(model, architecture)
-    check_predictor(model, num_classes)
+    check_head(model, architecture, num_classes)
     return model
 
 
@@ -126,9 +157,10 @@ def _source_rows(class_map: Mapping[str, str | None], class_names: Sequence[str]
 def _build_coco_model(model_cfg: ModelConfig) -> nn.Module:
     arch, weights = model_cfg.architecture, model_cfg.weights
     _check_architecture(arch)
-    # RoIs sampled per image for the box head's loss: training-only, so not part of model_kwargs
-    common = dict(weights_backbone=None, num_classes=COCO_NUM_CLASSES, **model_kwargs(model_cfg),
-                  box_batch_size_per_image=model_cfg.box_batch_size_per_image)
+    common = dict(weights_backbone=None, num_classes=COCO_NUM_CLASSES, **model_kwargs(model_cfg))
+    if FAMILIES[arch] == "fasterrcnn":
+        # RoIs sampled per image for the box head's loss: training-only, so not part of model_kwargs
+        common["box_batch_size_per_image"] = model_cfg.box_batch_size_per_image
     if weights is None:
         # no trainable_backbone_layers: without weights torchvision warns that it does nothing
         return get_model(arch, weights=None, **common)

@@ -27,10 +27,30 @@ class RayReporter:
         self._tune = tune
         self._extra = dict(extra or {})
         self._restored: Path | None = None
+        self._trial_dir = self._working_dir()
+
+    def _working_dir(self) -> Path:
+        """The trial's working directory on this node: the folder Tune copies to the trial's folder in
+        storage (``SyncConfig(sync_artifacts=True)``) at every checkpoint and when the trial ends.
+
+        Not ``get_context().get_trial_dir()``: in a fresh worker process that is the driver's staging
+        folder, which is copied to storage only on the driver's node (in a reused process it is the
+        working directory). Tune changes into the working directory before a trial starts.
+        """
+        working = Path.cwd()
+        name = Path(self._tune.get_context().get_trial_dir()).name
+        if working.name != name:
+            from trainables.errors import TrainingError
+
+            raise TrainingError(
+                f"trial {name} runs in {working}, not in its working directory, so its TensorBoard events "
+                f"would never reach storage: unset RAY_CHDIR_TO_TRIAL_DIR=0"
+            )
+        return working
 
     @property
     def trial_dir(self) -> Path:
-        return Path(self._tune.get_context().get_trial_dir())
+        return self._trial_dir
 
     def latest_checkpoint(self) -> Path | None:
         checkpoint = self._tune.get_checkpoint()

@@ -11,9 +11,12 @@ import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Reporter", "LocalReporter", "format_epoch_line", "sort_score"]
+from trainables.atomic import atomic_write_text
+from trainables.objective import best_epoch
+
+__all__ = ["Reporter", "LocalReporter", "format_epoch_line", "format_best_summary", "sort_score", "hparam_value"]
 
 
 @runtime_checkable
@@ -35,12 +38,18 @@ def _fmt(value: float) -> str:
     return "  nan" if isinstance(value, float) and math.isnan(value) else f"{value:.3f}"
 
 
+# short names of the loss parts in the epoch line, for every family (see trainables.loop.LOSS_NAMES)
+_LOSS_SHORT = {
+    "loss_classifier": "cls", "loss_box_reg": "box", "loss_objectness": "obj", "loss_rpn_box_reg": "rpn",
+    "loss_classification": "cls", "loss_bbox_regression": "box", "loss_bbox_ctrness": "ctr",
+}
+
+
 def format_epoch_line(metrics: dict[str, float]) -> str:
-    """One line per epoch: losses, AP/AR, learning rate and throughput."""
+    """One line per epoch: losses (the total, then the family's parts), AP/AR, learning rate and throughput."""
+    parts = " ".join(f"{short} {metrics[key]:.4f}" for key, short in _LOSS_SHORT.items() if key in metrics)
     return (
-        f"epoch {int(metrics['epoch']):3d}  loss {metrics['loss']:.4f} "
-        f"(cls {metrics['loss_classifier']:.4f} box {metrics['loss_box_reg']:.4f} "
-        f"obj {metrics['loss_objectness']:.4f} rpn {metrics['loss_rpn_box_reg']:.4f})  "
+        f"epoch {int(metrics['epoch']):3d}  loss {metrics['loss']:.4f} ({parts})  "
         f"AP {_fmt(metrics['AP'])} AP50 {_fmt(metrics['AP50'])} AP75 {_fmt(metrics['AP75'])} "
         f"AR100 {_fmt(metrics['AR100'])}  lr {metrics['lr']:.2e}  {metrics['images_per_s']:.1f} img/s"
     )
@@ -50,7 +59,7 @@ class LocalReporter:
     """Writes checkpoints and metrics under ``out_dir`` for a trial run as a plain process.
 
     Layout: ``metrics.jsonl`` (one JSON object per epoch), ``checkpoints/epoch_NNNN/`` (the last
-    epoch and the best by AP are kept), ``best -> checkpoints/epoch_NNNN`` recorded in ``best.json``.
+    epoch and the best by ``score`` are kept; see ``trainables.objective``), ``best -> checkpoints/epoch_NNNN`` recorded in ``best.json``.
     """
 
     def __init__(self, out_dir: str | Path, *, echo: Callable[[str], None] | None = None):
@@ -82,17 +91,35 @@ class LocalReporter:
         shutil.copytree(checkpoint_dir, target)
         # metrics of epochs after this one belong to a run that is being replaced by a resume
         kept = [m for m in self.history() if int(m["epoch"]) < epoch] + [dict(metrics)]
-        tmp = self.out_dir / "metrics.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
-        tmp.replace(self.out_dir / "metrics.jsonl")
-        best = max(kept, key=lambda m: (sort_score(m.get("AP")), sort_score(m.get("AR100"))))
-        (self.out_dir / "best.json").write_text(json.dumps({"epoch": int(best["epoch"]), "metrics": best}, indent=2))
+        atomic_write_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
+        best = best_epoch(kept)  # by the reported score: the objective, then AR100
+        atomic_write_text(self.out_dir / "best.json", json.dumps({"epoch": int(best["epoch"]), "metrics": best}, indent=2))
         keep = {target.name, f"epoch_{int(best['epoch']):04d}"}
         for old in self._ckpt_root.glob("epoch_*"):
             if old.name not in keep:
                 shutil.rmtree(old, ignore_errors=True)
         if self._echo is not None:
             self._echo(format_epoch_line(metrics))
+
+
+def format_best_summary(out_dir: str | Path, *, epochs: int | None = None) -> str:
+    """The end of ``boxtune train``: the best epoch, its 12 COCO numbers (val split) and its checkpoint."""
+    out_dir = Path(out_dir)
+    best = json.loads((out_dir / "best.json").read_text())
+    epoch, metrics = int(best["epoch"]), best["metrics"]
+    names = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+    of = f" of {epochs}" if epochs else ""
+    lines = [f"best epoch {epoch}{of} (val split; NaN: no object of that size)"]
+    for row in (names[:6], names[6:]):
+        lines.append("  " + " ".join(f"{k:>6}" for k in row))
+        lines.append("  " + " ".join(f"{_fmt(float(metrics.get(k, float('nan')))):>6}" for k in row))
+    lines.append(f"checkpoint: {out_dir / 'checkpoints' / f'epoch_{epoch:04d}'}")
+    return "\n".join(lines)
+
+
+def hparam_value(value: Any) -> Any:
+    """A hyperparameter as TensorBoard's HParams take it: bool, number or string (a list becomes its text)."""
+    return value if isinstance(value, bool | int | float | str) else str(value)
 
 
 def sort_score(value) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,9 @@ def _cmd_data_summary(args: argparse.Namespace) -> int:
         manifest = read_manifest(args.path)
     else:
         manifest = build_manifest(args.path, format=args.format, images_dir=args.images_dir,
-                                  val_fraction=args.val_fraction, seed=args.seed)
+                                  val_source=args.val_path, val_fraction=args.val_fraction,
+                                  test_source=args.test_path, test_fraction=args.test_fraction,
+                                  seed=args.seed, strict=args.strict)
     print(summarize(manifest))
     if args.manifest:
         manifest.write(args.manifest)
@@ -40,13 +43,45 @@ def _cmd_data_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from trainables.loop import TrialResources, run_trial
-    from trainables.reporting import LocalReporter
-    from tune.config import TrainConfig, load_config
-    from tune.sweep import prepare_manifest
+def _check_device(value: str | None) -> None:
+    """``--device``, before any work: a device this machine does not have is a user error, not a traceback."""
+    if value is None:
+        return  # cuda if available, else cpu
+    import torch
 
-    cfg = load_config(args.config, TrainConfig, overrides=args.set)
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise BoxtuneError(f"--device {value!r}: not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BoxtuneError(f"--device {value}: torch sees no CUDA device on this machine "
+                               f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); "
+                               f"use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise BoxtuneError(f"--device {value}: this machine has {count} CUDA device{'s' if count != 1 else ''} "
+                               f"(cuda:0 to cuda:{count - 1})")
+    elif device.type != "cpu":
+        backend = getattr(torch, device.type, None)
+        if backend is None or not backend.is_available():
+            raise BoxtuneError(f"--device {value}: torch has no {device.type} device on this machine; use cpu or cuda")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    _check_device(args.device)
+    from trainables.loop import TrialResources, run_trial
+    from trainables.reporting import LocalReporter, format_best_summary
+    from tune.config import TrainConfig, load_config
+    from tune.data_source import prepare_manifest  # not tune.sweep: a trial needs neither Ray nor Optuna
+
+    # --epochs is --set training.epochs=N: a best-config from `report --best-config` becomes a longer run
+    overrides = list(args.set) + ([f"training.epochs={args.epochs}"] if args.epochs is not None else [])
+    cfg = load_config(args.config, TrainConfig, overrides=overrides)
+    fraction = args.gpu_memory_fraction
+    if fraction is None:
+        fraction = _env_float("BOXTUNE_GPU_MEMORY_FRACTION")
+    resources = TrialResources(cpus=args.threads or cfg.threads, device=args.device, gpu_memory_fraction=fraction)
     out = Path(args.out)
     manifest = prepare_manifest(cfg)
     print(f"{len(manifest.records('train'))} train / {len(manifest.records('val'))} val images, "
@@ -55,15 +90,42 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if reporter.latest_checkpoint() is not None and not args.resume:
         raise BoxtuneError(f"{out} already holds checkpoints; pass --resume to continue, or choose another --out")
     trial_cfg = {"model": cfg.model.model_dump(), "training": cfg.training.model_dump(),
-                 "hparams": cfg.hparams.model_dump(exclude_unset=True)}
+                 "hparams": cfg.hparams.model_dump(exclude_unset=True), "metric": cfg.metric}
     run_trial(trial_cfg, manifest=manifest, reporter=reporter,
-              resources=TrialResources(cpus=args.threads, device=args.device))
-    best = (out / "best.json").read_text()
-    print(f"best epoch: {best}")
+              resources=resources)
+    print(format_best_summary(out, epochs=cfg.training.epochs))
+    _train_test_summary(out, manifest, device=args.device)
     return 0
 
 
+def _train_test_summary(out: Path, manifest, *, device: str | None) -> None:
+    """Evaluate the best epoch once on the test split (if any) and print its numbers beside val's."""
+    from tune.holdout import OPTIMISTIC_TRAIN_NOTE, TEST_RESULTS_FILE, evaluate_train_on_test
+
+    test = evaluate_train_on_test(out, manifest, device=device)
+    if test is None:
+        print(OPTIMISTIC_TRAIN_NOTE)
+        return
+    m = test["metrics"]
+    print(f"test split ({test['images']} images), epoch {test['epoch']}: "
+          + "  ".join(f"test_{k} {m[k]:.4f}" for k in ("AP", "AP50", "AP75", "AR100"))
+          + f"  (in {out / TEST_RESULTS_FILE})")
+
+
+def _prepare_ray(address: str | None) -> None:
+    """``sweep``, ``demo`` and ``resume``, before any work: without an address they start a local Ray,
+    confined to loopback before anything imports ray (Ray reads the switch once, at import); with one,
+    an address where no Ray cluster answers fails now, not after the dataset is read."""
+    from tune.ray_session import check_address, confine_local_ray, is_local
+
+    if is_local(address):
+        confine_local_ray()
+    else:
+        check_address(address or os.environ["RAY_ADDRESS"])
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    _prepare_ray(args.address)
     from tune.config import SweepConfig, load_config
     from tune.report import format_ranking, load_sweep, param_importances
     from tune.sweep import run_sweep
@@ -72,30 +134,76 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, SweepConfig, overrides=overrides)
     rows = run_sweep(cfg, address=args.address)
     run = f"{rows[0]['path'].rsplit('/', 1)[0]}" if rows else cfg.storage
-    print(format_ranking(rows, top=args.top, importances=param_importances(load_sweep(run)) if rows else None))
+    if not rows:
+        print(format_ranking(rows, top=args.top))
+        return 0
+    view = load_sweep(run)
+    print(format_ranking(rows, top=args.top, importances=param_importances(view), notes=_notes(view)))
+    _print_best_per_class(view, rows)
     return 0
 
 
+def _notes(view) -> list[str]:
+    from tune.report import sweep_notes
+
+    return sweep_notes(view)
+
+
+def _print_best_per_class(view, rows) -> None:
+    """The end-of-sweep summary's per-class AP/AR100 of the best trial."""
+    from tune.report import best_per_class
+
+    text = best_per_class(view, rows)
+    if text:
+        print(f"\n{text}")
+
+
 def _cmd_resume(args: argparse.Namespace) -> int:
+    _prepare_ray(args.address)
     from tune.report import format_ranking, load_sweep, param_importances
     from tune.sweep import resume_sweep
 
     rows = resume_sweep(args.run, address=args.address)
-    print(format_ranking(rows, importances=param_importances(load_sweep(args.run))))
+    view = load_sweep(args.run)
+    print(format_ranking(rows, importances=param_importances(view), notes=_notes(view)))
+    _print_best_per_class(view, rows)
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from tune.report import format_ranking, load_sweep, param_importances, rank_trials
+    from tune.report import (
+        format_per_class,
+        format_ranking,
+        load_sweep,
+        param_importances,
+        per_class_rows,
+        rank_trials,
+    )
 
     view = load_sweep(args.run)
     rows = rank_trials(view)
-    out = format_ranking(rows, fmt=args.format, top=args.top, importances=param_importances(view))
+    out = format_ranking(rows, fmt=args.format, top=args.top, importances=param_importances(view),
+                         notes=_notes(view))
+    if args.per_class:
+        # per-class AP/AR100 of the top trials' best epochs (--top, default the best one)
+        lines = per_class_rows(view, rows, top=args.top or 1)
+        if args.format == "table":
+            out = f"{out}\n\nper class (val; test_* where evaluated on the test split):\n{format_per_class(lines)}"
+        else:
+            out = format_ranking(lines, fmt=args.format)
     if args.plot:
         from tune.plots import write_plots
 
         for path in write_plots(view, rows, args.plot):
             print(f"wrote {path}", file=sys.stderr)
+    if args.best_config:
+        from tune.best_config import write_best_config
+
+        path = write_best_config(view, args.best_config, trial=args.trial)
+        print(f"wrote {path}: boxtune train {path} --out DIR reproduces the trial; add --epochs N for a longer run",
+              file=sys.stderr)
+    elif args.trial:
+        raise BoxtuneError("--trial goes with --best-config")
     if isinstance(out, bytes):
         if args.output is None:
             raise BoxtuneError("--format parquet needs --output FILE")
@@ -132,9 +240,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    _prepare_ray(args.address)
     from tune.demo import run_demo
 
-    run_demo(Path(args.out), num_trials=args.trials, epochs=args.epochs, address=args.address)
+    run_demo(Path(args.out), num_trials=args.trials, epochs=args.epochs, address=args.address,
+             num_images=args.images, image_size=args.image_size)
     return 0
 
 
@@ -153,12 +263,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    _check_device(args.device)
     from tune.predict import predict_files
 
     n = predict_files(args.model, args.images, out=args.out, draw=args.draw, score_threshold=args.score_threshold,
                       batch_size=args.batch_size, device=args.device)
     print(f"{n} detections written to {args.out}")
     return 0
+
+
+def _env_float(name: str) -> float | None:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise BoxtuneError(f"{name}: expected a number, got {raw!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,10 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="inspect datasets, generate the demo dataset")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     s = dsub.add_parser("summary", help="read and validate a dataset; print what was found and repaired")
-    s.add_argument("path", help="COCO JSON file or folder, Pascal VOC folder, or a manifest .parquet")
-    s.add_argument("--format", choices=("auto", "coco", "voc"), default="auto")
-    s.add_argument("--images-dir", default=None, help="COCO: folder that file_name is relative to")
+    s.add_argument("path", help="dataset folder (COCO, VOC or YOLO), COCO .json, YOLO data.yaml, or a manifest .parquet")
+    s.add_argument("--format", choices=("auto", "coco", "voc", "yolo"), default="auto")
+    s.add_argument("--images-dir", default=None, help="COCO, VOC: folder that holds the image files")
+    s.add_argument("--val-path", default=None, help="a separate validation set, same format")
     s.add_argument("--val-fraction", type=float, default=0.2)
+    s.add_argument("--test-path", default=None, help="a separate test set, same format")
+    s.add_argument("--test-fraction", type=float, default=0.0, help="random test split, drawn from train")
+    s.add_argument("--strict", action="store_true", help="cut-short or undecodable images are errors")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--manifest", default=None, help="also write the Parquet manifest here")
     s.set_defaults(func=_cmd_data_summary)
@@ -188,8 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="folder for checkpoints, metrics.jsonl and TensorBoard events")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    t.add_argument("--epochs", type=int, default=None, help="train this many epochs (same as --set training.epochs=N)")
+    t.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's threads, else torch's)")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    t.add_argument("--gpu-memory-fraction", type=float, default=None,
+                   metavar="F", help="hold the trial to this share (0, 1] of the GPU's memory, as for trials "
+                                     "packed on one GPU (default: BOXTUNE_GPU_MEMORY_FRACTION, else no limit)")
     t.set_defaults(func=_cmd_train)
 
     w = sub.add_parser("sweep", help="run a hyperparameter sweep (Ray Tune + Optuna)")
@@ -205,12 +334,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", default=None)
     r.set_defaults(func=_cmd_resume)
 
-    rp = sub.add_parser("report", help="rank a sweep's trials by AP of their best epoch, then AR100")
+    rp = sub.add_parser("report", help="rank a sweep's trials by search.metric of their best epoch, then AR100")
     rp.add_argument("run")
     rp.add_argument("--top", type=int, default=None)
     rp.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
     rp.add_argument("--output", "-o", default=None, help="write to a file instead of the terminal")
     rp.add_argument("--plot", default=None, metavar="DIR", help="also write PNG plots into DIR")
+    rp.add_argument("--per-class", action="store_true",
+                    help="per-class AP and AR100 of the top trials' best epochs (--top, default 1); with --format "
+                         "csv/json/parquet, these rows instead of the ranking")
+    rp.add_argument("--best-config", default=None, metavar="FILE",
+                    help="also write the best trial's `boxtune train` config (data, model, training, threads, hparams)")
+    rp.add_argument("--trial", default=None, help="with --best-config: this trial id instead of the best")
     rp.set_defaults(func=_cmd_report)
 
     st = sub.add_parser("status", help="trials done, running, pending and the best so far (works while a sweep runs)")
@@ -222,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--trials", type=int, default=4)
     dm.add_argument("--epochs", type=int, default=4)
     dm.add_argument("--address", default=None)
+    # a smaller demo dataset, for smoke tests (the documented demo is 240 images of 160 px)
+    dm.add_argument("--images", type=int, default=240, help=argparse.SUPPRESS)
+    dm.add_argument("--image-size", type=int, default=160, help=argparse.SUPPRESS)
     dm.set_defaults(func=_cmd_demo)
 
     tb = sub.add_parser("tensorboard", help="start TensorBoard on a sweep's folder")
@@ -253,7 +391,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        # the reader went away (`boxtune ... | head`). Python's documented recipe: point stdout at
+        # devnull so the flush at exit does not fail again. SIGPIPE stays ignored (Ray's sockets).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except BoxtuneError as err:
         print(f"boxtune: error: {err}", file=sys.stderr)
         return 2

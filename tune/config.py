@@ -10,16 +10,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables.config import HParams, ModelConfig, TrainingConfig, format_validation_error
 from trainables.errors import ConfigError
+from trainables.objective import parse_objective
 
 __all__ = [
     "DataConfig",
     "SearchConfig",
+    "ReportConfig",
     "SchedulerConfig",
     "ResourcesConfig",
+    "CheckpointsConfig",
     "SweepConfig",
     "TrainConfig",
     "load_config",
@@ -37,11 +40,16 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """The user's dataset: read and validated once per sweep into a Parquet manifest."""
 
-    path: str  # a COCO JSON file, a COCO folder, a VOC folder, or a prebuilt manifest .parquet
-    format: Literal["auto", "coco", "voc"] = "auto"
-    images_dir: str | None = None  # COCO: where file_name is resolved; default: the JSON's folder
+    # a dataset folder (COCO, VOC or YOLO, found by content), a COCO .json, a YOLO data.yaml, or a
+    # prebuilt manifest .parquet
+    path: str
+    format: Literal["auto", "coco", "voc", "yolo"] = "auto"
+    images_dir: str | None = None  # COCO and VOC: where the image files are, when not found beside the annotations
     val_path: str | None = None  # an explicit validation set in the same format
     val_fraction: float = Field(default=0.2, ge=0, lt=1)
+    test_path: str | None = None  # an explicit test set in the same format (never trained on)
+    test_fraction: float = Field(default=0.0, ge=0, lt=1)  # of all images, drawn from train; 0: no test split
+    strict: bool = False  # a JPEG cut short or an undecodable image is an error instead of repaired / left out
     seed: int = 0  # split seed: same inputs and seed give the same split, byte for byte
     classes: list[str] | None = None  # keep only these classes (boxes of others are dropped and counted)
     rename: dict[str, str] = Field(default_factory=dict)
@@ -52,6 +60,20 @@ class SearchConfig(_Strict):
     num_trials: int = Field(default=20, ge=1, le=100_000)
     sampler: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
     seed: int = 0
+    # what the sweep maximises on the val split, with AR100 as the tiebreak (trainables.objective):
+    # AP, AP50, AP75, AR100, APs, APm, APl, AP[class], or a mapping of these to weights
+    metric: str | dict[str, float] = "AP"
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str | dict[str, float]) -> str | dict[str, float]:
+        parse_objective(v, key=None)  # syntax now; classes and measurability once the manifest is built
+        return v
+
+
+class ReportConfig(_Strict):
+    # the top trials (by the objective on val) whose best epoch is evaluated once on the test split
+    test_top: int = Field(default=1, ge=0, le=1000)
 
 
 class SchedulerConfig(_Strict):
@@ -72,6 +94,14 @@ class ResourcesConfig(_Strict):
         return v
 
 
+class CheckpointsConfig(_Strict):
+    """How much of a sweep's checkpoints stay on disk (see tune.retention)."""
+
+    # trials that keep a checkpoint once they end, best first by the objective; the rest keep
+    # metrics, events and config only. A finished trial keeps one checkpoint, without optimiser state.
+    keep_trials: int = Field(default=5, ge=1, le=100_000)
+
+
 class SweepConfig(_Strict):
     name: str = "sweep"
     data: DataConfig
@@ -84,7 +114,19 @@ class SweepConfig(_Strict):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     max_concurrent: int = Field(default=2, ge=1, le=10_000)
     storage: str = "boxtune_runs"  # a local folder, or a URI Ray storage accepts (s3://, gs://, ...)
-    retries: int = Field(default=1, ge=0, le=100)  # re-runs of a failed trial, from its last checkpoint
+    # re-runs of a crashed trial (or one on a lost node), from its last checkpoint; a ConfigError,
+    # DataError or non-finite loss repeats on every try and is not re-run (tune.trial_record)
+    retries: int = Field(default=1, ge=0, le=100)
+    checkpoints: CheckpointsConfig = Field(default_factory=CheckpointsConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @model_validator(mode="after")
+    def _keep_test_top(self) -> SweepConfig:
+        # the trials evaluated on the test split are read from their checkpoints after the sweep
+        if self.checkpoints.keep_trials < self.report.test_top:
+            raise ValueError(f"checkpoints.keep_trials ({self.checkpoints.keep_trials}) must be >= report.test_top "
+                             f"({self.report.test_top}): the trials evaluated on the test split need their checkpoints")
+        return self
 
     @field_validator("hparams")
     @classmethod
@@ -110,6 +152,16 @@ class TrainConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     hparams: HParams = Field(default_factory=HParams)
+    metric: str | dict[str, float] = "AP"  # picks the best epoch, as search.metric does in a sweep
+    # torch intra-op threads; a sweep trial uses resources.cpu (rounded up). CPU float sums depend
+    # on it, so a sweep trial's best-config records it. ``--threads`` wins; None keeps torch's default
+    threads: int | None = Field(default=None, ge=1, le=1024)
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str | dict[str, float]) -> str | dict[str, float]:
+        parse_objective(v, key=None)
+        return v
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -131,23 +183,33 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _local_path(value: Any, base: Path) -> Any:
+    """``~`` expanded, then a relative path made relative to ``base``; URIs and non-strings unchanged."""
+    if not isinstance(value, str) or "://" in value:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:
-    """Relative data, weights and storage paths are relative to the config file's folder."""
-    storage = data.get("storage")
-    if isinstance(storage, str) and "://" not in storage and not Path(storage).is_absolute():
-        data["storage"] = str((base / storage).resolve())
+    """Data, weights and storage paths: ``~`` is the user's home, and relative paths are relative to
+    the config file's folder (not to wherever boxtune was started)."""
+    if "storage" in data:
+        data["storage"] = _local_path(data["storage"], base)
     section = data.get("data")
     if isinstance(section, dict):
-        for key in ("path", "images_dir", "val_path"):
-            value = section.get(key)
-            if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
-                section[key] = str((base / value).resolve())
+        for key in ("path", "images_dir", "val_path", "test_path"):
+            if key in section:
+                section[key] = _local_path(section[key], base)
     model = data.get("model")
     if isinstance(model, dict):
-        weights = model.get("weights")
-        if isinstance(weights, str) and (weights.endswith((".pth", ".pt")) or "/" in weights):
-            if not Path(weights).is_absolute():
-                model["weights"] = str((base / weights).resolve())
+        per_arch = model.get("by_architecture")
+        sections = [model, *(per_arch.values() if isinstance(per_arch, dict) else ())]
+        for section in (s for s in sections if isinstance(s, dict)):
+            weights = section.get("weights")
+            # a file, not a torchvision weights name such as DEFAULT
+            if isinstance(weights, str) and (weights.endswith((".pth", ".pt")) or "/" in weights or weights.startswith("~")):
+                section["weights"] = _local_path(weights, base)
 
 
 def load_config(path: str | Path | None, schema: type[BaseModel], *, overrides: list[str] = (),

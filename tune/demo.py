@@ -14,12 +14,13 @@ from tune.config import SweepConfig
 __all__ = ["demo_config", "run_demo"]
 
 
-def demo_config(out: Path, *, num_trials: int = 4, epochs: int = 4, name: str = "demo") -> SweepConfig:
+def demo_config(out: Path, *, num_trials: int = 4, epochs: int = 4, name: str = "demo",
+                image_size: int = 160) -> SweepConfig:
     return SweepConfig.model_validate({
         "name": name,
         "data": {"path": str(out / "data" / "annotations.json"), "val_fraction": 0.2, "seed": 0},
         "model": {"architecture": "fasterrcnn_mobilenet_v3_large_320_fpn", "weights": None,
-                  "min_size": 160, "max_size": 160,
+                  "min_size": image_size, "max_size": image_size,  # px: the generated images' side
                   "box_batch_size_per_image": 128},
         "training": {"epochs": epochs, "seed": 0, "image_log_every": 1, "image_log_count": 4},
         "search": {"space": "quick", "num_trials": num_trials, "sampler": "tpe", "seed": 0},
@@ -31,22 +32,27 @@ def demo_config(out: Path, *, num_trials: int = 4, epochs: int = 4, name: str = 
     })
 
 
-def run_demo(out: Path, *, num_trials: int = 4, epochs: int = 4, address: str | None = None) -> list[dict]:
+def run_demo(out: Path, *, num_trials: int = 4, epochs: int = 4, address: str | None = None,
+             num_images: int = 240, image_size: int = 160) -> list[dict]:
+    """Generate the demo data (once per ``out``) and sweep it; ``num_images`` and ``image_size`` shrink it for a smoke test."""
     from trainables.data import make_demo_dataset
-    from tune.report import format_ranking, load_sweep, param_importances
+    from tune.report import best_per_class, format_ranking, load_sweep, param_importances, sweep_notes
     from tune.sweep import run_sweep
 
     out = out.resolve()
     if not (out / "data" / "annotations.json").is_file():
         print(f"generating the demo dataset in {out / 'data'}")
-        make_demo_dataset(out / "data", num_images=240, image_size=160, seed=0)
+        make_demo_dataset(out / "data", num_images=num_images, image_size=image_size, seed=0)
     # a fresh experiment name per run, so `make demo` can be run again
     name = next(n for n in (f"demo-{i}" if i else "demo" for i in itertools.count()) if not (out / "runs" / n).exists())
-    cfg = demo_config(out, num_trials=num_trials, epochs=epochs, name=name)
+    cfg = demo_config(out, num_trials=num_trials, epochs=epochs, name=name, image_size=image_size)
     rows = run_sweep(cfg, address=address)
     run = str(out / "runs" / name)
     print()
-    print(format_ranking(rows, importances=param_importances(load_sweep(run))))
+    view = load_sweep(run)
+    print(format_ranking(rows, importances=param_importances(view), notes=sweep_notes(view)))
+    if rows:
+        print(f"\n{best_per_class(view, rows)}")
     print(f"\nnext: boxtune report {run} --plot {out / 'plots'}   |   boxtune tensorboard {run}   |   "
           f"boxtune export {run} --out {out / 'best.pt'}")
     return rows

@@ -10,7 +10,12 @@ A ``.pt`` export is a ``torch.save`` dict of tensors, numbers and strings (it lo
      "image_size": {"min_size": 320, "max_size": 640},
      "classes": [{"label": 1, "name": "raccoon", "dataset_id": 1}, ...],
      "state_dict": {...}, "config": {...}, "trial_id": "...", "sweep": "...",
-     "metrics": {...}, "epoch": 7}
+     "metrics": {...}, "epoch": 7,
+     "test_metrics": {"test_AP": ..., "test_AR100": ..., ...}, "test_images": 48}
+
+``metrics`` are the epoch's val numbers (the val split chose the epoch and ranked the trial);
+``test_metrics`` are the same epoch's numbers on the held-out test split when the sweep evaluated
+it there (see ``tune.holdout``), else None, as is ``test_images``.
 
 Loading it needs only torch and torchvision::
 
@@ -19,7 +24,10 @@ Loading it needs only torch and torchvision::
     model.load_state_dict(ckpt["state_dict"]); model.eval()
 
 Label ``l`` of the model's output is ``classes[l - 1]``; its ``dataset_id`` is the category id of
-the user's own dataset.
+the user's own dataset. Every architecture counts K + 1 classes with index 0 reserved (background,
+or a closed channel in RetinaNet's and FCOS's sigmoid heads, which then never emit label 0).
+``model_kwargs`` are per family: ``min_size``/``max_size`` for Faster R-CNN, RetinaNet and FCOS,
+none for SSDlite (its builder fixes 320x320, which ``image_size`` records).
 
 The state dict is normalised for the plain ``weights=None`` build: torchvision's pretrained
 builders (and frozen stages) use ``FrozenBatchNorm2d``, which has no ``num_batches_tracked``
@@ -33,7 +41,9 @@ torchvision detectors always return both). ``onnx`` saves a graph taking one ``[
 image in [0, 1] and returning ``boxes``, ``labels``, ``scores``. Both write the metadata beside the
 model as ``<out>.json``. torch 2.15 deprecates TorchScript and the TorchScript-based ONNX exporter with a
 warning (silenced here); the ONNX export uses that exporter (``dynamo=False``) because the
-torch.export-based one needs ``onnxscript``.
+torch.export-based one needs ``onnxscript``. Every family exports to TorchScript and ONNX; ONNX
+Runtime's outputs are checked against torch's in the tests for Faster R-CNN MobileNet, SSDlite,
+RetinaNet and FCOS.
 """
 
 from __future__ import annotations
@@ -42,7 +52,6 @@ import json
 import logging
 import math
 import os
-import uuid
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -52,6 +61,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainables.atomic import atomic_path as _writing
 from trainables.checkpoint import TrialState, load_checkpoint
 from trainables.errors import BoxtuneError
 from trainables.model import build_inference_model
@@ -65,6 +75,8 @@ __all__ = [
     "build_export_model",
     "normalize_state_dict",
     "export_payload",
+    "export_model",
+    "best_checkpoint",
     "export_checkpoint",
     "export_best",
 ]
@@ -158,6 +170,17 @@ def export_payload(state: TrialState, *, trial_id: str | None = None, sweep: str
     return _payload_and_model(state, trial_id=trial_id, sweep=sweep)[0]
 
 
+def export_model(state: TrialState) -> nn.Module:
+    """The model an export of ``state`` loads, in eval mode (what ``boxtune predict`` runs)."""
+    return _payload_and_model(state, trial_id=None, sweep=None)[1]
+
+
+def _image_size(model: nn.Module) -> dict[str, int]:
+    """The resize the model applies (px): its transform's, which for SSDlite is a fixed 320x320."""
+    transform = model.transform
+    return {"min_size": int(transform.min_size[0]), "max_size": int(transform.max_size)}
+
+
 def _payload_and_model(state: TrialState, *, trial_id: str | None, sweep: str | None) -> tuple[dict[str, Any], nn.Module]:
     classes = _classes(state)
     num_classes = len(classes) + 1  # + background
@@ -167,14 +190,13 @@ def _payload_and_model(state: TrialState, *, trial_id: str | None, sweep: str | 
     trained_eps = _norm_eps(build_export_model(state.architecture, num_classes, kwargs, pretrained=True)) if pretrained else None
     state_dict = normalize_state_dict(state.model, model=model, trained_eps=trained_eps)
     model.load_state_dict(state_dict)  # strict: proves the snippet will load it
-    model_cfg = state.config.get("model") or {}
     payload = {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,
         "architecture": state.architecture,
         "num_classes": num_classes,
         "model_kwargs": kwargs,
-        "image_size": {k: int(kwargs.get(k, model_cfg.get(k, 0))) for k in ("min_size", "max_size")},
+        "image_size": _image_size(model),
         "classes": classes,
         "state_dict": state_dict,
         "config": state.config,
@@ -182,23 +204,14 @@ def _payload_and_model(state: TrialState, *, trial_id: str | None, sweep: str | 
         "sweep": sweep,
         "metrics": dict(state.metrics),
         "epoch": int(state.epoch),
+        "test_metrics": None,
+        "test_images": None,
     }
     return payload, model.eval()
 
 
-@contextmanager
-def _writing(out: Path) -> Iterator[Path]:
-    """A temporary path beside ``out`` that replaces ``out`` when the block succeeds.
-
-    The writer creates the file itself, so it gets the umask's permissions (mkstemp's are 0600).
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)  # JSON null: nothing to measure
 
 
 def _json_safe(value: Any) -> Any:
@@ -258,14 +271,28 @@ def _save_onnx(model: nn.Module, out: Path, *, size: int) -> None:
 
 
 def export_checkpoint(checkpoint_dir: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "pt",
-                      trial_id: str | None = None, sweep: str | None = None) -> Path:
-    """Write the trial checkpoint in ``checkpoint_dir`` as one self-contained file; return its path."""
+                      trial_id: str | None = None, sweep: str | None = None,
+                      test: Mapping[str, Any] | None = None, expect_epoch: int | None = None) -> Path:
+    """Write the trial checkpoint in ``checkpoint_dir`` as one self-contained file; return its path.
+
+    ``test`` ({"epoch", "images", "metrics"}) is stored when its epoch is the checkpoint's;
+    ``expect_epoch`` (the ranking's best epoch) must be the checkpoint's epoch, or nothing is written.
+    """
     if fmt not in FORMATS:
         raise BoxtuneError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     out = Path(out)
     if out.is_dir():
         raise BoxtuneError(f"--out {out} is a folder; give a file name such as {out / 'best.pt'}")
-    payload, model = _payload_and_model(load_checkpoint(checkpoint_dir), trial_id=trial_id, sweep=sweep)
+    state = load_checkpoint(checkpoint_dir)
+    if expect_epoch is not None and int(state.epoch) != int(expect_epoch):
+        raise BoxtuneError(f"trial {trial_id}: the kept checkpoint is epoch {state.epoch}, but the ranking's "
+                           f"best epoch is {expect_epoch}; refusing to export a model other than the ranked one")
+    payload, model = _payload_and_model(state, trial_id=trial_id, sweep=sweep)
+    if test is not None and int(test["epoch"]) == int(state.epoch):
+        from tune.holdout import test_columns
+
+        payload["test_metrics"] = {k: _float(v) for k, v in test_columns(test["metrics"]).items()}
+        payload["test_images"] = int(test["images"])
     if fmt == "pt":
         with _writing(out) as tmp:
             torch.save(payload, tmp)
@@ -308,21 +335,59 @@ def _quiet_ray_analysis() -> Iterator[None]:
         log.disabled = before
 
 
+def best_checkpoint(view, chosen):
+    """The kept checkpoint of trial ``chosen`` (a ``TrialView``) with the highest ``score``: its best epoch.
+
+    Ray keeps it by the same key (``CheckpointConfig(checkpoint_score_attribute="score")``), so it
+    is the epoch the ranking calls best.
+    """
+    from ray import tune
+
+    from tune.retention import read_retention
+    from tune.storage import RunStorage
+    from tune.sweep import METRIC
+
+    ray_trial = next((t for t in view.analysis.trials if t.trial_id == chosen.trial_id), None)
+    if ray_trial is None:
+        raise BoxtuneError(f"{view.uri}: trial {chosen.trial_id} is not in the experiment state")
+    # checkpoints.keep_trials: a trial outside the top lost its checkpoints; a finished one kept one
+    storage = RunStorage.from_uri(view.uri)
+    retention = read_retention(storage)
+    if chosen.trial_id in retention["deleted"]:
+        kept = ", ".join(sorted(retention["kept"])) or "none"
+        raise BoxtuneError(f"{view.uri}: trial {chosen.trial_id} has no checkpoint left: it was deleted because "
+                           f"{retention['deleted'][chosen.trial_id]}; its metrics, events and config remain. "
+                           f"Trials with a checkpoint: {kept}")
+    if chosen.trial_id in retention["kept"]:
+        trial_dir = retention["trial_dirs"][chosen.trial_id]
+        return tune.Checkpoint(f"{storage.path}/{trial_dir}/{retention['kept'][chosen.trial_id]}", filesystem=storage.fs)
+    with _quiet_ray_analysis():
+        checkpoint = view.analysis.get_best_checkpoint(ray_trial, metric=METRIC, mode="max")
+    if checkpoint is None:
+        raise BoxtuneError(f"{view.uri}: trial {chosen.trial_id} has no checkpoint with a {METRIC} "
+                           f"(status {chosen.status}); nothing to export")
+    return checkpoint
+
+
 def export_best(run: str, out: str | os.PathLike, *, trial: str | None = None, fmt: str = "pt") -> Path:
-    """Export the best trial's best epoch by AP (or trial ``trial``'s best epoch) from sweep ``run``."""
-    from tune.report import load_sweep
+    """Export the best trial's best epoch by score (or trial ``trial``'s best epoch) from sweep ``run``.
+
+    The epoch exported is the ranking's best epoch of that trial (checked); the test split's numbers
+    for it, when the sweep evaluated them, go into the metadata.
+    """
+    from tune.holdout import read_test_results
+    from tune.report import load_sweep, trial_row
 
     if fmt not in FORMATS:
         raise BoxtuneError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     view = load_sweep(run)
     chosen = _pick_trial(view, trial)
-    ray_trial = next((t for t in view.analysis.trials if t.trial_id == chosen.trial_id), None)
-    if ray_trial is None:
-        raise BoxtuneError(f"{view.uri}: trial {chosen.trial_id} is not in the experiment state")
-    with _quiet_ray_analysis():
-        checkpoint = view.analysis.get_best_checkpoint(ray_trial, metric="AP", mode="max")
-    if checkpoint is None:
-        raise BoxtuneError(f"{view.uri}: trial {chosen.trial_id} has no checkpoint with a finite AP "
-                           f"(status {chosen.status}); nothing to export")
+    checkpoint = best_checkpoint(view, chosen)
+    expect = trial_row(view, chosen)["best_epoch"]
+    results = read_test_results(view.uri) or {}
+    tested = (results.get("trials") or {}).get(chosen.trial_id)
+    test = None if tested is None else {"epoch": tested["epoch"], "images": int(results["images"]),
+                                        "metrics": tested["metrics"]}
     with checkpoint.as_directory() as directory:
-        return export_checkpoint(directory, out, fmt=fmt, trial_id=chosen.trial_id, sweep=view.uri)
+        return export_checkpoint(directory, out, fmt=fmt, trial_id=chosen.trial_id, sweep=view.uri,
+                                 test=test, expect_epoch=expect or None)

@@ -5,8 +5,8 @@
 * ``ap_vs_<hparam>.png``: each trial's best AP against the value of one searched hyperparameter
   (log x-axis for a positive range spanning more than 20x; categories as a strip plot). The
   best trial is ringed.
-* ``importance.png``: Optuna's importances of the hyperparameters for best AP (needs 3 finished
-  trials).
+* ``importance.png``: Optuna's fANOVA importances of the hyperparameters for the objective
+  (needs 8 finished trials; see ``tune.report.param_importances``).
 
 AP is COCO's AP@[.5:.95] on the validation split. Trials that errored before finishing an epoch
 have nothing to plot and are left out. Figures are built without pyplot, so plotting touches no
@@ -166,7 +166,7 @@ def importance_figure(importances: dict[str, float]) -> Figure:
     fig = _figure(7.0, max(2.5, 0.4 * len(items) + 1.2))
     ax = fig.add_subplot()
     ax.barh([k for k, _ in items], [v for _, v in items], color="#4363d8")
-    ax.set_xlabel("importance for best AP (Optuna's default evaluator, sums to 1)")
+    ax.set_xlabel("importance for the objective (Optuna fANOVA, seed 0, sums to 1)")
     ax.set_title("Hyperparameter importance")
     ax.grid(axis="x", alpha=0.3)
     return fig
@@ -183,7 +183,7 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def write_plots(view, rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     """Write the sweep's PNG plots into ``out_dir``; return their paths."""
-    from tune.report import param_importances
+    from tune.report import MIN_TRIALS_FOR_IMPORTANCE, param_importances
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -191,8 +191,9 @@ def write_plots(view, rows: list[dict[str, Any]], out_dir: str | Path) -> list[P
     for name in searched_hparams(view):
         written.append(_save(hparam_figure(view, rows, name), out / f"ap_vs_{_file_name(name)}.png"))
     finished = sum(1 for r in rows if r["best_epoch"] > 0)
-    if finished < 3:
-        print(f"importance plot skipped: it needs 3 finished trials, the sweep has {finished}", file=sys.stderr)
+    if finished < MIN_TRIALS_FOR_IMPORTANCE:
+        print(f"importance plot skipped: too few trials (it needs {MIN_TRIALS_FOR_IMPORTANCE} finished, "
+              f"the sweep has {finished})", file=sys.stderr)
         return written
     importances = param_importances(view)
     if not importances:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import uuid
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -29,13 +28,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainables.atomic import atomic_write_text
+from trainables.drawing import draw_detections
 from trainables.errors import BoxtuneError
 from tune.export import EXPORT_FORMAT, EXPORT_VERSION, build_export_model
 
 __all__ = ["IMAGE_SUFFIXES", "load_export", "collect_images", "read_image", "detections_to_coco", "predict_files"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-_PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
 
 
 def _read_payload(path: Path) -> Any:
@@ -134,18 +134,6 @@ def detections_to_coco(output: dict[str, torch.Tensor], *, image_id: int, file_n
     return results
 
 
-def _draw(image: torch.Tensor, output: dict[str, torch.Tensor], keep: torch.Tensor, names: dict[int, str]) -> torch.Tensor:
-    from torchvision.utils import draw_bounding_boxes
-
-    if not keep.any():
-        return image
-    labels = output["labels"][keep].tolist()
-    text = [f"{names.get(lab, lab)} {s:.2f}" for lab, s in zip(labels, output["scores"][keep].tolist(), strict=True)]
-    colors = [_PALETTE[(lab - 1) % len(_PALETTE)] for lab in labels]
-    width = max(1, round(min(image.shape[1:]) / 200))  # ~0.5% of the shorter side, px
-    return draw_bounding_boxes(image, output["boxes"][keep], labels=text, colors=colors, width=width)
-
-
 def _save_image(image: torch.Tensor, path: Path) -> None:
     from PIL import Image
 
@@ -164,16 +152,6 @@ def _draw_targets(images: list[Path], draw: Path) -> list[Path]:
         if target.resolve() == source.resolve():
             raise BoxtuneError(f"--draw {draw}: would overwrite the input image {source}; choose another folder")
     return targets
-
-
-def _write_json(results: list[dict[str, Any]], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        tmp.write_text(json.dumps(results))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def predict_files(model_path: str | os.PathLike, images: Sequence[str | os.PathLike], *, out: str | os.PathLike,
@@ -210,12 +188,14 @@ def predict_files(model_path: str | os.PathLike, images: Sequence[str | os.PathL
             decoded = [read_image(p) for p in batch]
             outputs = model([(img.to(target).float() / 255.0) for img in decoded])
             for offset, (path, image, output) in enumerate(zip(batch, decoded, outputs, strict=True)):
-                output = {k: v.cpu() for k, v in output.items()}
+                # label 0 is background, or the closed reserved index of a sigmoid head: never a class
+                real = output["labels"] > 0
+                output = {k: v[real].cpu() for k, v in output.items()}
                 index = start + offset
                 results += detections_to_coco(output, image_id=index + 1, file_name=str(path),
                                               classes=meta["classes"], score_threshold=score_threshold)
                 if drawn is not None:
-                    keep = output["scores"] >= score_threshold
-                    _save_image(_draw(image, output, keep, names), drawn[index])
-    _write_json(results, out)
+                    # line width ~0.5% of the image's shorter side
+                    _save_image(draw_detections(image, output, names=names, score_threshold=score_threshold), drawn[index])
+    atomic_write_text(out, json.dumps(results))
     return len(results)

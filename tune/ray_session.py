@@ -4,25 +4,48 @@ Local by default: an embedded Ray started for the sweep, listening on loopback o
 after it. ``--address auto``, ``--address ray://host:10001`` or ``RAY_ADDRESS`` join an existing
 cluster instead (a cluster started with ``ray start`` uses token authentication: set
 ``RAY_AUTH_MODE=token`` in the environment of every client).
+
+Loopback only: Ray decides where its processes listen when ``ray`` is first imported, from
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` (``0``: every port on 127.0.0.1; unset on Linux: every
+interface). So a local session sets it before that import, and the command line sets it before it
+imports anything for ``sweep``, ``demo`` and ``resume`` without an address. It stays out of joins:
+``ray start --address`` aborts under it. If ``ray`` was imported without it, a local session is
+refused rather than started on every interface.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 
 from trainables.errors import ConfigError
 
-__all__ = ["ray_session", "require_resources", "cluster_nodes"]
+__all__ = ["ray_session", "require_resources", "cluster_nodes", "confine_local_ray", "is_local", "check_address",
+           "LOOPBACK_SWITCH"]
+
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local Ray listens on 127.0.0.1 only
+
+
+def is_local(address: str | None) -> bool:
+    """Whether a session with this ``--address`` starts its own Ray (no address and no ``RAY_ADDRESS``)."""
+    return not (address or os.environ.get("RAY_ADDRESS"))
+
+
+def confine_local_ray() -> None:
+    """For a process whose only Ray is a local one (the ``boxtune`` command): loopback, for good.
+
+    Must run before ``ray`` is imported. The switch stays in this process's environment, so the
+    local Ray's own processes (GCS, raylet, workers, agents) inherit it; nothing else is started.
+    """
+    os.environ[LOOPBACK_SWITCH] = "0"
 
 
 @contextlib.contextmanager
 def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[str]:
     """Yield the address in use; shut Ray down afterwards only if this call started or joined it."""
-    import ray
-
-    if ray.is_initialized():
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         yield "existing"
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -30,29 +53,110 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
         _join(address)
         where = address
     else:
-        # Every port of an embedded Ray then listens on 127.0.0.1: a local sweep exposes nothing.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        _start_local(num_cpus)
         where = "local"
+    import ray
+
     try:
         yield where
     finally:
         ray.shutdown()
 
 
+def _start_local(num_cpus: int | None) -> None:
+    """An embedded Ray on loopback only; the switch is set for the start and then restored.
+
+    Its processes are started inside ``ray.init`` and keep the switch from then on, so the caller's
+    environment (and whatever else it starts later: ``ray start`` for a cluster) goes back to how it was.
+    """
+    before = os.environ.get(LOOPBACK_SWITCH)
+    os.environ[LOOPBACK_SWITCH] = "0"
+    try:
+        import ray
+
+        if not _ray_confined():
+            raise ConfigError(
+                f"a local Ray would listen on every network interface: `ray` was imported before "
+                f"{LOOPBACK_SWITCH}=0 was set, and Ray reads it only at that import. Set "
+                f"{LOOPBACK_SWITCH}=0 in the environment before importing ray, or start Ray yourself "
+                f"(ray.init) before the sweep, or pass an address to join a cluster."
+            )
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    finally:
+        if before is None:
+            os.environ.pop(LOOPBACK_SWITCH, None)
+        else:
+            os.environ[LOOPBACK_SWITCH] = before
+
+
+_PROBE_TIMEOUT_S = 5.0  # for the probe below; Ray's own retries against a wrong address take minutes
+# A Ray head's GCS port speaks gRPC: HTTP/2, which answers a client's connection preface with a
+# SETTINGS frame (RFC 9113, sections 3.4 and 6.5). Anything else on that port is not a Ray cluster.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + an empty SETTINGS
+_H2_SETTINGS = 4  # frame type, the 4th byte of the 9-byte frame header
+
+
 def _join(address: str) -> None:
-    """Connect to a running cluster; a refusal (wrong address, no token) is a user error, not a bug."""
+    """Connect to a running cluster; a refusal (wrong address, not Ray, no token) is a user error, not a bug."""
+    check_address(address)
     import ray
+    from ray.exceptions import AuthenticationError
 
     try:
         ray.init(address=address, log_to_driver=True)
-    except ConnectionError as err:
+    # what Ray 2.60 raises when a join is refused: ConnectionError (nothing answers as a GCS),
+    # AuthenticationError (no token, or another cluster's token), ValueError (a malformed address),
+    # RuntimeError and PermissionError (a version mismatch, an unreadable token file)
+    except (ConnectionError, AuthenticationError, ValueError, RuntimeError, PermissionError, TimeoutError) as err:
+        if ray.is_initialized():
+            ray.shutdown()
+        reason = " ".join(str(err).split()) or type(err).__name__
         raise ConfigError(
-            f"--address {address}: cannot connect to a Ray cluster there ({err}). Check the address "
-            f"(`ray status` on the head node shows it); a cluster started with `ray start` uses token "
-            f"authentication: set RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token "
-            f"or RAY_AUTH_TOKEN."
-        ) from err
+            f"--address {address}: cannot connect to a Ray cluster there ({type(err).__name__}: {reason}). "
+            f"Check the address (`ray status` on the head node shows it); a cluster started with `ray start` "
+            f"uses token authentication: set RAY_AUTH_MODE=token, with the cluster's token in "
+            f"~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN."
+        ) from None
+
+
+def check_address(address: str) -> None:
+    """For ``host:port``: fail in seconds if nothing listens there, or something that is not Ray does.
+
+    Against either, ``ray.init`` retries for minutes before it gives up. ``auto`` and ``ray://``
+    addresses are left to Ray.
+    """
+    import socket
+
+    if "://" in address or address in ("auto", "local"):
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"--address {address}: expected host:port (the head's GCS port, 6379 by default), "
+                          f"auto, or ray://host:10001")
+    hint = "Check the host and port (`ray status` on the head node shows the address)."
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=_PROBE_TIMEOUT_S) as conn:
+            try:
+                conn.sendall(_H2_PREFACE)
+                reply = conn.recv(9)
+            except OSError:
+                reply = b""
+    except OSError as err:
+        raise ConfigError(f"--address {address}: nothing accepts connections there "
+                          f"({err.strerror or type(err).__name__}). {hint}") from None
+    if len(reply) < 4 or reply[3] != _H2_SETTINGS:
+        raise ConfigError(f"--address {address}: something listens there, but not a Ray cluster's GCS "
+                          f"(no gRPC answer within {_PROBE_TIMEOUT_S:g} s). {hint}")
+
+
+def _ray_confined() -> bool:
+    """Whether the imported ``ray`` read the switch as 0, i.e. binds a local Ray to loopback.
+
+    Ray keeps what it read in a private constant and offers no public way to ask; if the constant
+    moves, this says no, and a local session is refused with the message above instead of exposed.
+    """
+    constants = sys.modules.get("ray._private.ray_constants")
+    return constants is not None and getattr(constants, "ENABLE_RAY_CLUSTER", True) is False
 
 
 def cluster_nodes() -> list[dict[str, float]]:

@@ -4,55 +4,61 @@ Order of work (nothing touches Ray until the config, the data and the search spa
 be good):
 
 1. validate the config; read and validate the dataset once into ``<run>/manifest.parquet``;
-2. compile the search space and sample it a few dozen times against the trial schema, so a space
-   that can produce a config the trainable rejects fails now, not in trial 37;
+2. compile the search space and run a trial's config checks and builders (optimiser, schedule,
+   augmentation) on every corner of it and 64 random draws, with the run's epochs and iterations
+   per epoch, so a space that can produce a config the trainable rejects fails now, not in trial 37;
 3. start (or join) Ray; check the per-trial resources fit on some node;
 4. run the ``Tuner`` (OptunaSearch define-by-run + ASHA or FIFO), keeping each trial's best
-   epoch by AP plus its latest checkpoint;
-5. write ``<run>/ranking.parquet`` and return the ranking.
+   epoch by ``score`` (``search.metric`` with the AR100 tiebreak, see ``trainables.objective``)
+   plus its latest checkpoint, printing boxtune's live table (``tune.progress``) and keeping
+   checkpoints only for the top ``checkpoints.keep_trials`` trials once they end (``tune.retention``);
+5. evaluate the top ``report.test_top`` trials' best epochs once on the test split, if there is
+   one (``<run>/test_results.json``, see ``tune.holdout``);
+6. write ``<run>/ranking.parquet`` and return the ranking.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import platform
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
 import yaml
 
-from search_spaces import resolve_space, suggest_hparams
-from trainables.config import TrialConfig, format_validation_error
-from trainables.data import Manifest, build_manifest, read_manifest
+from search_spaces import resolve_space
+from trainables.data import Manifest
 from trainables.errors import ConfigError, DataError
-from trainables.freeze import max_freeze_depth, validate_freeze_depth
+from trainables.freeze import max_freeze_depth
+from trainables.objective import check_measurable, parse_objective
 from tune.config import SweepConfig
+from tune.data_source import prepare_manifest
+from tune.holdout import OPTIMISTIC_NOTE, evaluate_sweep_on_test, test_records
 from tune.ray_session import ray_session, require_resources
+from tune.resume_logs import truncate_to_checkpoints
+from tune.space_check import check_sampled_space
 from tune.storage import RunStorage
 from tune.tensorboard import write_hparams_experiment
 from tune.trainable import merge_trial_config, sweep_trainable
 
-__all__ = ["run_sweep", "resume_sweep", "prepare_manifest", "check_space", "make_sampler", "SWEEP_FILE", "MANIFEST_FILE"]
+__all__ = ["run_sweep", "resume_sweep", "prepare_manifest", "check_space", "check_objective", "make_sampler",
+           "SWEEP_FILE", "MANIFEST_FILE", "METRIC", "SEARCH_METRIC"]
 
 log = logging.getLogger(__name__)
 
 SWEEP_FILE = "sweep.yaml"
 MANIFEST_FILE = "manifest.parquet"
 INFO_FILE = "boxtune.json"
-METRIC = "AP"  # ASHA compares the current epoch's AP at each rung
-SEARCH_METRIC = "best_AP"  # the searcher learns from a trial's best epoch, as the ranking does
-
-
-def prepare_manifest(cfg: SweepConfig) -> Manifest:
-    """Read and validate the dataset once (or load a prebuilt manifest)."""
-    d = cfg.data
-    if d.path.endswith(".parquet"):
-        return read_manifest(d.path)
-    return build_manifest(d.path, format=d.format, images_dir=d.images_dir, val_source=d.val_path,
-                          val_fraction=d.val_fraction, seed=d.seed, classes=d.classes, rename=d.rename or None)
+# One key for everything that ranks (trainables.objective): ASHA compares the current epoch's
+# score at each rung, checkpoints are kept by it, the searcher learns from a trial's best epoch's
+# score, and the ranking and the export use the same.
+METRIC = "score"
+SEARCH_METRIC = "best_score"
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -85,25 +91,16 @@ def _define_by_run(cfg: SweepConfig):
                          epochs=cfg.training.epochs)
 
 
-def check_space(cfg: SweepConfig, *, samples: int = 64) -> None:
-    """Sample the space ``samples`` times; every merged config must pass the trial schema."""
-    space = _define_by_run(cfg)
+def check_space(cfg: SweepConfig, *, n_train: int, samples: int = 64) -> int:
+    """Run a trial's config checks and builders on every corner of the space and ``samples`` random draws.
+
+    ``n_train`` (the manifest's train images) fixes the iterations per epoch that one-cycle's
+    warm-up depends on, so this runs after the manifest is read. See ``tune.space_check``.
+    Returns how many configs were checked.
+    """
     base = _base(cfg)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=cfg.search.seed))
-    for _ in range(samples):
-        trial = study.ask()
-        sampled = suggest_hparams(space, trial)
-        merged = merge_trial_config(base, sampled)
-        try:
-            trial_cfg = TrialConfig.model_validate(merged)
-            validate_freeze_depth(cfg.model.architecture, trial_cfg.hparams.freeze_depth)
-        except ConfigError as err:
-            raise ConfigError(f"search.space: sampled {sampled} which the trainable rejects: {err}") from None
-        except Exception as err:  # pydantic ValidationError
-            lines = format_validation_error(err, TrialConfig) if hasattr(err, "errors") else [str(err)]
-            raise ConfigError(f"search.space: sampled {sampled} which the trainable rejects: " + "; ".join(lines)) from None
-        study.tell(trial, 0.0)
+    return check_sampled_space(_define_by_run(cfg), lambda sampled: merge_trial_config(base, sampled),
+                               n_train=n_train, samples=samples, seed=cfg.search.seed)
 
 
 def _base(cfg: SweepConfig) -> dict[str, Any]:
@@ -111,6 +108,7 @@ def _base(cfg: SweepConfig) -> dict[str, Any]:
         "model": cfg.model.model_dump(mode="json"),
         "training": cfg.training.model_dump(mode="json"),
         "hparams": dict(cfg.hparams),
+        "metric": cfg.search.metric,  # the trial reports its score by it
         "resources": cfg.resources.model_dump(mode="json"),
     }
 
@@ -130,24 +128,56 @@ def _versions() -> dict[str, str]:
             "torchvision": torchvision.__version__, "optuna": optuna.__version__, "python": platform.python_version()}
 
 
-def _tuner(cfg: SweepConfig, storage: RunStorage, manifest: Manifest, *, restore: bool):
-    # keeping one best checkpoint per trial makes Tune snapshot its state at every epoch, by design
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Trials write their own TensorBoard events (grouped tags, one HParams session per trial;
-    # see trainables.tensorboard). Ray's TensorBoard logger would add a second, conflicting HParams
-    # session and ray/tune/* scalars to every trial folder, so only its JSON and CSV loggers run.
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    from ray import tune
+def _callbacks(cfg: SweepConfig, storage: RunStorage) -> list:
+    """Ray's JSON/CSV result files, boxtune's live table, and the checkpoint budget."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from tune.progress import ProgressTable
+    from tune.retention import CheckpointRetention
+
+    # saved with the run config in tuner.pkl: nothing unpicklable in them (the table prints to stdout)
+    return [JsonLoggerCallback(), CSVLoggerCallback(), ProgressTable(max_epochs=cfg.training.epochs),
+            CheckpointRetention(storage, keep_trials=cfg.checkpoints.keep_trials)]
+
+
+@contextlib.contextmanager
+def _tune_environment() -> Iterator[None]:
+    """Ray Tune settings it reads from the environment inside ``Tuner.fit()``: set for one fit, then
+    restored, so they never leak into the caller's process (another sweep, a test, a notebook)."""
+    settings = {
+        # Trials write their own TensorBoard events (grouped tags, one HParams session per trial;
+        # see trainables.tensorboard). Ray's TensorBoard logger would add a second, conflicting HParams
+        # session and ray/tune/* scalars to every trial folder, so only its JSON and CSV loggers run.
+        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+        # keeping one best checkpoint per trial makes Tune snapshot its state at every epoch, by design
+        "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S":
+            os.environ.get("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"),
+    }
+    before = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _tuner(cfg: SweepConfig, storage: RunStorage, manifest: Manifest, *, restore: bool):
+    """The sweep's Tuner (new, or restored from storage); fit it inside ``_tune_environment()``."""
+    from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     base = _base(cfg)
     trainable = tune.with_resources(
-        tune.with_parameters(sweep_trainable, manifest=manifest, base=base),
+        tune.with_parameters(sweep_trainable, manifest=manifest, base=base, run=storage.uri),
         {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu},
     )
     if restore:
+        # the run config, callbacks included, comes back from the experiment's tuner.pkl
         return tune.Tuner.restore(storage.uri, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                   storage_filesystem=storage.filesystem_for_ray)
     searcher = OptunaSearch(space=_define_by_run(cfg), metric=SEARCH_METRIC, mode="max",
@@ -172,8 +202,10 @@ def _tuner(cfg: SweepConfig, storage: RunStorage, manifest: Manifest, *, restore
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
                                                     checkpoint_score_order="max"),
             failure_config=tune.FailureConfig(max_failures=cfg.retries),
-            verbose=1,  # a status table now and then, not every result
-            callbacks=[JsonLoggerCallback(), CSVLoggerCallback()],
+            # Ray's own table shows the first numeric result keys (epoch, losses); boxtune's shows AP,
+            # AR100 and the hyperparameters (tune.progress)
+            verbose=0,
+            callbacks=_callbacks(cfg, storage),
             # trial TensorBoard events are written in the trial's working dir; copy them on every checkpoint
             sync_config=tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True, sync_period=10),
         ),
@@ -188,14 +220,16 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) -> li
     if storage.exists(SWEEP_FILE):
         raise ConfigError(f"name: a sweep {cfg.name!r} already exists in {storage.uri}; "
                           f"run `boxtune resume {storage.uri}` or choose another name")
-    check_space(cfg)
     echo(f"reading dataset {cfg.data.path}")
     manifest = prepare_manifest(cfg)
     splits = manifest.table.column("split").to_pylist()
     n_train, n_val = splits.count("train"), splits.count("val")
     if not n_val:
         raise DataError(f"{cfg.data.path}: the validation split is empty; set data.val_fraction > 0 or data.val_path")
-    echo(f"  {n_train} train / {n_val} val images, "
+    check_space(cfg, n_train=n_train)  # before Ray: a space that can produce a rejected config fails now
+    check_objective(cfg, manifest)
+    n_test = splits.count("test")  # held out: evaluated once when the sweep ends (tune.holdout)
+    echo(f"  {n_train} train / {n_val} val{f' / {n_test} test' if n_test else ''} images, "
          f"classes: {', '.join(manifest.class_names)}")
     with ray_session(address) as ray_info:
         require_resources(cpu=cfg.resources.cpu, gpu=cfg.resources.gpu)
@@ -205,9 +239,33 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) -> li
                                                   "ray_address": ray_info}, indent=2))
         echo(f"sweep {cfg.name}: {cfg.search.num_trials} trials, {cfg.search.sampler} sampler, "
              f"{cfg.scheduler.name} scheduler, results in {storage.uri}")
-        _tuner(cfg, storage, manifest, restore=False).fit()
+        with _tune_environment():
+            _tuner(cfg, storage, manifest, restore=False).fit()
     write_hparams_experiment(storage.uri)
+    _evaluate_on_test(cfg, storage, manifest, echo)
     return write_ranking(storage.uri)
+
+
+def _saved_config(storage: RunStorage) -> SweepConfig:
+    """The sweep's own ``sweep.yaml``; a hand-edited or damaged one is a ConfigError naming the file and key."""
+    from pydantic import ValidationError
+
+    from trainables.config import format_validation_error
+
+    where = f"{storage.uri}/{SWEEP_FILE}"
+    try:
+        data = yaml.safe_load(storage.read_text(SWEEP_FILE))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(err).split())}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{where}: not a text file ({err.reason} at byte {err.start})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    try:
+        return SweepConfig.model_validate(data)
+    except ValidationError as err:
+        lines = format_validation_error(err, SweepConfig)
+        raise ConfigError(f"{where}: {len(lines)} problem{'s' if len(lines) > 1 else ''}: " + "; ".join(lines)) from None
 
 
 def resume_sweep(run: str, *, address: str | None = None, echo=print) -> list[dict[str, Any]]:
@@ -217,11 +275,29 @@ def resume_sweep(run: str, *, address: str | None = None, echo=print) -> list[di
     storage = RunStorage.from_uri(run)
     if not storage.exists(SWEEP_FILE):
         raise ConfigError(f"{run}: not a boxtune sweep folder (no {SWEEP_FILE})")
-    cfg = SweepConfig.model_validate(yaml.safe_load(storage.read_text(SWEEP_FILE)))
+    cfg = _saved_config(storage)
     manifest = storage.read_manifest(MANIFEST_FILE)
+    # result files may run ahead of Ray's last snapshot: no epoch is recorded twice (tune.resume_logs)
+    truncate_to_checkpoints(storage)
     with ray_session(address):
         require_resources(cpu=cfg.resources.cpu, gpu=cfg.resources.gpu)
         echo(f"resuming sweep {cfg.name} in {storage.uri}")
-        _tuner(cfg, storage, manifest, restore=True).fit()
+        with _tune_environment():
+            _tuner(cfg, storage, manifest, restore=True).fit()
     write_hparams_experiment(storage.uri)
+    _evaluate_on_test(cfg, storage, manifest, echo)
     return write_ranking(storage.uri)
+
+
+def check_objective(cfg: SweepConfig, manifest: Manifest) -> None:
+    """``search.metric`` names the manifest's classes and can be measured on its val split (ConfigError if not)."""
+    check_measurable(parse_objective(cfg.search.metric), manifest.records("val"), manifest.classes)
+
+
+def _evaluate_on_test(cfg: SweepConfig, storage: RunStorage, manifest: Manifest, echo) -> None:
+    """The top trials' best epochs, once on the test split (after the sweep: test never picks or ranks)."""
+    results = evaluate_sweep_on_test(storage, manifest, top=cfg.report.test_top,
+                                     metric_label=parse_objective(cfg.search.metric).label,
+                                     gpu=cfg.resources.gpu, echo=echo)
+    if results is None and not test_records(manifest):
+        echo(OPTIMISTIC_NOTE)

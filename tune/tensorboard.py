@@ -13,7 +13,8 @@ then often shows one trial's experiment instead.)
 
 The experiment lists every hyperparameter that appears in any trial's config (the union:
 conditional ones too), strings and booleans with their values as discrete domains, and the
-metrics ``best/AP``, ``best/AR100`` and ``coco/AP``. TensorBoard reads an experiment once per
+metrics ``best/score`` (the ranking key, ``trainables.objective``), ``best/AP``, ``best/AR100`` and
+``coco/AP``. TensorBoard reads an experiment once per
 run, so hyperparameters of trials that start after TensorBoard did appear after a restart.
 """
 
@@ -34,21 +35,17 @@ from pathlib import Path
 from typing import Any
 
 from trainables.errors import BoxtuneError, ConfigError
+from trainables.reporting import hparam_value
 
 __all__ = ["EXPERIMENT_METRICS", "EVENTS_SUFFIX", "experiment_hparams", "write_hparams_experiment",
            "start_tensorboard", "serve"]
 
 log = logging.getLogger(__name__)
 
-EXPERIMENT_METRICS = ("best/AP", "best/AR100", "coco/AP")
+EXPERIMENT_METRICS = ("best/score", "best/AP", "best/AR100", "coco/AP")
 EVENTS_SUFFIX = ".boxtune-hparams"  # marks the experiment event file, so a rewrite replaces only it
 _STARTUP_S = 60.0  # how long TensorBoard may take to answer its first request, s
 _LOG_LINES = 40  # TensorBoard output lines kept for an error message
-
-
-def _hparam_value(value: Any) -> Any:
-    """TensorBoard's HParams take bool, number or string (as trainables.tensorboard writes them)."""
-    return value if isinstance(value, bool | int | float | str) else str(value)
 
 
 def experiment_hparams(configs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
@@ -61,7 +58,7 @@ def experiment_hparams(configs: list[dict[str, Any]]) -> tuple[dict[str, Any], d
     for config in configs:
         for key, value in config.items():
             if value is not None:
-                values[key].append(_hparam_value(value))
+                values[key].append(hparam_value(value))
     example: dict[str, Any] = {}
     domains: dict[str, list[Any]] = {}
     for key in sorted(values):

@@ -1,4 +1,4 @@
-"""The dataset layer: COCO and Pascal VOC in, one checked Parquet manifest out, torch datasets on top.
+"""The dataset layer: COCO, Pascal VOC and YOLO in, one checked Parquet manifest out, torch datasets on top.
 
 ``build_manifest`` parses, checks, repairs and splits a dataset once per sweep; trials load it
 with ``read_manifest`` and wrap its records in ``DetectionDataset``.

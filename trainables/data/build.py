@@ -1,28 +1,39 @@
-"""From a dataset on disk to checked, repaired image records: format detection, classes, split.
+"""From a dataset on disk to checked, repaired image records: layout, classes, decoding, split.
 
-Build order: parse the annotation files of the training source (and the validation source), pick
-and rename classes, decode every image once, repair boxes, split. Every problem found on the way
-is collected and raised together as one ``DataError`` once it is clear nothing more can be
-learned, so a user fixes a dataset in one round instead of one error per run.
+Build order: find the layout (``layouts.py``), parse the annotation files of every part of it
+(and of ``val_source`` and ``test_source``), pick and rename classes, decode every image once,
+repair boxes, split. Every problem found on the way is collected and raised together as one
+``DataError`` once it is clear nothing more can be learned, so a user fixes a dataset in one round
+instead of one error per run.
 
-Split, in order of precedence:
+Decoding (see ``images.py``): a JPEG cut short before its end-of-image marker is kept, decoded
+with the marker appended in memory, and listed as repaired; an image that does not decode at all
+is left out and listed. With ``strict`` both are errors. A missing image file is always an error
+(the paths are wrong, not the image).
 
-1. ``val_source`` given: the training source is all train, the second dataset all val (VOC
-   ImageSets lists are then ignored);
-2. VOC ``ImageSets/Main`` lists (see ``voc.py``): images listed in neither list are left out
-   and counted;
-3. otherwise a random ``val_fraction`` of the images, with ``numpy.random.default_rng(seed)``
-   permuting them in image-id order.
+Split, in order of precedence (``splits.py``; test never trains, picks an epoch or ranks a trial):
 
-Image ids: COCO ids are kept; VOC images are numbered 1..N in sorted XML-name order. Validation
-images from ``val_source`` are numbered after the training ones (VOC), or keep their COCO ids
-unless one collides with a training id, in which case all of them are shifted past the largest
-training id (counted).
+1. what the dataset says: the parts of an export (``train/``, ``valid/``, ``test/``; data.yaml's
+   ``train``/``val``/``test``; split words in COCO file names), or VOC ``ImageSets/Main`` lists
+   (see ``voc.py``; images listed in none of them are left out and listed);
+2. ``val_source`` (the whole second dataset is val; then VOC train/val lists are ignored) and
+   ``test_source`` (the whole third dataset is test); either one clashing with a split the
+   dataset already has is a ``ConfigError``;
+3. images whose split is still open become val with ``val_fraction``, when nothing above gave a
+   val split: ``numpy.random.default_rng(seed)`` permutes them in image-id order (the same ids
+   for the same seed, whatever ``test_fraction`` is);
+4. ``test_fraction`` (of all images, rounded; 0 by default) is then drawn from the train images
+   with its own generator, ``numpy.random.default_rng((seed, 1))``, so the val split above stays
+   as it was; it is a ``ConfigError`` when the dataset has a test split already.
+
+Image ids: COCO ids are kept; VOC and YOLO images are numbered 1..N in manifest order (sorted XML
+names, or image paths, part after part). A later part's COCO ids (val, test) keep theirs unless
+one collides with an earlier part's id, in which case all of that part's ids are shifted past the
+largest id so far (counted).
 """
 
 from __future__ import annotations
 
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -31,22 +42,27 @@ from pathlib import Path
 import numpy as np
 
 from trainables.data.coco import parse_coco
-from trainables.data.images import ImageProbe, annotated_frame, probe_image, transpose_boxes
-from trainables.data.records import ClassInfo, ImageRecord, Problems, RawDataset, RawImage, Repairs
-from trainables.data.voc import find_voc_annotations, parse_voc
-from trainables.errors import ConfigError, DataError
+from trainables.data.images import NOT_FOUND, ImageProbe, annotated_frame, probe_image, transpose_boxes
+from trainables.data.layouts import FORMATS, Layout, Part, find_layout
+from trainables.data.records import ClassInfo, ImageRecord, Problems, RawBox, RawDataset, RawImage, Repairs
+from trainables.data.splits import NOT_LISTED, list_splits, split_settings, split_test_ids, split_val_ids
+from trainables.data.voc import parse_voc
+from trainables.data.yolo import NO_LABEL_FILE, parse_yolo
+from trainables.errors import ConfigError
 
-__all__ = ["FORMATS", "BuildResult", "build_records", "detect_format", "select_classes", "split_val_ids"]
-
-FORMATS = ("auto", "coco", "voc")
+__all__ = ["FORMATS", "BuildResult", "build_records", "select_classes", "split_test_ids", "split_val_ids"]
 
 CLIPPED = "box clipped to the image edge"
 DEGENERATE = "box with zero or negative width or height dropped"
 UNSELECTED = "box of a class not in `classes` dropped"
 EXIF_ROTATED = "boxes moved to the EXIF-rotated frame (annotated on raw pixels)"
 SIZE_MISMATCH = "recorded image size matches neither frame (real size used)"
-NOT_LISTED = "image in neither ImageSets list, left out"
 ID_SHIFTED = "val image id shifted (collided with a train image id)"
+TEST_ID_SHIFTED = "test image id shifted (collided with a train or val image id)"
+TAIL_RESTORED = "JPEG cut short before its end marker, decoded with the marker restored (file unchanged)"
+UNDECODABLE = "image that cannot be decoded, left out"
+UNANNOTATED = "image file that no .xml names, not used"
+PLACEHOLDER = "placeholder category, not a class (no annotations; the supercategory of the others)"
 
 
 def _to_rgb_reason(mode: str) -> str:
@@ -63,32 +79,24 @@ class BuildResult:
     split: dict
 
 
-def detect_format(source: str | os.PathLike, format: str = "auto") -> tuple[str, Path]:
-    """(format, annotations path): the COCO JSON file, or the VOC dataset folder."""
-    if format not in FORMATS:
-        raise ConfigError(f"format should be one of {', '.join(map(repr, FORMATS))}, got {format!r}")
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise DataError(f"{path}: dataset not found")
-    if path.is_file():
-        if path.suffix.lower() == ".json" and format in ("auto", "coco"):
-            return "coco", path
-        raise DataError(
-            f"{path}: not a dataset for format={format!r}: expected a COCO .json file or a VOC folder"
-        )
-    jsons = sorted(path.glob("*.json")) or sorted(path.glob("annotations/*.json"))
-    if format == "voc" or (format == "auto" and find_voc_annotations(path) is not None):
-        return "voc", path
-    if len(jsons) == 1:
-        return "coco", jsons[0]
-    found = ", ".join(j.name for j in jsons) if jsons else "no .json file and no VOC .xml files"
-    raise DataError(f"{path}: cannot tell the dataset format (found {found}); pass the annotations file")
-
-
-def _parse(fmt: str, path: Path, images_dir: Path | None, problems: Problems) -> RawDataset | None:
-    if fmt == "coco":
-        return parse_coco(path, images_dir=images_dir, problems=problems)
-    return parse_voc(path, images_dir=images_dir, problems=problems)
+def _parse(
+    layout: Layout, part: Part, images_dir: Path | None, problems: Problems, repairs: Repairs
+) -> RawDataset | None:
+    if layout.format == "coco":
+        raw = parse_coco(part.path, images_dir=images_dir, problems=problems, search_dirs=layout.image_dirs)
+        for cid, name, _ in raw.skipped_categories if raw is not None else []:
+            repairs.add(PLACEHOLDER, f"{name!r} (id {cid}) in {part.label}")
+        return raw
+    if layout.format == "voc":
+        raw = parse_voc(part.path, images_dir=images_dir, problems=problems, xml_dir=part.xml_dir)
+        for file_name in raw.unannotated:
+            repairs.image(UNANNOTATED, file_name, dropped=True)
+        return raw
+    assert layout.base is not None
+    raw, unlabelled = parse_yolo(part.path, names=list(layout.names), base=layout.base, problems=problems)
+    for file_name in unlabelled:
+        repairs.add(NO_LABEL_FILE, file_name)
+    return raw
 
 
 def select_classes(
@@ -128,6 +136,20 @@ def select_classes(
     ]
 
 
+def _annotated_xywh(boxes: list[RawBox], probe: ImageProbe, rotate: bool) -> np.ndarray:
+    """The file's own [x, y, width, height] per box, (M, 4) float64, for evaluation.
+
+    Annotations made on raw pixels move to the displayed frame like the training boxes; a quarter
+    turn swaps width and height, which are carried over as written rather than recomputed.
+    """
+    xywh = np.array([b.annotated_xywh for b in boxes], dtype=np.float64).reshape(-1, 4)
+    if not rotate or not len(xywh):
+        return xywh
+    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    corner = transpose_boxes(xyxy, probe.orientation, probe.raw_size)[:, :2]
+    return np.concatenate([corner, xywh[:, [3, 2]]], axis=1)
+
+
 def _to_record(
     raw: RawImage, probe: ImageProbe, kept: dict[str, ClassInfo], repairs: Repairs, image_id: int, split: str
 ) -> ImageRecord:
@@ -140,6 +162,14 @@ def _to_record(
         repairs.add(_to_rgb_reason(probe.mode), name)
     chosen = [b for b in raw.boxes if b.name in kept]
     repairs.add(UNSELECTED, name, len(raw.boxes) - len(chosen))
+
+    # evaluation: every box of a chosen class as annotated, in the file's order, as pycocotools
+    # reads the file (it keeps boxes past the edge and zero-size ones)
+    eval_xywh = _annotated_xywh(chosen, probe, rotate)
+    sizes = eval_xywh[:, 2:].tolist()
+    eval_area = [b.area if b.area is not None else w * h for b, (w, h) in zip(chosen, sizes, strict=True)]
+
+    # training: the boxes repaired, clipped to the image, zero-size ones dropped
     boxes = np.array([b.xyxy for b in chosen], dtype=np.float64).reshape(-1, 4)
     if rotate and len(chosen):
         boxes = transpose_boxes(boxes, probe.orientation, probe.raw_size)
@@ -148,65 +178,48 @@ def _to_record(
     valid = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
     repairs.add(CLIPPED, name, int(np.count_nonzero(valid & (clipped != boxes).any(axis=1))))
     repairs.add(DEGENERATE, name, int(np.count_nonzero(~valid)))
-    chosen = [b for b, ok in zip(chosen, valid, strict=True) if ok]
+    trained = [b for b, ok in zip(chosen, valid, strict=True) if ok]
     boxes = clipped[valid]
     box_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    area = [b.area if b.area is not None else a for b, a in zip(chosen, box_area.tolist(), strict=True)]
+    area = [b.area if b.area is not None else a for b, a in zip(trained, box_area.tolist(), strict=True)]
     return ImageRecord(
         image_id=image_id,
         file_name=name,
         path=str(raw.path),
         width=int(width),
         height=int(height),
-        boxes=boxes.astype(np.float32),
-        labels=np.array([kept[b.name].label for b in chosen], dtype=np.int64),
-        category_ids=np.array([kept[b.name].dataset_id for b in chosen], dtype=np.int64),
-        iscrowd=np.array([b.iscrowd for b in chosen], dtype=bool),
-        area=np.array(area, dtype=np.float32),
+        boxes=boxes,
+        labels=np.array([kept[b.name].label for b in trained], dtype=np.int64),
+        category_ids=np.array([kept[b.name].dataset_id for b in trained], dtype=np.int64),
+        iscrowd=np.array([b.iscrowd for b in trained], dtype=bool),
+        area=np.array(area, dtype=np.float64),
+        eval_xywh=eval_xywh,
+        eval_category_ids=np.array([kept[b.name].dataset_id for b in chosen], dtype=np.int64),
+        eval_iscrowd=np.array([b.iscrowd for b in chosen], dtype=bool),
+        eval_area=np.array(eval_area, dtype=np.float64),
+        eval_difficult=np.array([b.difficult for b in chosen], dtype=bool),
         split=split,
     )
 
 
-def split_val_ids(image_ids: list[int], *, val_fraction: float, seed: int) -> set[int]:
-    """The ids of the validation images: deterministic in (ids, val_fraction, seed)."""
-    ids = sorted(image_ids)
-    n = len(ids)
-    if val_fraction <= 0 or n < 2:
-        return set()
-    n_val = min(n - 1, max(1, math.floor(val_fraction * n + 0.5)))  # keep >= 1 train image
-    order = np.random.default_rng(seed).permutation(n)
-    return {ids[i] for i in order[:n_val].tolist()}
-
-
-def _number(train: RawDataset, val: RawDataset | None, repairs: Repairs) -> list[tuple[RawImage, str]]:
-    """(image, split) in manifest order, image ids assigned. The split is "train" for every image
-    unless ``val_source`` or ImageSets lists decide it; a random split comes later."""
-    images = list(train.images)
-    splits = ["train"] * len(images)
-    if train.format == "voc":
-        if train.split_lists is not None and val is None:
-            val_keys = set(train.split_lists["val"])
-            listed = set(train.split_lists["train"]) | val_keys
+def _number(parts: list[tuple[str, list[tuple[RawImage, str | None]]]], repairs: Repairs) -> None:
+    """Assign image ids in manifest order (see the module docstring); ``parts``: (format, pairs)."""
+    taken: set[int] = set()
+    number = 0
+    for index, (fmt, pairs) in enumerate(parts):
+        images = [image for image, _ in pairs]
+        if fmt != "coco":
             for image in images:
-                if image.key not in listed:
-                    repairs.add(NOT_LISTED, image.file_name)
-            images = [image for image in images if image.key in listed]
-            splits = ["val" if image.key in val_keys else "train" for image in images]
-        for number, image in enumerate(images, start=1):
-            image.image_id = number
-    pairs = list(zip(images, splits, strict=True))
-    if val is not None:
-        taken = {image.image_id for image in images}
-        offset = max(taken, default=0)  # type: ignore[type-var]
-        if val.format == "voc":
-            for number, image in enumerate(val.images, start=1):
-                image.image_id = offset + number
-        elif taken & {image.image_id for image in val.images}:
-            for image in val.images:
-                image.image_id += offset  # type: ignore[operator]
-                repairs.add(ID_SHIFTED, image.file_name)
-        pairs += [(image, "val") for image in val.images]
-    return pairs
+                number += 1
+                image.image_id = number
+            continue
+        ids = {image.image_id for image in images}
+        if index and taken & ids:
+            shift = max(taken) + 1 - min(ids)  # type: ignore[type-var, operator]
+            for image, split in pairs:
+                image.image_id += shift  # type: ignore[operator]
+                repairs.add(TEST_ID_SHIFTED if split == "test" else ID_SHIFTED, image.file_name)
+        taken |= {image.image_id for image in images}  # type: ignore[misc]
 
 
 def _probe_all(images: list[RawImage]) -> list[ImageProbe | str | None]:
@@ -216,6 +229,97 @@ def _probe_all(images: list[RawImage]) -> list[ImageProbe | str | None]:
         return list(pool.map(lambda p: probe_image(p) if p is not None else None, paths))
 
 
+def _check_fraction(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1):
+        raise ConfigError(f"{name} should be in [0, 1), got {value!r}")
+
+
+def _layout_parts(
+    layout: Layout, val_source, test_source, images_dir: Path | None
+) -> list[tuple[Layout, Part, str | None]]:
+    """Every part to read, with the split it gives: the dataset's own, then val_path's and test_path's."""
+    if layout.format == "yolo" and images_dir is not None:
+        raise ConfigError(
+            "images_dir: not used for YOLO datasets (data.yaml names the image folders); remove it"
+        )
+    parts: list[tuple[Layout, Part, str | None]] = [(layout, part, part.split) for part in layout.parts]
+    for extra, split, key in ((val_source, "val", "val_path"), (test_source, "test", "test_path")):
+        if extra is None:
+            continue
+        own = [part.label for _, part, s in parts if s == split]
+        if own:
+            raise ConfigError(
+                f"{key}: the dataset has its own {split} split ({', '.join(own)}); remove {key}"
+            )
+        other = find_layout(extra, layout.format)
+        parts += [(other, part, split) for part in other.parts]
+    if not any(s == "val" for _, _, s in parts):  # no val split given: train parts give the val_fraction pool
+        parts = [(lay, part, None if s == "train" else s) for lay, part, s in parts]
+    return parts
+
+
+def _check_classes(raws: list[RawDataset], categories: list[tuple[int, str]], problems: Problems) -> None:
+    train_names = {name for _, name in categories}
+    listing = ", ".join(sorted(train_names))
+    for raw in raws:
+        for name in sorted({box.name for image in raw.images for box in image.boxes} - train_names):
+            problems.add(raw.source, f"class {name!r}", f"not a class of the training set ({listing})")
+
+
+def _check_unique(parts: list[tuple[str, list[tuple[RawImage, str | None]]]], problems: Problems) -> None:
+    seen: dict[Path, tuple[int, str]] = {}  # image path -> (part, origin)
+    for index, (_, pairs) in enumerate(parts):
+        for image, _split in pairs:
+            if image.path is None:
+                continue
+            part, origin = seen.setdefault(image.path, (index, image.origin))
+            if part != index:
+                problems.add(
+                    image.path, "image", f"in two parts of the dataset ({origin} and {image.origin})"
+                )
+
+
+def _decode_all(
+    pairs: list[tuple[RawImage, str | None]],
+    kept: dict[str, ClassInfo],
+    repairs: Repairs,
+    problems: Problems,
+    *,
+    strict: bool,
+) -> tuple[list[ImageRecord], set[int]]:
+    """Decode every image once and build its record (none once a problem is known); also the ids
+    of the records whose split is still open. See the module docstring for the decoding policy."""
+    records, pending = [], set()
+    for (image, split), probe in zip(pairs, _probe_all([image for image, _ in pairs]), strict=True):
+        where, record = image.path or image.origin, f"image id {image.image_id} ({image.file_name})"
+        if isinstance(probe, str):
+            if probe == NOT_FOUND or strict:
+                problems.add(
+                    where, record, probe + (" (data.strict: no image is left out)" if strict else "")
+                )
+            else:
+                repairs.image(UNDECODABLE, image.file_name, dropped=True, detail=probe)
+            continue
+        if probe is None:  # no file: already a problem
+            continue
+        if probe.jpeg_tail_missing:
+            if strict:
+                problems.add(
+                    where,
+                    record,
+                    "JPEG file is truncated (no end-of-image marker); it decodes with the "
+                    "marker restored, but data.strict refuses repaired images",
+                )
+                continue
+            repairs.image(TAIL_RESTORED, image.file_name, dropped=False)
+        if not len(problems):
+            built = _to_record(image, probe, kept, repairs, image.image_id, split or "train")  # type: ignore[arg-type]
+            records.append(replace(built, jpeg_tail_missing=True) if probe.jpeg_tail_missing else built)
+            if split is None:
+                pending.add(built.image_id)
+    return records, pending
+
+
 def build_records(
     source: str | os.PathLike,
     *,
@@ -223,63 +327,90 @@ def build_records(
     images_dir: str | os.PathLike | None = None,
     val_source: str | os.PathLike | None = None,
     val_fraction: float = 0.2,
+    test_source: str | os.PathLike | None = None,
+    test_fraction: float = 0.0,
     seed: int = 0,
     classes: list[str] | None = None,
     rename: dict[str, str] | None = None,
+    strict: bool = False,
 ) -> BuildResult:
     """Parse, check, repair and split a dataset; see the module docstring."""
-    if not (isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1):
-        raise ConfigError(f"val_fraction should be in [0, 1), got {val_fraction!r}")
-    fmt, path = detect_format(source, format)
+    _check_fraction("val_fraction", val_fraction)
+    _check_fraction("test_fraction", test_fraction)
+    if val_fraction + test_fraction >= 1:
+        raise ConfigError(
+            f"val_fraction + test_fraction should be below 1, got {val_fraction} + {test_fraction}"
+        )
+    layout = find_layout(source, format)
     img_dir = Path(images_dir).expanduser() if images_dir is not None else None
-    problems = Problems()
-    train = _parse(fmt, path, img_dir, problems)
-    val = None
-    if val_source is not None:
-        val_fmt, val_path = detect_format(val_source, fmt)
-        val = _parse(val_fmt, val_path, img_dir, problems)
-    if train is None or (val_source is not None and val is None):
-        problems.raise_if_any(f"dataset {path}")
+    to_read = _layout_parts(layout, val_source, test_source, img_dir)
+    if test_fraction > 0 and any(s == "test" for _, _, s in to_read):
+        raise ConfigError("test_fraction: the dataset has a test split already; set test_fraction to 0")
+    problems, repairs = Problems(), Repairs()
+    raws = [(lay, part, split, _parse(lay, part, img_dir, problems, repairs)) for lay, part, split in to_read]
+    if any(raw is None for *_, raw in raws):
+        problems.raise_if_any(f"dataset {layout.root}")
+    for *_, raw in raws:
+        if not raw.images:  # type: ignore[union-attr]
+            problems.add(raw.source, "dataset", "no images (no image entries or annotation files)")  # type: ignore[union-attr]
+    main = [raw for lay, _, _, raw in raws if lay is layout]
+    train = main[0]
     assert train is not None
-    for raw in (train, val):
-        if raw is not None and not raw.images:
-            problems.add(raw.source, "dataset", "no images (no image entries or annotation files)")
-
+    categories = train.categories
+    if layout.format == "voc" and len(main) > 1:  # several XML folders: classes are all their names
+        names = sorted({name for raw in main for _, name in raw.categories})  # type: ignore[union-attr]
+        categories = list(enumerate(names, start=1))
     chosen = select_classes(
-        train.categories, classes=classes, rename=rename, where=str(train.source), problems=problems
+        categories, classes=classes, rename=rename, where=str(train.source), problems=problems
     )
     kept = dict(chosen)
-    if val is not None:
-        train_names = {name for _, name in train.categories}
-        listing = ", ".join(sorted(train_names))
-        for name in sorted({box.name for image in val.images for box in image.boxes} - train_names):
-            problems.add(val.source, f"class {name!r}", f"not a class of the training set ({listing})")
+    _check_classes([raw for *_, raw in raws[1:]], categories, problems)  # type: ignore[misc]
 
-    repairs = Repairs()
-    pairs = _number(train, val, repairs)
-    probes = _probe_all([image for image, _ in pairs])
-    records = []
-    for (image, split), probe in zip(pairs, probes, strict=True):
-        if isinstance(probe, str):
-            problems.add(image.path or image.origin, f"image id {image.image_id} ({image.file_name})", probe)
-        elif probe is not None and not len(problems):
-            records.append(_to_record(image, probe, kept, repairs, image.image_id, split))  # type: ignore[arg-type]
-    problems.raise_if_any(f"dataset {train.source}")
+    parts: list[tuple[str, list[tuple[RawImage, str | None]]]] = []
+    for lay, _, split, raw in raws:
+        if raw.split_lists is not None and split is None:  # type: ignore[union-attr]
+            pairs = list_splits(
+                raw,
+                val_given=val_source is not None,
+                test_given=test_source is not None,  # type: ignore[arg-type]
+                repairs=repairs,
+            )
+        else:
+            pairs = [(image, split) for image in raw.images]  # type: ignore[union-attr]
+        parts.append((lay.format, pairs))
+    if test_fraction > 0 and any(split == "test" for _, pairs in parts for _, split in pairs):
+        raise ConfigError(
+            "test_fraction: the dataset has a test split already (ImageSets/Main/test.txt); "
+            "set test_fraction to 0"
+        )
+    _check_unique(parts, problems)
+    val_given = any(split == "val" for _, pairs in parts for _, split in pairs)
+    _number(parts, repairs)
+    pairs = [pair for _, part_pairs in parts for pair in part_pairs]
+    records, pending = _decode_all(pairs, kept, repairs, problems, strict=strict)
+    problems.raise_if_any(f"dataset {layout.root}")
 
     if not any(r.train_mask.any() for r in records):
         had = sum(len(image.boxes) for image, _ in pairs)
         why = " left after dropping unselected classes, crowd regions and empty boxes" if had else ""
         images = f"{len(records)} image" + ("" if len(records) == 1 else "s")
         problems.add(train.source, "dataset", f"{images} but no boxes{why}")
+        for reason, entries in repairs.listed.items():
+            if reason in (UNDECODABLE, NOT_LISTED):
+                problems.add(train.source, reason, "; ".join(entries))
         problems.raise_if_any(f"dataset {train.source}")
 
-    if val is not None:
-        split = {"method": "val_source", "val_source": str(val.source)}
-    elif train.split_lists is not None:
-        split = {"method": "imagesets", "lists": train.split_files}
-    else:
-        val_ids = split_val_ids([r.image_id for r in records], val_fraction=val_fraction, seed=seed)
-        records = [replace(r, split="val" if r.image_id in val_ids else "train") for r in records]
-        split = {"method": "fraction", "val_fraction": float(val_fraction), "seed": int(seed)}
+    split = split_settings(layout, raws, val_source, test_source, val_fraction, seed)
+    if pending and not val_given:
+        val_ids = split_val_ids(sorted(pending), val_fraction=val_fraction, seed=seed)
+        records = [replace(r, split="val") if r.image_id in val_ids else r for r in records]
+        if split["method"] != "fraction":
+            split.update(val_fraction=float(val_fraction), seed=int(seed))
+    if test_fraction > 0:
+        train_ids = [r.image_id for r in records if r.split == "train"]
+        test_ids = split_test_ids(train_ids, total=len(records), test_fraction=test_fraction, seed=seed)
+        records = [replace(r, split="test") if r.image_id in test_ids else r for r in records]
+        split.update(test_fraction=float(test_fraction), seed=int(seed))
     records.sort(key=lambda r: r.image_id)
-    return BuildResult(records, [info for _, info in chosen], repairs, fmt, str(train.source), split)
+    source_name = str(train.source) if len(main) == 1 and layout.format != "yolo" else str(layout.root)
+    return BuildResult(records, [info for _, info in chosen], repairs, layout.format, source_name, split)

@@ -2,9 +2,16 @@
 
 Image files are looked up, in this order, at ``images_dir / file_name`` when ``images_dir`` is
 given; otherwise at ``<json dir> / file_name``, then ``<json dir> / images / file_name`` and
-``<json dir>/../images / file_name`` (the layouts the demo dataset and CVAT's COCO export write).
-COCO boxes are ``[x, y, width, height]`` in pixels; they become xyxy here. Nothing is repaired
-here: problems are collected, repairs happen once the real image sizes are known.
+``<json dir>/../images / file_name`` (the layouts the demo dataset and CVAT's COCO export write),
+then in the image folders the layout search found under the dataset folder (``search_dirs``,
+e.g. COCO's own ``annotations/`` + ``val2017/``). When none of a file's images is found, one
+line says so instead of one per image. A category that no annotation uses and that every other
+category names as its supercategory is the dataset's name, not a class (Roboflow writes one, id
+0, into its COCO exports): it is left out of the classes and listed in the summary.
+COCO boxes are ``[x, y, width, height]`` in pixels; they become xyxy here for training, and the
+file's own four numbers are kept for evaluation. Annotations stay in the file's order (pycocotools
+breaks score ties by it). Nothing is repaired here: problems are collected, repairs happen once
+the real image sizes are known.
 """
 
 from __future__ import annotations
@@ -68,14 +75,23 @@ def _parse_categories(entries: list, path: Path, problems: Problems) -> dict[int
     return categories
 
 
-def _image_candidates(file_name: str, json_dir: Path, images_dir: Path | None) -> list[Path]:
+def _image_candidates(
+    file_name: str, json_dir: Path, images_dir: Path | None, search_dirs: tuple[Path, ...]
+) -> list[Path]:
     if images_dir is not None:
         return [images_dir / file_name]
-    return [json_dir / file_name, json_dir / "images" / file_name, json_dir.parent / "images" / file_name]
+    near = [json_dir / file_name, json_dir / "images" / file_name, json_dir.parent / "images" / file_name]
+    return near + [d / file_name for d in search_dirs]
 
 
 def _parse_image(
-    entry: Any, i: int, path: Path, images_dir: Path | None, problems: Problems
+    entry: Any,
+    i: int,
+    path: Path,
+    images_dir: Path | None,
+    search_dirs: tuple[Path, ...],
+    problems: Problems,
+    missing: list[tuple[str, str]],
 ) -> RawImage | None:
     if not isinstance(entry, dict) or not _is_int(entry.get("id")):
         problems.add(path, f"image #{i}", "needs an integer 'id'")
@@ -94,11 +110,11 @@ def _parse_image(
             problems.add(path, record, f"non-numeric width/height {width!r} x {height!r}")
         elif width > 0 and height > 0:
             size = (int(round(width)), int(round(height)))
-    candidates = _image_candidates(file_name, path.parent, images_dir)
+    candidates = _image_candidates(file_name, path.parent, images_dir, search_dirs)
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         tried = ", ".join(str(c) for c in candidates)
-        problems.add(path, record, f"image file not found (looked at {tried})")
+        missing.append((record, f"image file not found (looked at {tried})"))
     return RawImage(
         key=str(image_id),
         image_id=image_id,
@@ -149,12 +165,55 @@ def _parse_annotation(
             name=categories[category_id],
             iscrowd=bool(iscrowd),
             area=float(area) if area is not None else None,
+            xywh=(x, y, w, h),
         )
     )
 
 
-def parse_coco(path: Path, *, images_dir: Path | None, problems: Problems) -> RawDataset | None:
-    """Parse a COCO JSON file; problems go to ``problems``. None when the file cannot be read."""
+def _placeholders(
+    cat_entries: list, categories: dict[int, str], used: set[str]
+) -> list[tuple[int, str, str]]:
+    """Categories that are the dataset's name, not a class: no annotation uses one, and every other
+    category names it as its supercategory (Roboflow's COCO exports write one, with id 0)."""
+    supers = {
+        c["id"]: c.get("supercategory")
+        for c in cat_entries
+        if isinstance(c, dict) and c.get("id") in categories
+    }
+    found = []
+    for cid, name in categories.items():
+        others = [s for other, s in supers.items() if other != cid]
+        if name not in used and others and all(s == name for s in others):
+            found.append(
+                (cid, name, "placeholder category (the other categories' supercategory, no annotations)")
+            )
+    return found
+
+
+def _report_missing(
+    path: Path, missing: list[tuple[str, str]], total: int, search_dirs, problems: Problems
+) -> None:
+    if total > 1 and len(missing) == total:  # one line, not one per image: the folder is wrong
+        looked = ", ".join(str(d) for d in (path.parent, path.parent / "images", *search_dirs))
+        problems.add(
+            path,
+            "images",
+            f"none of its {total} image files was found (e.g. {missing[0][0]}; looked in {looked}); "
+            "set data.images_dir to the folder that holds them",
+        )
+        return
+    for record, message in missing:
+        problems.add(path, record, message)
+
+
+def parse_coco(
+    path: Path, *, images_dir: Path | None, problems: Problems, search_dirs: tuple[Path, ...] = ()
+) -> RawDataset | None:
+    """Parse a COCO JSON file; problems go to ``problems``. None when the file cannot be read.
+
+    ``search_dirs``: further folders where image files are looked for (after the usual places),
+    the image folders found around the JSON file.
+    """
     data = _load_json(path, problems)
     if data is None:
         return None
@@ -167,20 +226,28 @@ def parse_coco(path: Path, *, images_dir: Path | None, problems: Problems) -> Ra
     categories = _parse_categories(cat_entries, path, problems)
 
     images: dict[int, RawImage] = {}
+    missing: list[tuple[str, str]] = []
     for i, entry in enumerate(image_entries):
-        image = _parse_image(entry, i, path, images_dir, problems)
+        image = _parse_image(entry, i, path, images_dir, search_dirs, problems, missing)
         if image is None:
             continue
         if image.image_id in images:
             problems.add(path, f"image id {image.image_id}", "duplicate image id")
             continue
         images[image.image_id] = image  # type: ignore[index]
+    _report_missing(path, missing, len(image_entries), search_dirs, problems)
     for i, ann in enumerate(ann_entries):
         _parse_annotation(ann, i, path, images, categories, problems)
+    skipped = _placeholders(
+        cat_entries, categories, {b.name for image in images.values() for b in image.boxes}
+    )
+    for cid, _, _ in skipped:
+        del categories[cid]
 
     return RawDataset(
         format="coco",
         source=path.resolve(),
         images=[images[k] for k in sorted(images)],
         categories=sorted(categories.items()),
+        skipped_categories=skipped,
     )

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
 import torch
-from PIL import Image, ImageOps
+from PIL import ImageOps
 from pyarrow import fs as pafs
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
+from trainables.data.images import open_image
 from trainables.data.records import ImageRecord
 from trainables.errors import DataError
 
@@ -38,9 +40,11 @@ def load_image(record: ImageRecord) -> tv_tensors.Image:
     """Decode a record's image as displayed (EXIF orientation applied), RGB, uint8 (3, H, W).
 
     ``record.path`` is a local path, or a URI (it contains ``://``) read through ``pyarrow.fs``.
+    A JPEG the manifest marks ``jpeg_tail_missing`` decodes as it did when the manifest was built
+    (``trainables.data.images.open_image``).
     """
     source = _open_uri(record) if "://" in record.path else record.path
-    with Image.open(source) as raw:
+    with open_image(source, jpeg_tail_missing=record.jpeg_tail_missing) as raw:
         image = ImageOps.exif_transpose(raw).convert("RGB")
     if image.size != (record.width, record.height):
         raise DataError(
@@ -53,22 +57,42 @@ def load_image(record: ImageRecord) -> tv_tensors.Image:
 class DetectionDataset(Dataset):
     """Images and training targets for a list of records.
 
-    The target holds the non-crowd boxes only (crowd regions are for evaluation):
+    The target holds the repaired training boxes (clipped to the image, zero-size ones dropped),
+    crowd regions left out and VOC ``difficult`` objects kept; evaluation reads the record's
+    annotations as annotated (``eval_*``) instead:
     ``{"boxes": BoundingBoxes XYXY float32, "labels": int64 (N,), "image_id": int}``. With
     ``transforms`` (torchvision.transforms.v2 style) the pair is passed through
-    ``transforms(image, target)`` and its result returned.
+    ``transforms(image, target)`` and its result returned. With ``cache`` (a filled
+    ``DecodedImageCache``) images it holds are not decoded again; the transforms run as before.
+    The torch RNG of the transforms is seeded from (``seed``, epoch, image id); the loop calls
+    :meth:`set_epoch` before each pass.
     """
 
-    def __init__(self, records: Sequence[ImageRecord], transforms: Callable | None = None) -> None:
+    def __init__(self, records: Sequence[ImageRecord], transforms: Callable | None = None, cache: Any = None, *,
+                 seed: int = 0) -> None:
         self.records = list(records)
         self.transforms = transforms
+        self.cache = cache
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next pass belongs to: part of every sample's augmentation seed."""
+        self.epoch = int(epoch)
+
+    def sample_seed(self, index: int) -> int:
+        """The torch seed of sample ``index`` this epoch: a hash of (seed, epoch, image id), in [0, 2**63)."""
+        key = f"{self.seed}:{self.epoch}:{self.records[index].image_id}".encode()
+        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         record = self.records[index]
-        image = load_image(record)
+        image = self.cache.get(record.image_id) if self.cache is not None else None
+        if image is None:
+            image = load_image(record)
         keep = record.train_mask
         target = {
             "boxes": tv_tensors.BoundingBoxes(
@@ -80,7 +104,12 @@ class DetectionDataset(Dataset):
             "image_id": int(record.image_id),
         }
         if self.transforms is not None:
-            return self.transforms(image, target)
+            # torchvision v2 transforms draw from the global torch RNG. Seeding it per sample (inside a
+            # fork, so the caller's RNG is untouched) makes augmentation the same whichever process
+            # decodes the sample: 0 or N loader workers give the same batches.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.sample_seed(index))
+                return self.transforms(image, target)
         return image, target
 
 

@@ -3,14 +3,14 @@
 Every trial reads the manifest instead of the user's annotation files: reading it parses no XML
 or JSON and opens no image. One row per image (boxes flattened to 4N floats), and the classes,
 the source, the split settings and the repair summary as JSON under the schema metadata key
-``b"boxtune"``. The same inputs give a byte-identical file.
+``b"boxtune"``. The same inputs give a byte-identical file. Coordinates and areas are float64, so
+the evaluation annotations (``eval_*``) come back exactly as the annotation file wrote them.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from trainables.atomic import atomic_path
 from trainables.data.build import build_records
 from trainables.data.records import ClassInfo, ImageRecord
 from trainables.data.summary import DataSummary, compute_summary
@@ -27,8 +28,9 @@ from trainables.errors import ConfigError, DataError
 __all__ = ["MANIFEST_SCHEMA", "METADATA_KEY", "Manifest", "build_manifest", "read_manifest"]
 
 METADATA_KEY = b"boxtune"
-_VERSION = 1
-SPLITS = ("train", "val")
+# 2: float64 boxes and areas, and the annotations as annotated for evaluation (``eval_*``)
+_VERSION = 2
+SPLITS = ("train", "val", "test")
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -37,15 +39,35 @@ MANIFEST_SCHEMA = pa.schema(
         ("path", pa.string()),
         ("width", pa.int32()),
         ("height", pa.int32()),
-        ("boxes", pa.list_(pa.float32())),  # xyxy px, flattened: 4 values per box
+        # training boxes, repaired: xyxy px, flattened (4 values per box), and per box
+        ("boxes", pa.list_(pa.float64())),
         ("labels", pa.list_(pa.int64())),
         ("category_ids", pa.list_(pa.int64())),
         ("iscrowd", pa.list_(pa.bool_())),
-        ("area", pa.list_(pa.float32())),
-        ("split", pa.string()),
+        ("area", pa.list_(pa.float64())),
+        # evaluation annotations as the file gives them: [x, y, w, h] px flattened, and per box
+        ("eval_xywh", pa.list_(pa.float64())),
+        ("eval_category_ids", pa.list_(pa.int64())),
+        ("eval_iscrowd", pa.list_(pa.bool_())),
+        ("eval_area", pa.list_(pa.float64())),
+        ("eval_difficult", pa.list_(pa.bool_())),
+        ("split", pa.string()),  # "train", "val" or "test"
+        ("jpeg_tail_missing", pa.bool_()),  # decoded with its end-of-image marker appended
     ]
 )
-_LIST_COLUMNS = {"boxes": 4, "labels": 1, "category_ids": 1, "iscrowd": 1, "area": 1}
+# list column -> values per box
+_LIST_COLUMNS = {
+    "boxes": 4,
+    "labels": 1,
+    "category_ids": 1,
+    "iscrowd": 1,
+    "area": 1,
+    "eval_xywh": 4,
+    "eval_category_ids": 1,
+    "eval_iscrowd": 1,
+    "eval_area": 1,
+    "eval_difficult": 1,
+}
 
 
 def _list_column(arrays: list[np.ndarray], dtype: pa.DataType) -> pa.ListArray:
@@ -69,6 +91,7 @@ def _records_to_table(records: list[ImageRecord], metadata: dict[str, Any]) -> p
         dtype = MANIFEST_SCHEMA.field(name).type.value_type
         columns[name] = _list_column([getattr(r, name) for r in records], dtype)
     columns["split"] = pa.array([r.split for r in records], type=pa.string())
+    columns["jpeg_tail_missing"] = pa.array([r.jpeg_tail_missing for r in records], type=pa.bool_())
     schema = MANIFEST_SCHEMA.with_metadata({METADATA_KEY: json.dumps(metadata).encode("utf-8")})
     return pa.Table.from_pydict(columns, schema=schema)
 
@@ -86,15 +109,11 @@ def _table_to_records(table: pa.Table) -> list[ImageRecord]:
         name: table.column(name).to_pylist()
         for name in ("image_id", "file_name", "path", "width", "height", "split")
     }
-    dtypes = {
-        "boxes": np.float32,
-        "labels": np.int64,
-        "category_ids": np.int64,
-        "iscrowd": bool,
-        "area": np.float32,
-    }
+    if "jpeg_tail_missing" in table.column_names:  # absent in manifests written before it existed
+        plain["jpeg_tail_missing"] = table.column("jpeg_tail_missing").to_pylist()
+    value_types = {name: MANIFEST_SCHEMA.field(name).type.value_type for name in _LIST_COLUMNS}
     lists = {
-        name: _split_list(table.column(name), per_box, dtypes[name])
+        name: _split_list(table.column(name), per_box, value_types[name].to_pandas_dtype())
         for name, per_box in _LIST_COLUMNS.items()
     }
     return [
@@ -115,6 +134,12 @@ class Manifest:
             raise DataError("not a boxtune manifest: its Parquet schema has no b'boxtune' metadata")
         self.table = table
         self.metadata: dict[str, Any] = json.loads(raw)
+        version = self.metadata.get("version")
+        if version != _VERSION:
+            raise DataError(
+                f"manifest version {version} was written by another boxtune, this one reads version "
+                f"{_VERSION}; rebuild it from the dataset (boxtune data summary DATA --manifest FILE)"
+            )
         self.classes = [ClassInfo(**c) for c in self.metadata["classes"]]
         self.summary = DataSummary.from_dict(self.metadata["summary"])
         self._records: list[ImageRecord] | None = None
@@ -145,25 +170,18 @@ class Manifest:
         return self.metadata["split"]
 
     def records(self, split: str | None = None) -> list[ImageRecord]:
-        """The image records, in image-id order; ``split`` "train", "val" or None for all."""
+        """The image records, in image-id order; ``split`` "train", "val", "test" or None for all."""
         if split not in (None, *SPLITS):
-            raise ValueError(f"split should be 'train', 'val' or None, got {split!r}")
+            raise ValueError(f"split should be 'train', 'val', 'test' or None, got {split!r}")
         if self._records is None:
             self._records = _table_to_records(self.table)
         return [r for r in self._records if split is None or r.split == split]
 
     def write(self, path: str | os.PathLike) -> Path:
-        """Write the Parquet file atomically: a temp file in the same folder, then ``os.replace``."""
+        """Write the Parquet file atomically (see ``trainables.atomic``)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             pq.write_table(self.table, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return path
 
     def __repr__(self) -> str:
@@ -178,11 +196,17 @@ def build_manifest(
     images_dir: str | os.PathLike | None = None,
     val_source: str | os.PathLike | None = None,
     val_fraction: float = 0.2,
+    test_source: str | os.PathLike | None = None,
+    test_fraction: float = 0.0,
     seed: int = 0,
     classes: list[str] | None = None,
     rename: dict[str, str] | None = None,
+    strict: bool = False,
 ) -> Manifest:
-    """Parse, check, repair and split a COCO or VOC dataset (see ``trainables.data.build``).
+    """Parse, check, repair and split a COCO, VOC or YOLO dataset (see ``trainables.data.build``).
+
+    ``strict``: a JPEG cut short (otherwise decoded with its end marker restored) and an image that
+    does not decode (otherwise left out) are errors.
 
     Raises ``DataError`` listing every problem in the data, ``ConfigError`` for a bad argument.
     """
@@ -194,7 +218,10 @@ def build_manifest(
         images_dir=images_dir,
         val_source=val_source,
         val_fraction=val_fraction,
+        test_source=test_source,
+        test_fraction=test_fraction,
         seed=seed,
+        strict=bool(strict),
         classes=list(classes) if classes is not None and not isinstance(classes, str) else classes,
         rename=dict(rename) if rename is not None else None,
     )

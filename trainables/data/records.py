@@ -1,6 +1,6 @@
 """What the dataset layer passes around: per-image records, classes, and the error/repair ledgers.
 
-Parsers (``coco.py``, ``voc.py``) produce ``RawImage``s (annotations as the file states them);
+Parsers (``coco.py``, ``voc.py``, ``yolo.py``) produce ``RawImage``s (annotations as the file states them);
 the manifest builder checks them against the real images and turns them into ``ImageRecord``s,
 the one internal record per image that everything after it (training, evaluation, export) reads.
 """
@@ -39,10 +39,18 @@ class ClassInfo:
 class ImageRecord:
     """One image and its boxes, in the frame the image is displayed in (EXIF orientation applied).
 
-    ``boxes`` are xyxy pixels, float32, shape (N, 4); ``labels`` are 1..K (int64);
-    ``category_ids`` the dataset's own ids; ``iscrowd`` marks COCO crowd regions, which evaluation
-    treats as ignore regions and training never uses as targets; ``area`` is COCO's ``area`` where
-    the file gives it, else the box's width * height.
+    Two views of the same annotations, because training and evaluation want different things:
+
+    * training, repaired: ``boxes`` are xyxy pixels, float64, shape (N, 4), clipped to the image,
+      with zero-size boxes dropped; ``labels`` are 1..K (int64); ``category_ids`` the dataset's
+      own ids; ``iscrowd`` marks COCO crowd regions, which training never uses as targets;
+      ``area`` is COCO's ``area`` where the file gives it, else the repaired box's width * height.
+    * evaluation, as annotated (what pycocotools reads from the file): ``eval_xywh`` (M, 4) float64
+      is the file's own [x, y, width, height] (VOC: xmin, ymin, xmax - xmin, ymax - ymin), neither
+      clipped nor dropped, in the file's order; ``eval_area`` is the file's ``area``, else width *
+      height of that box; ``eval_iscrowd``; ``eval_difficult`` marks VOC ``difficult`` objects,
+      which evaluation ignores; ``eval_category_ids`` the dataset's ids. Only the EXIF transpose
+      (annotations made on raw pixels) changes these numbers.
     """
 
     image_id: int
@@ -55,7 +63,14 @@ class ImageRecord:
     category_ids: np.ndarray
     iscrowd: np.ndarray
     area: np.ndarray
-    split: str = "train"
+    eval_xywh: np.ndarray
+    eval_category_ids: np.ndarray
+    eval_iscrowd: np.ndarray
+    eval_area: np.ndarray
+    eval_difficult: np.ndarray
+    split: str = "train"  # "train", "val" or "test" (test never trains or picks an epoch)
+    # a JPEG cut short before its end-of-image marker: decoded with the marker appended in memory
+    jpeg_tail_missing: bool = False
 
     @property
     def num_boxes(self) -> int:
@@ -75,13 +90,25 @@ class RawBox:
     name: str
     iscrowd: bool = False
     area: float | None = None  # COCO 'area' when given
+    difficult: bool = False  # VOC <difficult>1</difficult>
+    # COCO's [x, y, width, height] exactly as written: x + width - x is not always width in
+    # floating point, and evaluation must see the file's numbers; None: taken from ``xyxy``
+    xywh: tuple[float, float, float, float] | None = None
+
+    @property
+    def annotated_xywh(self) -> tuple[float, float, float, float]:
+        """[x, y, width, height] as the file states the box, for evaluation."""
+        if self.xywh is not None:
+            return self.xywh
+        x1, y1, x2, y2 = self.xyxy
+        return (x1, y1, x2 - x1, y2 - y1)
 
 
 @dataclass
 class RawImage:
     """An image entry as an annotation file states it, with its resolved path (None if missing)."""
 
-    key: str  # VOC: the XML stem (what ImageSets lists name); COCO: str(image id)
+    key: str  # VOC: the XML stem (what ImageSets lists name); COCO: str(image id); YOLO: the path
     image_id: int | None  # COCO id; VOC images are numbered after sorting
     file_name: str
     path: Path | None
@@ -94,13 +121,19 @@ class RawImage:
 class RawDataset:
     """A parsed dataset: its images, its classes (dataset id, name) in stable order, split lists."""
 
-    format: str  # "coco" or "voc"
-    source: Path  # the annotations file (COCO) or the dataset folder (VOC)
+    format: str  # "coco", "voc" or "yolo"
+    source: Path  # the annotations file (COCO), the dataset folder (VOC), the image folder or list (YOLO)
     images: list[RawImage]
     categories: list[tuple[int, str]]
-    # VOC ImageSets/Main lists used for the split ({"train": stems, "val": stems}), if any
+    # VOC ImageSets/Main lists used for the split ({"train": stems, "val": stems, "test": stems};
+    # "trainval": stems when only trainval.txt gives train and val together), if any
     split_lists: dict[str, list[str]] | None = None
     split_files: list[str] = field(default_factory=list)
+    # VOC: image files in the folders the images were found in that no XML file names
+    unannotated: list[str] = field(default_factory=list)
+    # categories left out as not being classes: (dataset id, name, reason), e.g. the placeholder
+    # category Roboflow writes into COCO exports
+    skipped_categories: list[tuple[int, str, str]] = field(default_factory=list)
 
 
 class Problems:
@@ -126,11 +159,17 @@ class Problems:
 
 
 class Repairs:
-    """Counts what was repaired or dropped, by reason, with the first few file names for each."""
+    """Counts what was repaired or dropped, by reason, with the first few file names for each.
+
+    Whole images repaired or left out (``image``) are also listed by name, every one of them, so
+    no image leaves the dataset without a line in the summary.
+    """
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
         self.examples: dict[str, list[str]] = {}
+        self.listed: dict[str, list[str]] = {}  # reason -> every image it applied to
+        self.dropped = 0  # images left out of the manifest
 
     def add(self, reason: str, file_name: str, count: int = 1) -> None:
         if count <= 0:
@@ -139,3 +178,9 @@ class Repairs:
         names = self.examples.setdefault(reason, [])
         if file_name not in names and len(names) < MAX_EXAMPLES:
             names.append(file_name)
+
+    def image(self, reason: str, file_name: str, *, dropped: bool, detail: str | None = None) -> None:
+        """One whole image repaired (``dropped`` False) or left out of the manifest: counted and listed."""
+        self.add(reason, file_name)
+        self.listed.setdefault(reason, []).append(f"{file_name}: {detail}" if detail else file_name)
+        self.dropped += int(dropped)

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from trainables.data.records import ClassInfo, ImageRecord, Repairs
-
-if TYPE_CHECKING:
-    from trainables.data.manifest import Manifest
 
 __all__ = ["DataSummary", "compute_summary", "summarize", "SIZE_BINS"]
 
@@ -24,8 +21,11 @@ class DataSummary:
     """Counts over a manifest; ``dataclasses.asdict`` gives plain JSON.
 
     Box counts are training boxes (crowd regions are counted apart in ``crowd_boxes``); a negative
-    is an image without any training box. ``repairs`` maps each reason to how often it applied,
-    ``examples`` to the first few file names it applied to.
+    is an image without any training box. ``images_per_split`` has "train" and "val", and "test"
+    when there is a test split. ``repairs`` maps each reason to how often it applied, ``examples``
+    to the first few file names it applied to; ``listed`` maps the reasons that apply to whole
+    images (repaired, or left out of the manifest) to every file name; ``dropped`` counts the
+    images left out.
     """
 
     images: int = 0
@@ -36,6 +36,8 @@ class DataSummary:
     box_sizes: dict[str, dict[str, int]] = field(default_factory=dict)
     repairs: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    listed: dict[str, list[str]] = field(default_factory=dict)
+    dropped: int = 0
 
     @property
     def boxes(self) -> int:
@@ -57,10 +59,10 @@ def compute_summary(records: list[ImageRecord], classes: list[ClassInfo], repair
     names = {c.label: c.name for c in classes}
     boxes_per_class = {c.name: 0 for c in classes}
     box_sizes = {c.name: dict.fromkeys(SIZE_BINS, 0) for c in classes}
-    per_split = {"train": 0, "val": 0}
+    per_split = {"train": 0, "val": 0}  # "test" added when there is one
     negatives = crowd = 0
     for record in records:
-        per_split[record.split] += 1
+        per_split[record.split] = per_split.get(record.split, 0) + 1
         train = record.train_mask
         crowd += int(np.count_nonzero(~train))
         if not train.any():
@@ -77,24 +79,53 @@ def compute_summary(records: list[ImageRecord], classes: list[ClassInfo], repair
         box_sizes=box_sizes,
         repairs=dict(repairs.counts),
         examples={k: list(v) for k, v in repairs.examples.items()},
+        listed={k: list(v) for k, v in repairs.listed.items()},
+        dropped=repairs.dropped,
     )
+
+
+class _Summarised(Protocol):
+    """What :func:`summarize` reads of a manifest (a Protocol: manifest.py imports this module, not the reverse)."""
+
+    summary: DataSummary
+    source: str
+    format: str
+    split_settings: dict[str, Any]
+    num_classes: int
+    classes: list[ClassInfo]
 
 
 def _split_line(settings: dict[str, Any]) -> str:
     method = settings.get("method")
+    said = []
     if method == "val_source":
-        return f"validation set from {settings.get('val_source')}"
-    if method == "imagesets":
-        return "from the ImageSets lists " + ", ".join(settings.get("lists", []))
-    return f"random, val_fraction {settings.get('val_fraction')}, seed {settings.get('seed')}"
+        said.append(f"validation set from {settings.get('val_source')}")
+    elif method == "imagesets":
+        said.append("from the ImageSets lists " + ", ".join(settings.get("lists", [])))
+    elif method == "layout":
+        parts = settings.get("parts", {}).items()
+        said.append(
+            "from the dataset's parts: "
+            + ", ".join(f"{label} ({split or 'train + val'})" for label, split in parts)
+        )
+    if "val_fraction" in settings:
+        word = "random" if method == "fraction" else "random val"
+        said.append(f"{word}, val_fraction {settings.get('val_fraction')}, seed {settings.get('seed')}")
+    if settings.get("test_source"):
+        said.append(f"test set from {settings['test_source']}")
+    if settings.get("test_fraction"):
+        said.append(f"random test, test_fraction {settings['test_fraction']}, seed {settings.get('seed')}")
+    return "; ".join(said)
 
 
-def summarize(manifest: Manifest) -> str:
+def summarize(manifest: _Summarised) -> str:
     """A multi-line report of a manifest: source, split, classes with box counts, and repairs."""
     s = manifest.summary
     lines = [
         f"Source: {manifest.source} ({manifest.format})",
-        f"Images: {s.images} (train {s.images_per_split.get('train', 0)}, val {s.images_per_split.get('val', 0)})",
+        f"Images: {s.images} (train {s.images_per_split.get('train', 0)}, val {s.images_per_split.get('val', 0)}, "
+        f"test {s.images_per_split.get('test', 0)})"
+        + (f", {s.dropped} left out (listed below)" if s.dropped else ""),
         f"Split: {_split_line(manifest.split_settings)}",
         f"Classes: {manifest.num_classes}, boxes: {s.boxes}",
     ]
@@ -115,6 +146,10 @@ def summarize(manifest: Manifest) -> str:
     else:
         lines.append("Repaired or dropped:")
         for reason, count in s.repairs.items():
-            examples = ", ".join(s.examples.get(reason, []))
-            lines.append(f"  {reason}: {count} (e.g. {examples})")
+            if reason in s.listed:  # whole images: every one of them, by name
+                lines.append(f"  {reason}: {count}")
+                lines += [f"    {entry}" for entry in s.listed[reason]]
+            else:
+                examples = ", ".join(s.examples.get(reason, []))
+                lines.append(f"  {reason}: {count} (e.g. {examples})")
     return "\n".join(lines)

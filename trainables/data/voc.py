@@ -1,22 +1,23 @@
 """Read Pascal VOC XML annotations (as labelImg and CVAT write them) into raw records.
 
-Layouts understood, for a dataset folder ``root``:
-
-* XML files beside the images, all in ``root``;
-* ``root/Annotations/*.xml`` + ``root/JPEGImages/`` (VOC2007), with optional
-  ``root/ImageSets/Main/{train,val}.txt`` split lists;
-* ``root/annotations/*.xml`` + ``root/images/`` (labelImg projects such as the raccoon set).
+A dataset folder ``root`` holds its XML files in one folder, ``xml_dir``: ``root`` itself (XML
+beside the images) or any one subfolder (``Annotations/`` in VOC2007, ``annotations/`` or
+``annots/`` in labelImg projects); ``trainables.data.layouts`` finds it by content.
 
 An XML file's image is found by the XML's stem with any image extension, in ``images_dir`` when
-given, then the images folder, then beside the XML, then in ``root``; only when that fails is ``<filename>`` tried (labelImg
-copies it from the file it opened, which is often renamed later). ``<path>`` is ignored: it is
-the annotator's absolute path on their own machine.
+given, then ``JPEGImages/``, ``images/`` or ``Images/``, then in ``xml_dir``, ``root`` and every
+other subfolder of ``root`` (the one with the most matching names first); only when that fails is
+``<filename>`` tried (labelImg copies it from the file it opened, which is often renamed later).
+``<path>`` is ignored: it is the annotator's absolute path on their own machine. When no XML file
+finds its image, one line says what was searched instead of one line per file.
 
-Split lists: ``train.txt`` + ``val.txt`` are used when both exist; otherwise ``trainval.txt`` +
-``test.txt`` (as train and val) when both exist; otherwise no list is used. Per-class lists
+Split lists in ``root/ImageSets/Main``: ``train.txt`` + ``val.txt`` give train and val; otherwise
+``trainval.txt`` (or ``train.txt`` alone) gives the images that ``val_fraction`` splits into
+train and val. ``test.txt``, when there is one of these, gives the test split. Per-class lists
 (``dog_train.txt``) are ignored. Coordinates are taken as written (VOC's 1-based pixel indices
-are not shifted: the half-pixel offset is below annotation noise). ``difficult`` objects are
-kept as ordinary boxes.
+are not shifted: the half-pixel offset is below annotation noise). ``<difficult>1</difficult>``
+objects are training targets like any other (as in torchvision's VOC reference); evaluation
+ignores them, as VOC's own does: neither a hit nor a miss.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ __all__ = ["IMAGE_EXTENSIONS", "find_voc_annotations", "parse_voc"]
 
 # Preference order when two images share a stem.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-_SPLIT_LIST_PAIRS = (("train.txt", "val.txt"), ("trainval.txt", "test.txt"))
 
 
 def find_voc_annotations(root: Path) -> Path | None:
@@ -44,23 +44,33 @@ def find_voc_annotations(root: Path) -> Path | None:
     return None
 
 
-def _image_dirs(root: Path, xml_dir: Path, images_dir: Path | None) -> list[Path]:
-    dirs = [root / n for n in ("JPEGImages", "images", "Images")] + [xml_dir, root]
-    if images_dir is not None:
-        dirs.insert(0, images_dir)
-    unique: list[Path] = []
-    for d in dirs:
-        if d.is_dir() and all(d.resolve() != u.resolve() for u in unique):
-            unique.append(d)
-    return unique
+def _images_in(folder: Path) -> list[Path]:
+    """The image files of one folder, in the extension preference order, then by name."""
+    files = [f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()]
+    return sorted(files, key=lambda f: (IMAGE_EXTENSIONS.index(f.suffix.lower()), f.name))
 
 
-def _index_images(dirs: list[Path]) -> dict[str, Path]:
+def _image_dirs(
+    root: Path, xml_dir: Path, images_dir: Path | None, stems: set[str]
+) -> dict[Path, list[Path]]:
+    """Folder -> its image files, in search order (see the module docstring)."""
+    named = [root / n for n in ("JPEGImages", "images", "Images")]
+    siblings = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    dirs: dict[Path, list[Path]] = {}
+    for d in ([images_dir] if images_dir is not None else []) + named + [xml_dir, root] + siblings:
+        if d.is_dir() and all(d.resolve() != u.resolve() for u in dirs):
+            dirs[d] = _images_in(d)
+    first = ([images_dir] if images_dir is not None else []) + named
+    fixed = [d for d in dirs if d in first]
+    rest = [d for d in dirs if d not in first]  # most matching stems first, stable otherwise
+    rest.sort(key=lambda d: -len(stems & {f.stem for f in dirs[d]}))
+    return {d: dirs[d] for d in fixed + rest}
+
+
+def _index_images(dirs: dict[Path, list[Path]]) -> dict[str, Path]:
     """Stem -> image path; earlier folders first, then the extension preference order."""
     index: dict[str, Path] = {}
-    for d in dirs:
-        files = [f for f in d.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()]
-        files.sort(key=lambda f: (IMAGE_EXTENSIONS.index(f.suffix.lower()), f.name))
+    for files in dirs.values():
         for f in files:
             index.setdefault(f.stem, f)
     return index
@@ -99,12 +109,17 @@ def _parse_objects(root: ET.Element, xml: Path, problems: Problems) -> list[RawB
             if not math.isfinite(value):
                 problems.add(xml, record, f"non-numeric coordinate <{key}>{text}</{key}>")
             coords.append(value)
-        if all(math.isfinite(v) for v in coords):
-            boxes.append(RawBox(xyxy=tuple(coords), name=name))  # type: ignore[arg-type]
+        difficult = (obj.findtext("difficult") or "").strip() or "0"  # absent or empty: not difficult
+        if difficult not in ("0", "1"):
+            problems.add(xml, record, f"<difficult> should be 0 or 1, got {difficult!r}")
+        elif all(math.isfinite(v) for v in coords):
+            boxes.append(RawBox(xyxy=tuple(coords), name=name, difficult=difficult == "1"))  # type: ignore[arg-type]
     return boxes
 
 
-def _parse_file(xml: Path, image_dirs: list[Path], index: dict[str, Path], problems: Problems) -> RawImage:
+def _parse_file(
+    xml: Path, image_dirs: list[Path], index: dict[str, Path], problems: Problems, missing: list
+) -> RawImage:
     image = RawImage(
         key=xml.stem, image_id=None, file_name=xml.stem, path=None, recorded_size=None, origin=str(xml)
     )
@@ -127,11 +142,8 @@ def _parse_file(xml: Path, image_dirs: list[Path], index: dict[str, Path], probl
         found = next((d / filename for d in image_dirs if (d / filename).is_file()), None)
     if found is None:
         where = ", ".join(str(d) for d in image_dirs)
-        problems.add(
-            xml,
-            f"image {filename or xml.stem!r}",
-            f"image file not found ({xml.stem}.* or {filename!r} in {where})",
-        )
+        message = f"image file not found ({xml.stem}.* or {filename!r} in {where})"
+        missing.append((xml, f"image {filename or xml.stem!r}", message))
     else:
         image.path, image.file_name = found.resolve(), found.name
     image.recorded_size = _size(root)
@@ -155,29 +167,66 @@ def _read_list(path: Path, known: set[str], problems: Problems) -> list[str]:
 def _split_lists(
     root: Path, known: set[str], problems: Problems
 ) -> tuple[dict[str, list[str]] | None, list[str]]:
+    """{"train", "val"} or {"trainval"}, plus "test" when listed; and the list files used."""
     main = root / "ImageSets" / "Main"
-    for train_name, val_name in _SPLIT_LIST_PAIRS:
-        if (main / train_name).is_file() and (main / val_name).is_file():
-            train = _read_list(main / train_name, known, problems)
-            val = _read_list(main / val_name, known, problems)
-            for stem in sorted(set(train) & set(val)):
-                problems.add(main / val_name, repr(stem), f"listed in both {train_name} and {val_name}")
-            files = [str((main / n).resolve()) for n in (train_name, val_name)]
-            return {"train": train, "val": val}, files
-    return None, []
+    present = {n for n in ("train", "val", "trainval", "test") if (main / f"{n}.txt").is_file()}
+    if {"train", "val"} <= present:
+        use = {"train": "train", "val": "val"}
+    elif "trainval" in present or "train" in present:
+        use = {"trainval": "trainval" if "trainval" in present else "train"}
+    else:
+        return None, []
+    if "test" in present:
+        use["test"] = "test"
+    lists = {split: _read_list(main / f"{name}.txt", known, problems) for split, name in use.items()}
+    seen: dict[str, str] = {}
+    for split, stems in lists.items():
+        for stem in stems:
+            if stem in seen and seen[stem] != split:
+                problems.add(main / f"{use[split]}.txt", repr(stem), f"also listed in {use[seen[stem]]}.txt")
+            seen.setdefault(stem, split)
+    return lists, [str((main / f"{name}.txt").resolve()) for name in use.values()]
 
 
-def parse_voc(root: Path, *, images_dir: Path | None, problems: Problems) -> RawDataset:
+def _shown(folder: Path, root: Path) -> str:
+    """A folder as a message names it: relative to ``root`` with a trailing slash, or "."."""
+    if folder.resolve() == root.resolve():
+        return "."
+    return f"{folder.relative_to(root) if folder.is_relative_to(root) else folder}/"
+
+
+def _report_missing(
+    root: Path, xml_dir: Path, dirs: dict[Path, list[Path]], missing: list, total: int, problems: Problems
+) -> None:
+    if total > 1 and len(missing) == total:  # one line, not one per file: the images are elsewhere
+        searched = ", ".join(f"{_shown(d, root)} ({len(files)} images)" for d, files in dirs.items())
+        problems.add(
+            root,
+            "images",
+            f"{total} .xml files in {_shown(xml_dir, root)} but no image matched their names (or their <filename>) "
+            f"in {searched}; set data.images_dir to the folder holding the images",
+        )
+        return
+    for xml, record, message in missing:
+        problems.add(xml, record, message)
+
+
+def parse_voc(
+    root: Path, *, images_dir: Path | None, problems: Problems, xml_dir: Path | None = None
+) -> RawDataset:
     """Parse a VOC dataset folder (``images_dir`` is searched first); problems go to ``problems``.
 
-    Images come in sorted XML-name order with ``image_id`` None: the manifest numbers them once it
-    knows which ones it keeps.
+    ``xml_dir``: the folder of XML files (default: ``find_voc_annotations(root)``). Images come in
+    sorted XML-name order with ``image_id`` None: the manifest numbers them once it knows which
+    ones it keeps.
     """
-    xml_dir = find_voc_annotations(root)
-    xml_files = sorted(xml_dir.glob("*.xml")) if xml_dir is not None else []
-    image_dirs = _image_dirs(root, xml_dir or root, images_dir)
-    index = _index_images(image_dirs)
-    images = [_parse_file(xml, image_dirs, index, problems) for xml in xml_files]
+    xml_dir = xml_dir or find_voc_annotations(root) or root
+    xml_files = sorted(xml_dir.glob("*.xml"))
+    dirs = _image_dirs(root, xml_dir, images_dir, {xml.stem for xml in xml_files})
+    index = _index_images(dirs)
+    missing: list = []
+    images = [_parse_file(xml, list(dirs), index, problems, missing) for xml in xml_files]
+    _report_missing(root, xml_dir, dirs, missing, len(xml_files), problems)
     names = sorted({box.name for image in images for box in image.boxes})
     split_lists, split_files = _split_lists(root, {image.key for image in images}, problems)
     return RawDataset(
@@ -187,4 +236,16 @@ def parse_voc(root: Path, *, images_dir: Path | None, problems: Problems) -> Raw
         categories=[(i, name) for i, name in enumerate(names, start=1)],
         split_lists=split_lists,
         split_files=split_files,
+        unannotated=_unannotated(root, dirs, images),
     )
+
+
+def _unannotated(root: Path, dirs: dict[Path, list[Path]], images: list[RawImage]) -> list[str]:
+    """Image files beside the matched ones that no XML file names (labelImg writes no XML for an
+    image that was skipped), relative to ``root``: listed, so that no image goes unmentioned."""
+    used = {image.path for image in images if image.path is not None}
+    folders = {path.parent for path in used}
+    unused = [f.resolve() for d, files in dirs.items() if d.resolve() in folders for f in files]
+    top = root.resolve()
+    left = [f for f in dict.fromkeys(unused) if f not in used]
+    return sorted(str(f.relative_to(top) if f.is_relative_to(top) else f) for f in left)

@@ -1,0 +1,268 @@
+"""Every lever of the sweep measured from a pretrained start: the source model of ``source_model.py``.
+
+The target task is ``TARGET_SPEC`` (``trainables.data.demo``): four of the source's classes and
+one it never saw ("cross", always a fresh head row), on checkered backgrounds the source never
+showed, with smaller and more objects per image. Each part runs its variants side by side in one
+run with the same seeds, and prints (and writes to ``--out``/partN.json) its numbers:
+
+    python benchmarks/bench_transfer.py --part 1   # class_map copy against a fresh head: AP after 1, 2, 4 epochs
+    python benchmarks/bench_transfer.py --part 2   # freeze depth 0, 2, 5, 8: AP after --epochs, img/s
+    python benchmarks/bench_transfer.py --part 3   # ASHA against FIFO: epochs to FIFO's best AP, rung/final rank correlation
+    python benchmarks/bench_transfer.py --part 4   # the `seed` space against `default` under TPE, same epoch budget
+
+Parts 1 and 2 are single trials (``run_trial``, no Ray); parts 3 and 4 are sweeps on a local Ray
+bound to loopback (``--concurrent`` trials at a time, two by default, one CPU each). The source model is trained first if it is
+not cached. Sizes are flags; the defaults are the full benchmark (about an hour on 2 idle cores).
+``--smoke`` runs a part at tiny sizes from a one-epoch source, to check that it runs.
+A synthetic source says little about transfer to photos: these numbers show what the sweep's
+levers do when a start is pretrained, not what COCO weights do for a user's data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on loopback only
+
+# the target's dataset classes: the four the source knows map to their own COCO rows
+COPY_MAP = {"sports ball": "sports ball", "stop sign": "stop sign", "kite": "kite", "clock": "clock"}
+# one recipe for parts 1 and 2: constant lr, so AP after n epochs of a longer run is AP after n epochs
+RECIPE = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 4,
+          "warmup_iters": 20, "hflip_p": 0.5}
+
+
+def _target(args, tmp: Path):
+    from trainables.data import build_manifest
+    from trainables.data.demo import TARGET_SPEC, make_shapes_dataset
+
+    path = make_shapes_dataset(tmp / "target", TARGET_SPEC, num_images=args.images, image_size=args.size, seed=1)
+    return path, build_manifest(path, val_fraction=0.25, seed=0)
+
+
+# --smoke: every part in minutes, from a one-epoch source; the numbers mean nothing
+_SMOKE = {"images": 16, "size": 64, "at": [1, 2], "depths": [0, 8], "trials": 2, "concurrent": 1}
+_SMOKE_EPOCHS = {2: 1, 3: 2, 4: 4}  # part 4's `seed` recipes need 4 epochs to act
+_SMOKE_IMAGES = {4: 32}  # `default`'s one-cycle needs a few iterations per epoch at batch 8
+
+
+def _source(args) -> str:
+    from source_model import SourceSettings, source_model
+
+    settings = SourceSettings(num_images=24, image_size=64, epochs=1) if args.smoke else SourceSettings()
+    return str(source_model(settings, threads=args.threads))
+
+
+def _trial(args, manifest, tmp: Path, name: str, *, model: dict, hparams: dict, epochs: int) -> list[dict]:
+    from trainables.loop import TrialResources, run_trial
+    from trainables.reporting import LocalReporter
+
+    cfg = {"model": model, "training": {"epochs": epochs, "seed": 0}, "hparams": hparams}
+    reporter = LocalReporter(tmp / name)
+    run_trial(cfg, manifest=manifest, reporter=reporter, resources=TrialResources(cpus=args.threads, device="cpu"))
+    return reporter.history()
+
+
+def _model(args, weights: str | None, class_map: dict) -> dict:
+    from source_model import model_config
+
+    return model_config(args.size, weights, class_map)
+
+
+def part1(args, tmp: Path) -> dict:
+    """class_map copy against a fresh head (and random weights for scale), same recipe, seed and data."""
+    _, manifest = _target(args, tmp)
+    weights = _source(args)
+    variants = {"copy": (weights, COPY_MAP), "fresh_head": (weights, {}), "random_init": (None, {})}
+    out = {}
+    for name in args.variants or list(variants):
+        w, class_map = variants[name]
+        history = _trial(args, manifest, tmp, name, model=_model(args, w, class_map), hparams=RECIPE, epochs=max(args.at))
+        out[name] = {f"AP@{e}": round(history[e - 1]["AP"], 4) for e in args.at}
+        out[name].update({f"AP50@{e}": round(history[e - 1]["AP50"], 4) for e in args.at})
+    return out
+
+
+def part2(args, tmp: Path) -> dict:
+    """Freeze depths from the source, same recipe: AP after ``--epochs`` and training img/s."""
+    _, manifest = _target(args, tmp)
+    weights = _source(args)
+    out = {}
+    for depth in args.depths:
+        history = _trial(args, manifest, tmp, f"depth{depth}", model=_model(args, weights, COPY_MAP),
+                         hparams={**RECIPE, "freeze_depth": depth}, epochs=args.epochs)
+        out[f"depth{depth}"] = {"AP": round(history[-1]["AP"], 4), "AP50": round(history[-1]["AP50"], 4),
+                                "images_per_s": round(history[-1]["images_per_s"], 2),
+                                "trainable_params": int(history[-1]["trainable_params"])}
+    return out
+
+
+def _sweep_config(args, tmp: Path, data: Path, weights: str, *, name: str, space, scheduler: dict):
+    from tune.config import SweepConfig
+
+    return SweepConfig.model_validate({
+        "name": name,
+        "data": {"path": str(data), "val_fraction": 0.25, "seed": 0},
+        "model": _model(args, weights, COPY_MAP),
+        "training": {"epochs": args.epochs, "seed": 0},
+        "search": {"space": space, "num_trials": args.trials, "sampler": "tpe", "seed": 0},
+        "scheduler": scheduler,
+        "resources": {"cpu": 1},
+        "max_concurrent": args.concurrent,
+        "storage": str(tmp / "runs"),
+        "retries": 0,
+    })
+
+
+def _curves(run: Path) -> dict[str, list[dict]]:
+    """Each trial's per-epoch results, as Ray recorded them (result.json)."""
+    curves = {}
+    for result in run.glob("*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if rows:
+            curves[rows[0]["trial_id"]] = sorted(rows, key=lambda r: r["epoch"])
+    return curves
+
+
+def _epochs_to_reach(curves: dict[str, list[dict]], target: float) -> int | None:
+    spent = 0
+    rows = [r for rs in curves.values() for r in rs]
+    for r in sorted(rows, key=lambda r: (r["timestamp"], r["time_total_s"])):  # when each epoch finished
+        spent += 1
+        if r["AP"] >= target - 1e-9:
+            return spent
+    return None
+
+
+def _ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):  # ties share their mean rank
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rank correlation (Pearson's on mean ranks); None if either side is constant."""
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return None if sxx == 0 or syy == 0 else sxy / (sxx * syy) ** 0.5
+
+
+def _run(cfg) -> tuple[dict[str, list[dict]], float]:
+    from tune.sweep import run_sweep
+
+    t0 = time.perf_counter()
+    run_sweep(cfg, echo=lambda *_: None)
+    return _curves(Path(cfg.storage) / cfg.name), time.perf_counter() - t0
+
+
+def part3(args, tmp: Path) -> dict:
+    """ASHA against FIFO, same TPE seed and space: epochs to FIFO's best AP; rung-vs-final rank correlation."""
+    import ray
+
+    data, _ = _target(args, tmp)
+    weights = _source(args)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        fifo, fifo_s = _run(_sweep_config(args, tmp, data, weights, name="fifo", space=args.space,
+                                          scheduler={"name": "fifo"}))
+        asha, asha_s = _run(_sweep_config(args, tmp, data, weights, name="asha", space=args.space,
+                                          scheduler={"name": "asha", "grace_period": args.grace_period,
+                                                     "reduction_factor": args.reduction_factor}))
+    finally:
+        ray.shutdown()
+    best = max(r["AP"] for rs in fifo.values() for r in rs)
+    out = {"fifo_best_AP": round(best, 4), "asha_best_AP": round(max(r["AP"] for rs in asha.values() for r in rs), 4),
+           "fifo_epochs": sum(map(len, fifo.values())), "asha_epochs": sum(map(len, asha.values())),
+           "fifo_epochs_to_fifo_best": _epochs_to_reach(fifo, best),
+           "asha_epochs_to_fifo_best": _epochs_to_reach(asha, best),
+           "fifo_wall_s": round(fifo_s, 1), "asha_wall_s": round(asha_s, 1)}
+    if out["asha_epochs_to_fifo_best"]:
+        out["ratio"] = round(out["asha_epochs_to_fifo_best"] / out["fifo_epochs_to_fifo_best"], 3)
+    # from FIFO's complete curves: does AP at each epoch order the trials as their final AP does?
+    complete = [rs for rs in fifo.values() if len(rs) == args.epochs]
+    final = [rs[-1]["AP"] for rs in complete]
+    out["spearman_epoch_vs_final"] = {
+        e: (None if (rho := spearman([rs[e - 1]["AP"] for rs in complete], final)) is None else round(rho, 3))
+        for e in range(1, args.epochs)}
+    out["fifo_curves"] = {t: [round(r["AP"], 4) for r in rs] for t, rs in sorted(fifo.items())}
+    out["asha_curves"] = {t: [round(r["AP"], 4) for r in rs] for t, rs in sorted(asha.items())}
+    return out
+
+
+def part4(args, tmp: Path) -> dict:
+    """The `seed` space against `default` under TPE, the same trials x epochs: best AP."""
+    import ray
+
+    data, _ = _target(args, tmp)
+    weights = _source(args)
+    out = {}
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for space in ("seed", "default"):
+            curves, wall = _run(_sweep_config(args, tmp, data, weights, name=space, space=space,
+                                              scheduler={"name": "fifo"}))
+            out[space] = {"best_AP": round(max(r["AP"] for rs in curves.values() for r in rs), 4),
+                          "epochs": sum(map(len, curves.values())), "wall_s": round(wall, 1),
+                          "final_APs": sorted((round(rs[-1]["AP"], 4) for rs in curves.values()), reverse=True)}
+    finally:
+        ray.shutdown()
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--part", type=int, choices=(1, 2, 3, 4), required=True)
+    p.add_argument("--images", type=int, default=150, help="target images (a quarter of them val)")
+    p.add_argument("--size", type=int, default=128, help="image side and model input side, px")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of a single trial (parts 1, 2)")
+    p.add_argument("--at", type=int, nargs="+", default=[1, 2, 4], help="part 1: epochs to report AP after")
+    p.add_argument("--variants", nargs="+", choices=("copy", "fresh_head", "random_init"), help="part 1: which")
+    p.add_argument("--depths", type=int, nargs="+", default=[0, 2, 5, 8], help="part 2: freeze depths")
+    p.add_argument("--epochs", type=int, default=None, help="part 2: epochs per depth (2); parts 3, 4: per trial (6)")
+    p.add_argument("--trials", type=int, default=12, help="parts 3, 4: trials per sweep")
+    p.add_argument("--space", default="quick", help="part 3: the search space")
+    p.add_argument("--concurrent", type=int, default=2, help="parts 3, 4: trials at a time (one CPU each)")
+    p.add_argument("--grace-period", type=int, default=1, help="part 3: ASHA's grace period, epochs")
+    p.add_argument("--reduction-factor", type=float, default=2.0, help="part 3: ASHA's reduction factor")
+    p.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "boxtune-bench-transfer"))
+    p.add_argument("--smoke", action="store_true", help="tiny sizes and a one-epoch source: checks the script runs")
+    args = p.parse_args(argv)
+    if args.smoke:
+        vars(args).update(_SMOKE, epochs=_SMOKE_EPOCHS.get(args.part))
+        args.images = _SMOKE_IMAGES.get(args.part, args.images)
+    if args.epochs is None:
+        args.epochs = 2 if args.part == 2 else 6
+    import torch
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="boxtune-transfer-") as tmp:
+        result = {1: part1, 2: part2, 3: part3, 4: part4}[args.part](args, Path(tmp))
+    report = {"part": args.part, "setup": vars(args), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+              "load_average_1min": round(os.getloadavg()[0], 1), "wall_s": round(time.perf_counter() - started, 1),
+              **result}
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / f"part{args.part}.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

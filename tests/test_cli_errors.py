@@ -1,0 +1,197 @@
+"""User errors on the command line: one line naming the option, key or file, exit status 2, no traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, TINY_MODEL
+
+from tune.cli import main
+from tune.config import SweepConfig, TrainConfig, load_config
+
+
+def _one_line_error(capsys, argv: list[str]) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("boxtune: error: ")
+    return err.removeprefix("boxtune: error: ")
+
+
+def _missing_cuda_device() -> str:
+    # no CUDA here: plain `cuda`; on a GPU machine, an index past the last device
+    return f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+
+
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_cuda_device_that_is_not_there(capsys, tmp_path, command):
+    device = _missing_cuda_device()
+    argv = {"train": ["train", str(tmp_path / "train.yaml"), "--out", str(tmp_path / "out")],
+            "predict": ["predict", str(tmp_path / "best.pt"), str(tmp_path), "--out", str(tmp_path / "p.json")]}[command]
+    message = _one_line_error(capsys, [*argv, "--device", device])
+    if torch.cuda.is_available():
+        assert message.startswith(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device")
+    else:
+        assert message.startswith("--device cuda: torch sees no CUDA device on this machine") and "--device cpu" in message
+    assert not (tmp_path / "out").exists() and not (tmp_path / "p.json").exists()  # checked before any work
+
+
+def test_device_that_torch_does_not_know(capsys, tmp_path):
+    message = _one_line_error(capsys, ["train", str(tmp_path / "train.yaml"), "--out", str(tmp_path), "--device", "gpu0"])
+    assert message == "--device 'gpu0': not a torch device; use cpu, cuda or cuda:N"
+
+
+# --- resume: the run folder's own sweep.yaml, edited by hand or damaged --------------------------
+
+
+def _run_folder(tmp_path: Path, text: str) -> Path:
+    run = tmp_path / "runs" / "edited"
+    run.mkdir(parents=True)
+    (run / "sweep.yaml").write_text(text)
+    return run
+
+
+def _valid_sweep(tmp_path: Path) -> dict:
+    return {"name": "edited", "data": {"path": str(tmp_path / "data.json")}, "storage": str(tmp_path / "runs")}
+
+
+@pytest.mark.parametrize("case, edit, expected", [
+    ("yaml", lambda d: "name: edited\nsearch: {num_trials: [8\n", "not valid YAML: "),
+    ("not a mapping", lambda d: "- name\n- edited\n", "expected a mapping of sections at the top level, got list"),
+    ("typo", lambda d: yaml.safe_dump({**d, "serch": {"num_trials": 8}}),
+     "1 problem: serch: unknown key (did you mean 'search'?)"),
+    ("bad value", lambda d: yaml.safe_dump({**d, "search": {"num_trials": -3}}), "1 problem: search.num_trials: "),
+    ("binary", None, "not a text file"),
+])
+def test_resume_with_edited_or_corrupt_sweep_yaml(capsys, tmp_path, case, edit, expected):
+    if edit is None:
+        run = _run_folder(tmp_path, "")
+        (run / "sweep.yaml").write_bytes(b"\x80\xff\x00 not text")
+    else:
+        run = _run_folder(tmp_path, edit(_valid_sweep(tmp_path)))
+    message = _one_line_error(capsys, ["resume", str(run)])
+    assert message.startswith(f"{run}/sweep.yaml: {expected}"), message
+
+
+# --- ~ in config paths --------------------------------------------------------------------------
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_tilde_in_config_paths_is_the_home_folder(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    config = tmp_path / "configs"
+    config.mkdir()
+    cfg = load_config(_write(config / "sweep.yaml", {
+        "data": {"path": "~/data/annotations.json", "images_dir": "~/data/images", "val_path": "~/val.json"},
+        "model": {"weights": "~/weights/coco.pth"},
+        "storage": "~/boxtune_runs",
+    }), SweepConfig)
+    assert cfg.data.path == str(home / "data" / "annotations.json")
+    assert cfg.data.images_dir == str(home / "data" / "images") and cfg.data.val_path == str(home / "val.json")
+    assert cfg.model.weights == str(home / "weights" / "coco.pth")
+    assert cfg.storage == str(home / "boxtune_runs")
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("relative/a.json", "{config}/relative/a.json"),  # relative to the config file's folder
+    ("/abs/a.json", "/abs/a.json"),
+    ("s3://bucket/a.json", "s3://bucket/a.json"),
+    ("~/a.json", "{home}/a.json"),
+])
+def test_data_path_forms(tmp_path, monkeypatch, value, expected):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = load_config(_write(tmp_path / "train.yaml", {"data": {"path": value}}), TrainConfig)
+    assert cfg.data.path == expected.format(config=tmp_path, home=tmp_path / "home")
+
+
+def test_weights_name_is_not_a_path(tmp_path):
+    cfg = load_config(_write(tmp_path / "train.yaml", {"data": {"path": "a.json"}, "model": {"weights": "DEFAULT"}}),
+                      TrainConfig)
+    assert cfg.model.weights == "DEFAULT"
+
+
+# --- joining a cluster that refuses ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sweep_yaml(tmp_path_factory) -> Path:
+    """A sweep whose dataset does not exist: the address is checked first, so that error never comes."""
+    work = tmp_path_factory.mktemp("join")
+    return _write(work / "sweep.yaml", {
+        "name": "join", "data": {"path": str(work / "no_such_dataset.json")}, "model": TINY_MODEL,
+        "training": {"epochs": 1}, "search": {"space": "quick", "num_trials": 1, "sampler": "random"},
+        "scheduler": {"name": "fifo"}, "storage": str(work / "runs"),
+    })
+
+
+def _sweep_cli(sweep_yaml: Path, address: str) -> subprocess.CompletedProcess:
+    """``boxtune sweep --address`` as its own process: the test process may hold a local Ray already."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    return subprocess.run([sys.executable, "-m", "tune.cli", "sweep", str(sweep_yaml), "--address", address],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+
+
+def _refusal(out: subprocess.CompletedProcess, address: str) -> str:
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"boxtune: error: --address {address}: "), out.stderr
+    return last.removeprefix(f"boxtune: error: --address {address}: ")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_join_where_nothing_listens(sweep_yaml):
+    address = f"127.0.0.1:{_free_port()}"
+    message = _refusal(_sweep_cli(sweep_yaml, address), address)
+    assert message.startswith("nothing accepts connections there (Connection refused)")
+    assert not (sweep_yaml.parent / "runs" / "join").exists()
+
+
+def test_join_a_port_that_is_not_ray(sweep_yaml):
+    """An HTTP/1 server on the port (a dashboard, a web app): refused in seconds, not after Ray's retries."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def answer():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+    try:
+        message = _refusal(_sweep_cli(sweep_yaml, address), address)
+    finally:
+        server.close()
+    assert message.startswith("something listens there, but not a Ray cluster's GCS (no gRPC answer within 5 s)")
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", ":6379"])
+def test_join_address_without_host_and_port(sweep_yaml, address):
+    message = _refusal(_sweep_cli(sweep_yaml, address), address)
+    assert message.startswith("expected host:port (the head's GCS port, 6379 by default), auto, or ray://host:10001")

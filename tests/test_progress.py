@@ -1,0 +1,68 @@
+"""The live sweep table: AP, AR100, best AP and the sampled hyperparameters, and a line per ended trial."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from shared_run import EPOCHS, result_rows, trial_dirs
+
+from tune.progress import format_hparams
+
+
+@pytest.mark.parametrize(("config", "shown"), [
+    ({"optimizer": "sgd", "lr": 0.012345, "momentum": 0.9}, "opt=sgd lr=0.0123 mom=0.9"),
+    ({"lr": 3.0e-4, "hflip_p": 0.5, "freeze_depth": 2, "nesterov": True}, "lr=0.0003 hflip=0.5 freeze=2 nest=y"),
+    ({"milestones": [6, 9], "my_knob": 1.23456}, "miles=6,9 my_knob=1.23"),
+])
+def test_hyperparameters_short_and_rounded(config, shown):
+    assert format_hparams(config) == shown
+
+
+def _table_rows(stdout: str) -> dict[tuple[str, int], list[str]]:
+    rows = {}
+    for line in stdout.splitlines():
+        cells = line.split()
+        if len(cells) >= 6 and cells[1] == "RUNNING" and re.fullmatch(r"\d+/\d+", cells[2]):
+            rows[(cells[0], int(cells[2].split("/")[0]))] = cells
+    return rows
+
+
+def test_table_shows_ap_and_hyperparameters_of_every_epoch(shared_run):
+    out = shared_run.stdout
+    header = next(line for line in out.splitlines() if line.startswith("trial "))
+    assert header.split()[:7] == ["trial", "status", "epoch", "AP", "AR100", "best", "AP"]
+    assert header.rstrip().endswith("hyperparameters")
+    rows = _table_rows(out)
+    seen = 0
+    for trial_dir in trial_dirs(shared_run.run):
+        params = json.loads((trial_dir / "params.json").read_text())
+        for result in result_rows(trial_dir):
+            cells = rows[(result["trial_id"], result["epoch"])]
+            assert cells[2] == f"{result['epoch']}/{EPOCHS}"
+            assert float(cells[3]) == pytest.approx(result["AP"], abs=5e-4)
+            assert float(cells[4]) == pytest.approx(result["AR100"], abs=5e-4)
+            assert float(cells[5]) == pytest.approx(result["best_AP"], abs=5e-4)
+            assert sorted(cells[-len(params):]) == sorted(format_hparams(params).split())
+            seen += 1
+    assert seen == len(rows) >= 4
+
+
+def test_a_line_for_each_trial_that_ends(shared_run):
+    ended = re.findall(r"^-- (\S+) (finished|stopped by ASHA|errored) after", shared_run.stdout, re.M)
+    how = dict(ended)
+    assert len(how) == len(ended)  # one line per trial
+    assert [h for h in how.values() if h == "errored"] == ["errored"]  # the trial that diverges in epoch 1
+    reported = [result_rows(d) for d in trial_dirs(shared_run.run)]
+    reported = [rows for rows in reported if rows]
+    assert len(how) == len(reported) + 1
+    for rows in reported:
+        assert how[rows[0]["trial_id"]] == ("finished" if len(rows) == EPOCHS else "stopped by ASHA")
+
+
+def test_ray_checkpoint_chatter_goes_to_the_trial_log(shared_run):
+    # the sweep's own Ray forwards worker output to the terminal (log_to_driver), so this is the real check
+    assert "Checkpoint successfully created" not in shared_run.stdout + shared_run.stderr
+    logs = [d / "ray_train.log" for d in trial_dirs(shared_run.run) if result_rows(d)]
+    assert logs and all("Checkpoint successfully created" in p.read_text() for p in logs)

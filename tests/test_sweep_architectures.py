@@ -1,0 +1,58 @@
+"""A sweep that searches ``architecture``: SSDlite against Faster R-CNN MobileNet on the same data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainables.errors import ConfigError
+from tune.config import SweepConfig
+from tune.export import export_best
+from tune.predict import load_export
+from tune.sweep import check_space, run_sweep
+
+ARCHS = ["ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_fpn"]
+SPACE = {"architecture": {"choice": ARCHS}, "lr": {"loguniform": [0.002, 0.02]}, "batch_size": 4}
+# Faster R-CNN's size keys live under its own name: SSDlite's builder fixes 320x320 and takes none
+MODEL = {"weights": None, "by_architecture": {
+    "fasterrcnn_mobilenet_v3_large_fpn": {"min_size": 96, "max_size": 96, "box_batch_size_per_image": 64}}}
+
+
+def _config(tmp_path, tiny_demo, model=MODEL) -> SweepConfig:
+    return SweepConfig.model_validate({
+        "name": "families",
+        "data": {"path": str(tiny_demo), "val_fraction": 0.25, "seed": 0},
+        "model": model,
+        "training": {"epochs": 1, "seed": 0},
+        # seed 0: the random sampler's two draws are one of each architecture
+        "search": {"space": SPACE, "num_trials": 2, "sampler": "random", "seed": 0},
+        "scheduler": {"name": "fifo"},
+        "resources": {"cpu": 1},
+        "max_concurrent": 2,
+        "storage": str(tmp_path / "runs"),
+        "retries": 0,
+    })
+
+
+def test_searched_architecture_ranks_both_families_and_exports_the_best(tmp_path, tiny_demo, ray_local):
+    rows = run_sweep(_config(tmp_path, tiny_demo), echo=lambda *_: None)
+    assert sorted(r["architecture"] for r in rows) == sorted(ARCHS)  # one trial each, both ranked
+    assert all(r["status"] == "TERMINATED" and r["error"] is None and r["best_epoch"] == 1 for r in rows)
+    assert [r["rank"] for r in rows] == [1, 2] and rows[0]["score"] >= rows[1]["score"]
+
+    out = export_best(str(tmp_path / "runs" / "families"), tmp_path / "best.pt")
+    model, meta = load_export(out)
+    assert meta["trial_id"] == rows[0]["trial"] and meta["architecture"] == rows[0]["architecture"]
+    assert meta["config"]["model"]["architecture"] == rows[0]["architecture"]
+    ssd = meta["architecture"] == ARCHS[0]
+    assert meta["model_kwargs"] == ({} if ssd else {"min_size": 96, "max_size": 96})
+    assert meta["num_classes"] == 4  # three demo classes + index 0
+    with torch.inference_mode():
+        out = model([torch.rand(3, 96, 96)])[0]
+    assert set(out) == {"boxes", "labels", "scores"} and not (out["labels"] == 0).any()
+
+
+def test_a_shared_size_key_that_ssdlite_cannot_use_fails_before_ray(tmp_path, tiny_demo):
+    cfg = _config(tmp_path, tiny_demo, model={"weights": None, "min_size": 96, "max_size": 96})
+    with pytest.raises(ConfigError, match=r"min_size does not apply to ssdlite320_mobilenet_v3_large"):
+        check_space(cfg, n_train=18)

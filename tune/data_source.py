@@ -1,0 +1,29 @@
+"""The dataset of a train or sweep config, read and validated once into a manifest.
+
+Kept apart from ``tune.sweep`` so that ``boxtune train`` imports neither Ray nor Optuna: a single
+trial then runs where only torch, torchvision, pydantic and pycocotools are installed (an offline
+GPU box, a debugger).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from trainables.data import Manifest, build_manifest, read_manifest
+from tune.config import DataConfig
+
+__all__ = ["prepare_manifest"]
+
+
+class _HasData(Protocol):
+    data: DataConfig
+
+
+def prepare_manifest(cfg: _HasData) -> Manifest:
+    """Read and validate ``cfg.data`` once (or load a prebuilt manifest)."""
+    d = cfg.data
+    if d.path.endswith(".parquet"):
+        return read_manifest(d.path)
+    return build_manifest(d.path, format=d.format, images_dir=d.images_dir, val_source=d.val_path,
+                          val_fraction=d.val_fraction, test_source=d.test_path, test_fraction=d.test_fraction,
+                          seed=d.seed, classes=d.classes, rename=d.rename or None, strict=d.strict)

@@ -1,0 +1,161 @@
+"""The test split: never trained on, never used to choose an epoch or rank a trial; evaluated once at the end.
+
+The val split chooses each trial's best epoch and ranks the trials, so the best trial's val AP is
+the maximum over epochs and trials: an optimistic estimate. When the manifest has a test split,
+the sweep's top ``report.test_top`` trials (by the objective on val) are evaluated on it once,
+each at its best epoch, in fp32, with the model an export of that checkpoint loads (so the
+numbers equal ``evaluate_detections`` run on an export). They are stored in
+``<run>/test_results.json`` (written atomically)::
+
+    {"split": "test", "images": 48, "metric": "AP",
+     "trials": {"<trial id>": {"rank": 1, "epoch": 7, "val_score": 0.4123..., "metrics": {"AP": ..., "AP[cat]": ...}}}}
+
+``boxtune train`` does the same for its best epoch (``<out>/test_results.json``). Reports show
+the numbers as ``test_AP``, ``test_AR100``, ... beside the val numbers, which stay the ranking key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainables.atomic import atomic_write_text
+from trainables.checkpoint import TrialState, load_checkpoint
+from trainables.coco_eval import COCO_STAT_NAMES, build_coco_gt, evaluate_detections_by_class
+from trainables.errors import BoxtuneError
+from trainables.objective import class_metrics
+
+__all__ = ["TEST_SPLIT", "TEST_RESULTS_FILE", "TEST_PREFIX", "test_records", "evaluate_state", "test_columns",
+           "evaluate_sweep_on_test", "read_test_results", "evaluate_train_on_test", "OPTIMISTIC_NOTE",
+           "OPTIMISTIC_TRAIN_NOTE"]
+
+log = logging.getLogger(__name__)
+
+TEST_SPLIT = "test"
+TEST_RESULTS_FILE = "test_results.json"
+TEST_PREFIX = "test_"  # test numbers are shown as test_AP, test_AR100, test_AP[cat], ...
+OPTIMISTIC_NOTE = ("no test split: val AP is optimistic (it chose each trial's best epoch and ranked the trials); "
+                   "set data.test_fraction or data.test_path for an unbiased estimate")
+OPTIMISTIC_TRAIN_NOTE = ("no test split: the best epoch's val AP is optimistic (val chose the epoch); "
+                         "set data.test_fraction or data.test_path for an unbiased estimate")
+
+
+def test_records(manifest) -> list:
+    """The manifest's test records, in image-id order (empty when it has no test split)."""
+    return [r for r in manifest.records() if r.split == TEST_SPLIT]
+
+
+def evaluate_state(state: TrialState, records: Sequence[Any], *, device: str | torch.device = "cpu",
+                   batch_size: int = 4) -> dict[str, float]:
+    """COCO numbers and per-class AP/AR100 of a checkpoint's model on ``records``, in fp32.
+
+    The model is the one ``boxtune export`` writes for this checkpoint (the plain torchvision build).
+    """
+    from torch.utils.data import DataLoader
+
+    from trainables.augment import build_eval_transforms
+    from trainables.data import DetectionDataset, collate_detection
+    from trainables.loop import predict
+    from tune.export import export_model
+
+    if not records:
+        raise BoxtuneError("no records to evaluate")
+    device = torch.device(device)
+    model = export_model(state).to(device)
+    loader = DataLoader(DetectionDataset(list(records), transforms=build_eval_transforms()), batch_size=batch_size,
+                        shuffle=False, num_workers=0, collate_fn=collate_detection)
+    detections = predict(model, loader, device=device)  # amp_dtype None: fp32, as `boxtune predict`
+    classes = [dict(c) for c in state.classes]
+    gt = build_coco_gt(records, [(c["dataset_id"], c["name"]) for c in classes])
+    stats, per_class = evaluate_detections_by_class(
+        gt, detections, label_to_dataset_id={int(c["label"]): c["dataset_id"] for c in classes})
+    return {**{k: float(stats[k]) for k in COCO_STAT_NAMES}, **class_metrics(per_class, classes)}
+
+
+def test_columns(metrics: dict[str, float]) -> dict[str, float]:
+    """Test numbers under their report names: ``AP`` -> ``test_AP``."""
+    return {f"{TEST_PREFIX}{k}": v for k, v in metrics.items()}
+
+
+def read_test_results(storage) -> dict[str, Any] | None:
+    """``test_results.json`` of a run (a ``RunStorage``), or None when there is none."""
+    from tune.storage import RunStorage
+
+    storage = storage if isinstance(storage, RunStorage) else RunStorage.from_uri(storage)
+    if not storage.exists(TEST_RESULTS_FILE):
+        return None
+    return json.loads(storage.read_text(TEST_RESULTS_FILE))
+
+
+def _device(gpu: float) -> str:
+    return "cuda" if gpu > 0 and torch.cuda.is_available() else "cpu"
+
+
+def evaluate_sweep_on_test(storage, manifest, *, top: int, metric_label: str, gpu: float = 0.0,
+                           echo=print) -> dict[str, Any] | None:
+    """Evaluate the top ``top`` ranked trials' best epochs on the test split; write and return the results.
+
+    A trial already evaluated at the same epoch (a resumed sweep) is not evaluated again. Returns
+    None, and writes nothing, when the manifest has no test split or ``top`` is 0.
+    """
+    from tune.export import best_checkpoint
+    from tune.report import load_sweep, rank_trials
+
+    records = test_records(manifest)
+    if not records or top <= 0:
+        return None
+    view = load_sweep(storage.uri)
+    ranked = [r for r in rank_trials(view) if r["best_epoch"] > 0][:top]
+    before = (read_test_results(storage) or {}).get("trials", {})
+    by_id = {t.trial_id: t for t in view.trials}
+    trials: dict[str, Any] = {}
+    for row in ranked:
+        old = before.get(row["trial"])
+        if old is not None and int(old["epoch"]) == row["best_epoch"]:
+            trials[row["trial"]] = {**old, "rank": row["rank"]}
+            continue
+        checkpoint = best_checkpoint(view, by_id[row["trial"]])
+        with checkpoint.as_directory() as directory:
+            state = load_checkpoint(directory)
+        if state.epoch != row["best_epoch"]:
+            raise BoxtuneError(f"{view.uri}: trial {row['trial']}'s kept checkpoint is epoch {state.epoch}, "
+                               f"but its best epoch by score is {row['best_epoch']}")
+        echo(f"evaluating trial {row['trial']} (rank {row['rank']}, epoch {state.epoch}) on "
+             f"{len(records)} test images")
+        trials[row["trial"]] = {"rank": row["rank"], "epoch": int(state.epoch), "val_score": row["score"],
+                                "metrics": evaluate_state(state, records, device=_device(gpu))}
+    results = {"split": TEST_SPLIT, "images": len(records), "metric": metric_label, "trials": trials}
+    storage.write_text(TEST_RESULTS_FILE, json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n")
+    return results
+
+
+def evaluate_train_on_test(out: str | Path, manifest, *, device: str | None = None) -> dict[str, Any] | None:
+    """``boxtune train``: evaluate the best epoch (``best.json``) on the test split; write ``<out>/test_results.json``."""
+    records = test_records(manifest)
+    if not records:
+        return None
+    out = Path(out)
+    best = json.loads((out / "best.json").read_text())
+    epoch = int(best["epoch"])
+    state = load_checkpoint(out / "checkpoints" / f"epoch_{epoch:04d}")
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    results = {"split": TEST_SPLIT, "images": len(records), "epoch": epoch,
+               "metrics": evaluate_state(state, records, device=dev)}
+    atomic_write_text(out / TEST_RESULTS_FILE, json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n")
+    return results
+
+
+def _json_safe(value: Any) -> Any:
+    # NaN (nothing of that size or class in the test split) as null: strict JSON
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
