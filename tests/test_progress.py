@@ -8,7 +8,7 @@ import re
 import pytest
 from shared_run import EPOCHS, result_rows, trial_dirs
 
-from tune.progress import format_hparams
+from tune.progress import ProgressTable, format_hparams
 
 
 @pytest.mark.parametrize(("config", "shown"), [
@@ -66,3 +66,25 @@ def test_ray_checkpoint_chatter_goes_to_the_trial_log(shared_run):
     assert "Checkpoint successfully created" not in shared_run.stdout + shared_run.stderr
     logs = [d / "ray_train.log" for d in trial_dirs(shared_run.run) if result_rows(d)]
     assert logs and all("Checkpoint successfully created" in p.read_text() for p in logs)
+
+
+def test_gpu_memory_column_appears_once_a_trial_reports_it(capsys):
+    from types import SimpleNamespace
+
+    table = ProgressTable(max_epochs=4)
+    cpu = SimpleNamespace(trial_id="a_00000", config={"lr": 0.01})
+    gpu = SimpleNamespace(trial_id="a_00001", config={"lr": 0.02})
+    table.on_trial_result(0, [], cpu, {"epoch": 1, "AP": 0.1, "AR100": 0.2, "best_AP": 0.1, "best_score": 0.1})
+    table.on_trial_result(0, [], gpu, {"epoch": 1, "AP": 0.3, "AR100": 0.4, "best_AP": 0.3, "best_score": 0.3,
+                                       "gpu_mem_mib": 900.2, "gpu_reserved_mib": 1234.6})
+    lines = capsys.readouterr().out.splitlines()
+    assert "GPU MiB" not in lines[0] and "GPU MiB" in lines[2]
+    assert lines[3].split()[5:9] == ["0.300", "0.300", "1235", "lr=0.02"]  # best AP, score, GPU MiB
+
+
+def test_status_reads_peak_gpu_memory_from_the_history():
+    from tune.cli import _peak_gpu_mib
+
+    assert _peak_gpu_mib([{"epoch": 1, "AP": 0.1}]) is None  # a CPU trial
+    # result tables fill epochs that lack a column with NaN
+    assert _peak_gpu_mib([{"gpu_reserved_mib": float("nan")}, {"gpu_reserved_mib": 812.0}, {"gpu_reserved_mib": 640}]) == 812.0

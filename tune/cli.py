@@ -215,6 +215,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _peak_gpu_mib(history: list[dict]) -> float | None:
+    """The most GPU memory a trial's allocator held in any epoch (MiB), or None for a CPU trial."""
+    import math
+
+    values = [float(m["gpu_reserved_mib"]) for m in history if m.get("gpu_reserved_mib") is not None]
+    values = [v for v in values if math.isfinite(v)]  # a result table fills epochs without it with NaN
+    return max(values) if values else None
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from tune.report import load_sweep, rank_trials
 
@@ -236,6 +245,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"  best so far: trial {b['trial']} AP {b['AP']:.4f} AR100 {b['AR100']:.4f} at epoch {b['best_epoch']} ({state})")
     else:
         print("  best so far: no epoch finished yet")
+    # trials on a GPU report the peak memory their allocator held: what packing them must fit
+    gpu = [(t.trial_id, peak) for t in view.trials if (peak := _peak_gpu_mib(t.history)) is not None]
+    if gpu:
+        print("  GPU memory per trial (peak held, MiB): " + ", ".join(f"{tid} {mib:.0f}" for tid, mib in gpu))
     return 0
 
 

@@ -10,7 +10,8 @@ a person watches a sweep for::
     -- 4f1e2_00001 stopped by ASHA after epoch 2/4: best AP 0.008 (sweep best 0.031, 4f1e2_00000)
 
 ``best AP`` is the trial's best epoch so far; ``score`` (the sweep objective's best, when
-trials report one) follows it. Hyperparameters are the ones the search space sampled, under short
+trials report one) follows it, then ``GPU MiB`` for trials on a GPU: the peak memory the trial's
+allocator held so far, what packing several trials on one card must fit. Hyperparameters are the ones the search space sampled, under short
 names, floats to 3 significant digits; a conditional parameter shows only where it was sampled.
 """
 
@@ -62,6 +63,13 @@ def _metric(value: Any) -> str:
     return "  nan" if math.isnan(v) else f"{v:.3f}"
 
 
+def _mib(value: Any) -> str:
+    try:
+        return f"{float(value):.0f}"
+    except (TypeError, ValueError):
+        return "-"
+
+
 class ProgressTable(tune.Callback):
     """Prints the sweep's live table on the driver (see the module docstring)."""
 
@@ -70,6 +78,7 @@ class ProgressTable(tune.Callback):
         self._rows = 0
         self._best: dict[str, dict[str, Any]] = {}  # trial id -> its latest result
         self._score = False  # the objective's score column, once a trial reports one
+        self._gpu = False  # peak GPU memory held by the trial (MiB), once a trial on a GPU reports it
 
     def _echo(self, line: str) -> None:
         print(line, file=sys.stdout, flush=True)  # sys.stdout looked up now: a test's capture sees it
@@ -77,13 +86,16 @@ class ProgressTable(tune.Callback):
     # -- the table ------------------------------------------------------------------------------
     def _header(self) -> str:
         score = "  score" if self._score else ""
-        return f"{'trial':<12} {'status':<8} {'epoch':>5} {'AP':>6} {'AR100':>6} {'best AP':>7}{score}  hyperparameters"
+        gpu = " GPU MiB" if self._gpu else ""
+        return (f"{'trial':<12} {'status':<8} {'epoch':>5} {'AP':>6} {'AR100':>6} {'best AP':>7}{score}{gpu}"
+                f"  hyperparameters")
 
     def row(self, trial_id: str, status: str, result: dict[str, Any], config: dict[str, Any]) -> str:
         epoch = f"{int(result.get('epoch', 0))}/{self.max_epochs}"
         score = f" {_metric(result.get('best_score')):>6}" if self._score else ""
+        gpu = f" {_mib(result.get('gpu_reserved_mib')):>7}" if self._gpu else ""
         return (f"{trial_id:<12} {status:<8} {epoch:>5} {_metric(result.get('AP')):>6} {_metric(result.get('AR100')):>6} "
-                f"{_metric(result.get('best_AP')):>7}{score}  {format_hparams(config)}")
+                f"{_metric(result.get('best_AP')):>7}{score}{gpu}  {format_hparams(config)}")
 
     def _sweep_best(self) -> tuple[str, dict[str, Any]] | None:
         if not self._best:
@@ -109,6 +121,9 @@ class ProgressTable(tune.Callback):
         if "best_score" in result and not self._score:
             self._score = True
             self._rows = 0  # the header changes: print it again
+        if "gpu_reserved_mib" in result and not self._gpu:
+            self._gpu = True
+            self._rows = 0
         if self._rows % _HEADER_EVERY == 0:
             self._echo(self._header())
         self._rows += 1
