@@ -6,16 +6,20 @@ showed, with smaller and more objects per image. Each part runs its variants sid
 run with the same seeds, and prints (and writes to ``--out``/partN.json) its numbers:
 
     python benchmarks/bench_transfer.py --part 1   # class_map copy against a fresh head: AP after 1, 2, 4 epochs
-    python benchmarks/bench_transfer.py --part 2   # freeze depth 0, 2, 5, 8: AP after --epochs, img/s
+    python benchmarks/bench_transfer.py --part 2   # freeze depth 0, 2, 5, 8: AP after 6 epochs (3 seeds), img/s
     python benchmarks/bench_transfer.py --part 3   # ASHA against FIFO: epochs to FIFO's best AP, rung/final rank correlation
-    python benchmarks/bench_transfer.py --part 4   # the `seed` space against `default` under TPE, same epoch budget
+    python benchmarks/bench_transfer.py --part 4   # the `seed` space against `default` under TPE, same epoch budget,
+                                                   # and `default` with one shared `lr` name (before lr_sgd/lr_adam)
 
 Parts 1 and 2 are single trials (``run_trial``, no Ray); parts 3 and 4 are sweeps on a local Ray
 bound to loopback (``--concurrent`` trials at a time, two by default, one CPU each). The source model is trained first if it is
 not cached. Sizes are flags; the defaults are the full benchmark (about an hour on 2 idle cores).
 ``--smoke`` runs a part at tiny sizes from a one-epoch source, to check that it runs.
 A synthetic source says little about transfer to photos: these numbers show what the sweep's
-levers do when a start is pretrained, not what COCO weights do for a user's data.
+levers do when a start is pretrained, not what COCO weights do for a user's data. ``--target
+raccoon`` runs parts 1 and 2 on the raccoon photos instead (one class the source never saw, so
+part 1 compares a fresh head on the source's body with random weights), written to
+``partN-raccoon.json``.
 """
 
 from __future__ import annotations
@@ -40,16 +44,24 @@ RECIPE = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4,
           "warmup_iters": 20, "hflip_p": 0.5}
 
 
+# --target raccoon: 200 labelImg VOC photos of one class the source never saw (160 train, 40 val)
+RACCOON = REPO.parent / "shared" / "data" / "raccoon"
+
+
 def _target(args, tmp: Path):
     from trainables.data import build_manifest
     from trainables.data.demo import TARGET_SPEC, make_shapes_dataset
 
+    if args.target == "raccoon":
+        if not RACCOON.is_dir():
+            raise SystemExit(f"--target raccoon: no dataset at {RACCOON}")
+        return RACCOON, build_manifest(RACCOON, val_fraction=0.2, seed=0)
     path = make_shapes_dataset(tmp / "target", TARGET_SPEC, num_images=args.images, image_size=args.size, seed=1)
     return path, build_manifest(path, val_fraction=0.25, seed=0)
 
 
 # --smoke: every part in minutes, from a one-epoch source; the numbers mean nothing
-_SMOKE = {"images": 16, "size": 64, "at": [1, 2], "depths": [0, 8], "trials": 2, "concurrent": 1}
+_SMOKE = {"images": 16, "size": 64, "at": [1, 2], "depths": [0, 8], "trials": 2, "concurrent": 1, "seeds": [0]}
 _SMOKE_EPOCHS = {2: 1, 3: 2, 4: 4}  # part 4's `seed` recipes need 4 epochs to act
 _SMOKE_IMAGES = {4: 32}  # `default`'s one-cycle needs a few iterations per epoch at batch 8
 
@@ -61,14 +73,23 @@ def _source(args) -> str:
     return str(source_model(settings, threads=args.threads))
 
 
-def _trial(args, manifest, tmp: Path, name: str, *, model: dict, hparams: dict, epochs: int) -> list[dict]:
+def _trial(args, manifest, tmp: Path, name: str, *, model: dict, hparams: dict, epochs: int,
+           seed: int = 0) -> list[dict]:
     from trainables.loop import TrialResources, run_trial
     from trainables.reporting import LocalReporter
 
-    cfg = {"model": model, "training": {"epochs": epochs, "seed": 0}, "hparams": hparams}
+    cfg = {"model": model, "training": {"epochs": epochs, "seed": seed}, "hparams": hparams}
     reporter = LocalReporter(tmp / name)
     run_trial(cfg, manifest=manifest, reporter=reporter, resources=TrialResources(cpus=args.threads, device="cpu"))
     return reporter.history()
+
+
+def _recipe(args) -> dict:
+    return RECIPE if args.lr is None else {**RECIPE, "lr": args.lr}
+
+
+def _copy_map(args) -> dict:
+    return {} if args.target == "raccoon" else COPY_MAP
 
 
 def _model(args, weights: str | None, class_map: dict) -> dict:
@@ -82,27 +103,41 @@ def part1(args, tmp: Path) -> dict:
     _, manifest = _target(args, tmp)
     weights = _source(args)
     variants = {"copy": (weights, COPY_MAP), "fresh_head": (weights, {}), "random_init": (None, {})}
+    if args.target == "raccoon":  # no source class to copy a row from
+        if "copy" in (args.variants or ()):
+            raise SystemExit("--target raccoon: the source has no raccoon row to copy; use fresh_head, random_init")
+        del variants["copy"]
     out = {}
     for name in args.variants or list(variants):
         w, class_map = variants[name]
-        history = _trial(args, manifest, tmp, name, model=_model(args, w, class_map), hparams=RECIPE, epochs=max(args.at))
+        history = _trial(args, manifest, tmp, name, model=_model(args, w, class_map), hparams=_recipe(args), epochs=max(args.at))
         out[name] = {f"AP@{e}": round(history[e - 1]["AP"], 4) for e in args.at}
         out[name].update({f"AP50@{e}": round(history[e - 1]["AP50"], 4) for e in args.at})
     return out
 
 
 def part2(args, tmp: Path) -> dict:
-    """Freeze depths from the source, same recipe: AP after ``--epochs`` and training img/s."""
+    """Freeze depths from the source, same recipe, each training seed of ``--seeds``: AP after
+    ``--epochs`` (and each epoch's AP) and training img/s, per seed and their mean."""
     _, manifest = _target(args, tmp)
     weights = _source(args)
     out = {}
     for depth in args.depths:
-        history = _trial(args, manifest, tmp, f"depth{depth}", model=_model(args, weights, COPY_MAP),
-                         hparams={**RECIPE, "freeze_depth": depth}, epochs=args.epochs)
-        out[f"depth{depth}"] = {"AP": round(history[-1]["AP"], 4), "AP50": round(history[-1]["AP50"], 4),
-                                "images_per_s": round(history[-1]["images_per_s"], 2),
-                                "trainable_params": int(history[-1]["trainable_params"])}
+        runs = [_trial(args, manifest, tmp, f"depth{depth}-seed{seed}", model=_model(args, weights, _copy_map(args)),
+                       hparams={**_recipe(args), "freeze_depth": depth}, epochs=args.epochs, seed=seed)
+                for seed in args.seeds]
+        out[f"depth{depth}"] = {
+            "AP": round(_mean(h[-1]["AP"] for h in runs), 4), "AP50": round(_mean(h[-1]["AP50"] for h in runs), 4),
+            "AP_per_seed": [round(h[-1]["AP"], 4) for h in runs],
+            "AP_curves": [[round(r["AP"], 4) for r in h] for h in runs],
+            "images_per_s": round(_mean(h[-1]["images_per_s"] for h in runs), 2),
+            "trainable_params": int(runs[0][-1]["trainable_params"])}
     return out
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
 
 
 def _sweep_config(args, tmp: Path, data: Path, weights: str, *, name: str, space, scheduler: dict):
@@ -165,6 +200,13 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     return None if sxx == 0 or syy == 0 else sxy / (sxx * syy) ** 0.5
 
 
+def _sampled(rows: list[dict]) -> dict:
+    config = rows[0].get("config", {})
+    lr = next((config[k] for k in ("lr_sgd", "lr_adam", "lr") if k in config), None)
+    return {"optimizer": config.get("optimizer"), "lr": None if lr is None else float(f"{lr:.3g}"),
+            "AP": round(rows[-1]["AP"], 4)}
+
+
 def _run(cfg) -> tuple[dict[str, list[dict]], float]:
     from tune.sweep import run_sweep
 
@@ -183,9 +225,10 @@ def part3(args, tmp: Path) -> dict:
     try:
         fifo, fifo_s = _run(_sweep_config(args, tmp, data, weights, name="fifo", space=args.space,
                                           scheduler={"name": "fifo"}))
-        asha, asha_s = _run(_sweep_config(args, tmp, data, weights, name="asha", space=args.space,
-                                          scheduler={"name": "asha", "grace_period": args.grace_period,
-                                                     "reduction_factor": args.reduction_factor}))
+        asha = {"name": "asha", "reduction_factor": args.reduction_factor}
+        if args.grace_period is not None:  # else boxtune's default for the start
+            asha["grace_period"] = args.grace_period
+        asha, asha_s = _run(_sweep_config(args, tmp, data, weights, name="asha", space=args.space, scheduler=asha))
     finally:
         ray.shutdown()
     best = max(r["AP"] for rs in fifo.values() for r in rs)
@@ -207,49 +250,146 @@ def part3(args, tmp: Path) -> dict:
     return out
 
 
+class _SharedLr:
+    """An Optuna trial whose ``lr_sgd`` and ``lr_adam`` are one parameter, ``lr``: the default space
+    as it was before per-optimiser names, when TPE put both optimisers' rates into one density."""
+
+    def __init__(self, trial):
+        self._trial = trial
+
+    def suggest_float(self, name, *args, **kwargs):
+        return self._trial.suggest_float("lr" if name in ("lr_sgd", "lr_adam") else name, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._trial, name)
+
+
+def _shared_lr_space(trial, *, bounds):
+    from search_spaces.builtin import _default_space
+
+    return _default_space(_SharedLr(trial), bounds=bounds)
+
+
+def default_shared_lr(*, max_freeze_depth: int, epochs: int | None = None):
+    """Factory (see ``search_spaces.registry``): ``default`` with one ``lr`` name for every optimiser."""
+    import functools
+
+    from search_spaces.builtin import DEFAULT_EPOCHS, _bounds
+
+    bounds = _bounds(max_freeze_depth=max_freeze_depth, epochs=DEFAULT_EPOCHS if epochs is None else epochs)
+    return functools.partial(_shared_lr_space, bounds=bounds)
+
+
+# part 4's spaces: the name in the results -> the sweep's search.space
+PART4_SPACES = {"seed": "seed", "default": "default", "default_shared_lr": "bench_transfer:default_shared_lr"}
+
+
 def part4(args, tmp: Path) -> dict:
-    """The `seed` space against `default` under TPE, the same trials x epochs: best AP."""
+    """The `seed` space against `default` (and `default` with one shared ``lr``) under TPE: best AP,
+    and the epochs `default` spends to reach `seed`'s best. Then the sampler alone (see
+    ``_sampler_check``): where TPE puts Adam's learning rates under one name and under two."""
     import ray
 
     data, _ = _target(args, tmp)
     weights = _source(args)
-    out = {}
+    out, curves = {}, {}
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        for space in ("seed", "default"):
-            curves, wall = _run(_sweep_config(args, tmp, data, weights, name=space, space=space,
-                                              scheduler={"name": "fifo"}))
-            out[space] = {"best_AP": round(max(r["AP"] for rs in curves.values() for r in rs), 4),
-                          "epochs": sum(map(len, curves.values())), "wall_s": round(wall, 1),
-                          "final_APs": sorted((round(rs[-1]["AP"], 4) for rs in curves.values()), reverse=True)}
+        for name in args.spaces:
+            # `seed` is two fixed recipes and training.seed is fixed: more trials would repeat them exactly
+            cfg = _sweep_config(args, tmp, data, weights, name=name, space=PART4_SPACES[name], scheduler={"name": "fifo"})
+            if name == "seed":
+                cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={"num_trials": min(2, args.trials)})})
+            curves[name], wall = _run(cfg)
+            out[name] = {"best_AP": round(max(r["AP"] for rs in curves[name].values() for r in rs), 4),
+                         "trials": len(curves[name]), "epochs": sum(map(len, curves[name].values())),
+                         "wall_s": round(wall, 1),
+                         "final_APs": sorted((round(rs[-1]["AP"], 4) for rs in curves[name].values()), reverse=True),
+                         # what TPE proposed, one entry per trial (by trial id): optimiser, lr, final AP
+                         "sampled": [_sampled(rs) for _, rs in sorted(curves[name].items())]}
     finally:
         ray.shutdown()
+    if "seed" in out:
+        for name in set(out) - {"seed"}:
+            out[name]["epochs_to_seed_best"] = _epochs_to_reach(curves[name], out["seed"]["best_AP"])
+    out["sampler"] = {name: _sampler_check(PART4_SPACES[name], epochs=args.epochs)
+                      for name in ("default", "default_shared_lr")}
     return out
+
+
+def _sampler_check(space_spec: str, *, epochs: int, seeds: int = 10, trials: int = 40) -> dict:
+    """TPE on a made-up objective of the optimiser and its learning rate, no training: SGD is best
+    at lr 0.02 and better than Adam, which is best at 1e-4; the value falls by 1 per decade away.
+    Reports, for the Adam/AdamW trials TPE proposes after its 10 random start-up trials, the share
+    whose lr lies in the top half-decade of Adam's range (where SGD's good rates pull a shared
+    name) and the median distance from Adam's best, in decades; per sampler seed and over all."""
+    import math
+    import statistics
+
+    import optuna
+
+    from search_spaces import resolve_space
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    best = {"sgd": 0.02, "adam": 1e-4, "adamw": 1e-4}
+    space = resolve_space(space_spec, max_freeze_depth=8, epochs=epochs, pretrained=True)
+    high, dist = [], []
+    for seed in range(seeds):
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+        late = []
+        for i in range(trials):
+            trial = study.ask()
+            space(trial)
+            opt = trial.params["optimizer"]
+            name = next(k for k in ("lr_sgd", "lr_adam", "lr") if k in trial.params)
+            lr = trial.params[name]
+            decades = abs(math.log10(lr / best[opt]))
+            study.tell(trial, (0.0 if opt == "sgd" else -0.3) - decades)
+            if i >= 10 and opt != "sgd":
+                late.append((lr > trial.distributions[name].high / 10**0.5, decades))
+        high.append(sum(top for top, _ in late) / len(late) if late else None)
+        dist.append(statistics.median(d for _, d in late) if late else None)
+    seen = [h for h in high if h is not None]
+    return {"adam_lr_in_top_half_decade": [None if h is None else round(h, 2) for h in high],
+            "adam_lr_in_top_half_decade_mean": round(sum(seen) / len(seen), 3),
+            "adam_decades_from_best_median": [None if d is None else round(d, 2) for d in dist]}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--part", type=int, choices=(1, 2, 3, 4), required=True)
+    p.add_argument("--target", choices=("shapes", "raccoon"), default="shapes",
+                   help="parts 1, 2: the generated target task, or the raccoon photos (../shared/data/raccoon)")
     p.add_argument("--images", type=int, default=150, help="target images (a quarter of them val)")
     p.add_argument("--size", type=int, default=128, help="image side and model input side, px")
     p.add_argument("--threads", type=int, default=2, help="torch threads of a single trial (parts 1, 2)")
+    p.add_argument("--lr", type=float, default=None, help=f"parts 1, 2: SGD's constant lr ({RECIPE['lr']})")
     p.add_argument("--at", type=int, nargs="+", default=[1, 2, 4], help="part 1: epochs to report AP after")
     p.add_argument("--variants", nargs="+", choices=("copy", "fresh_head", "random_init"), help="part 1: which")
     p.add_argument("--depths", type=int, nargs="+", default=[0, 2, 5, 8], help="part 2: freeze depths")
-    p.add_argument("--epochs", type=int, default=None, help="part 2: epochs per depth (2); parts 3, 4: per trial (6)")
-    p.add_argument("--trials", type=int, default=12, help="parts 3, 4: trials per sweep")
+    p.add_argument("--epochs", type=int, default=None, help="part 2: epochs per depth; parts 3, 4: per trial (6)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="part 2: training seeds (the split stays)")
+    p.add_argument("--trials", type=int, default=None,
+                   help="parts 3, 4: trials per sweep (12; 16 for part 4, whose `seed` space runs 2)")
     p.add_argument("--space", default="quick", help="part 3: the search space")
+    p.add_argument("--spaces", nargs="+", choices=tuple(PART4_SPACES), default=list(PART4_SPACES),
+                   help="part 4: which spaces")
     p.add_argument("--concurrent", type=int, default=2, help="parts 3, 4: trials at a time (one CPU each)")
-    p.add_argument("--grace-period", type=int, default=1, help="part 3: ASHA's grace period, epochs")
+    p.add_argument("--grace-period", type=int, default=None,
+                   help="part 3: ASHA's grace period, epochs (boxtune's default: 2 from the pretrained source)")
     p.add_argument("--reduction-factor", type=float, default=2.0, help="part 3: ASHA's reduction factor")
     p.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "boxtune-bench-transfer"))
     p.add_argument("--smoke", action="store_true", help="tiny sizes and a one-epoch source: checks the script runs")
     args = p.parse_args(argv)
+    if args.target != "shapes" and args.part in (3, 4):
+        p.error(f"--target {args.target}: parts 3 and 4 sweep the generated target only")
     if args.smoke:
         vars(args).update(_SMOKE, epochs=_SMOKE_EPOCHS.get(args.part))
         args.images = _SMOKE_IMAGES.get(args.part, args.images)
     if args.epochs is None:
-        args.epochs = 2 if args.part == 2 else 6
+        args.epochs = 6
+    if args.trials is None:
+        args.trials = 16 if args.part == 4 else 12
     import torch
 
     started = time.perf_counter()
@@ -259,7 +399,8 @@ def main(argv=None) -> int:
               "load_average_1min": round(os.getloadavg()[0], 1), "wall_s": round(time.perf_counter() - started, 1),
               **result}
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / f"part{args.part}.json").write_text(json.dumps(report, indent=2) + "\n")
+    suffix = "" if args.target == "shapes" else f"-{args.target}"
+    (Path(args.out) / f"part{args.part}{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
 

@@ -5,8 +5,9 @@ A spec is one of:
 * a built-in name: ``"default"``, ``"seed"``, ``"quick"`` (see :mod:`search_spaces.builtin`);
 * ``"package.module:function"``, imported from ``sys.path``. The rule: if ``function`` has a
   keyword-only parameter ``max_freeze_depth`` it is a *factory*, called as
-  ``function(max_freeze_depth=..., epochs=...)`` (``epochs`` only if it takes that keyword) and
-  returning the space; anything else is the space itself, a function of ``trial``;
+  ``function(max_freeze_depth=..., epochs=..., pretrained=...)`` (``epochs`` and ``pretrained``
+  only if it takes those keywords) and returning the space; anything else is the space itself, a
+  function of ``trial``;
 * a mapping: the declarative form (see :mod:`search_spaces.declarative`).
 """
 
@@ -56,11 +57,14 @@ def _is_factory(fn: Callable) -> bool:
     return p is not None and p.kind is inspect.Parameter.KEYWORD_ONLY
 
 
-def resolve_space(spec: str | dict[str, Any], *, max_freeze_depth: int, epochs: int | None = None) -> Space:
+def resolve_space(spec: str | dict[str, Any], *, max_freeze_depth: int, epochs: int | None = None,
+                  pretrained: bool = False) -> Space:
     """The define-by-run space for ``spec`` (see the module docstring), checked before the sweep.
 
     ``max_freeze_depth`` is the architecture's deepest valid ``freeze_depth``; ``epochs`` the
     run's length (None: ``TrainingConfig``'s default). Both bound built-in and declarative ranges.
+    ``pretrained`` (the trials start from a trained detector) goes to the built-ins and to
+    factories that take it.
     """
     if isinstance(spec, dict):
         return parse_space(spec, max_freeze_depth=max_freeze_depth, epochs=epochs)
@@ -70,7 +74,7 @@ def resolve_space(spec: str | dict[str, Any], *, max_freeze_depth: int, epochs: 
         )
     if ":" not in spec:
         if spec in BUILTIN_SPACES:
-            return make_space(spec, max_freeze_depth=max_freeze_depth, epochs=epochs)
+            return make_space(spec, max_freeze_depth=max_freeze_depth, epochs=epochs, pretrained=pretrained)
         match = difflib.get_close_matches(spec, BUILTIN_SPACES, n=1, cutoff=0.5)
         hint = f" (did you mean {match[0]!r}?)" if match else ""
         raise ConfigError(
@@ -81,8 +85,11 @@ def resolve_space(spec: str | dict[str, Any], *, max_freeze_depth: int, epochs: 
     if not _is_factory(fn):
         return fn
     kwargs: dict[str, Any] = {"max_freeze_depth": max_freeze_depth}
-    if "epochs" in inspect.signature(fn).parameters:
+    params = inspect.signature(fn).parameters
+    if "epochs" in params:
         kwargs["epochs"] = epochs
+    if "pretrained" in params:
+        kwargs["pretrained"] = pretrained
     space = fn(**kwargs)
     if not callable(space):
         raise ConfigError(f"search_space {spec!r}: the factory returned {type(space).__name__}, not a space")

@@ -20,6 +20,41 @@ TINY_MODEL = {"architecture": "fasterrcnn_mobilenet_v3_large_320_fpn", "weights"
               "box_batch_size_per_image": 64}
 
 
+def tiny_sweep(name: str, data: Path, storage: Path, **sections) -> dict:
+    """A tiny sweep config (as ``sweep.yaml`` holds it): ``TINY_MODEL``, two epochs of the
+    ``quick`` space, FIFO, one CPU per trial, no retries; ``sections`` replace whole sections."""
+    return {
+        "name": name,
+        "data": {"path": str(data), "val_fraction": 0.25, "seed": 0},
+        "model": TINY_MODEL,
+        "training": {"epochs": 2, "seed": 0},
+        "search": {"space": "quick", "num_trials": 2, "sampler": "random", "seed": 0},
+        "scheduler": {"name": "fifo"},
+        "resources": {"cpu": 1},
+        "max_concurrent": 1,
+        "storage": str(storage),
+        "retries": 0,
+        **sections,
+    }
+
+
+def pycocotools_stats(gt_file: Path, res_file: Path) -> list[float]:
+    """pycocotools straight from the two files, as its README runs it: the 12 ``COCOeval.stats``."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_file))
+        ev = COCOeval(gt, gt.loadRes(str(res_file)), iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return [float(v) for v in ev.stats]
+
+
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
     """A 24-image demo dataset at 96 px (COCO JSON, category ids 5, 17, 42)."""

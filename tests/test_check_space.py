@@ -19,10 +19,11 @@ import yaml
 from conftest import REPO, TINY_MODEL
 from torch.utils.data import DataLoader
 
+from search_spaces import first_trials
 from trainables.errors import ConfigError
 from tune.config import SweepConfig
 from tune.space_check import iterations_per_epoch
-from tune.sweep import check_space
+from tune.sweep import check_space, grace_period, make_searcher, pretrained_start
 
 N_TRAIN = 18  # the tiny demo's train split: 24 images, val_fraction 0.25
 
@@ -147,3 +148,28 @@ def test_iterations_use_the_batch_size_the_trial_gets(tmp_path, tiny_demo):
                   hparams={"batch_size": 8})
     with pytest.raises(ConfigError, match=r"of 6 iterations"):
         check_space(cfg, n_train=N_TRAIN)
+
+
+@pytest.mark.parametrize("weights, by_architecture, chosen, epochs, expected", [
+    (None, {}, None, 6, 3),  # random weights: half the run, since early AP ranks nothing
+    (None, {}, None, 1, 1),
+    ("source.pth", {}, None, 6, 2),  # a trained detector: epoch 2 already ranks trials
+    ("source.pth", {}, None, 1, 1),
+    ("source.pth", {"fasterrcnn_mobilenet_v3_large_fpn": {"weights": None}}, None, 6, 3),  # one random start
+    (None, {}, 2, 6, 2),  # set by the user
+    ("source.pth", {}, 10, 4, 4),  # never past the run
+])
+def test_asha_grace_period_follows_the_start(tmp_path, tiny_demo, weights, by_architecture, chosen, epochs, expected):
+    model = {**TINY_MODEL, "weights": weights, "by_architecture": by_architecture}
+    scheduler = {"name": "asha"} if chosen is None else {"name": "asha", "grace_period": chosen}
+    cfg = _config(tmp_path, tiny_demo, "quick", epochs=epochs, model=model, scheduler=scheduler)
+    assert pretrained_start(cfg) == (weights is not None and not by_architecture)
+    assert grace_period(cfg) == expected
+
+
+def test_default_sweeps_evaluate_the_seed_sgd_recipe_first(tmp_path, tiny_demo):
+    cfg = _config(tmp_path, tiny_demo, "default", epochs=6)
+    searcher = make_searcher(cfg)
+    first, second = searcher.suggest("t1"), searcher.suggest("t2")
+    assert first == first_trials("default", epochs=6)[0]  # enqueued: nothing left to sample
+    assert second != first

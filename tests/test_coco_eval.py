@@ -10,8 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from conftest import pycocotools_stats
 
 from trainables.coco_eval import (
     COCO_STAT_NAMES,
@@ -129,12 +128,7 @@ def _reference(tmp_path, gt_boxes: dict, dets: dict, label_to_id=LABEL_TO_ID) ->
                 }
             )
     res_file.write_text(json.dumps(results))
-    gt = COCO(str(gt_file))
-    ev = COCOeval(gt, gt.loadRes(str(res_file)), iouType="bbox")
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()
-    return [float(v) for v in ev.stats]
+    return pycocotools_stats(gt_file, res_file)
 
 
 def _assert_same(ours: dict, reference: list[float]) -> None:

@@ -21,9 +21,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import pycocotools_stats
 from PIL import Image
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval, Params
+from pycocotools.cocoeval import Params
 
 from trainables.coco_eval import (
     COCO_STAT_NAMES,
@@ -44,17 +45,6 @@ IOU_THRESHOLDS = Params(iouType="bbox").iouThrs
 def _quiet_coco(path: Path) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
         return COCO(str(path))
-
-
-def _pycocotools(gt_file: Path, res_file: Path) -> list[float]:
-    """pycocotools straight from the two files, as its README runs it."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(gt_file))
-        ev = COCOeval(gt, gt.loadRes(str(res_file)), iouType="bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return [float(v) for v in ev.stats]
 
 
 def _c(value: float) -> float:
@@ -183,7 +173,7 @@ def test_generated_data_has_what_moves_the_numbers(coco_files, manifest):
 
 def test_coco_file_gives_pycocotools_numbers_to_1e12(coco_files, manifest):
     gt_file, res_file = coco_files
-    reference = _pycocotools(gt_file, res_file)
+    reference = pycocotools_stats(gt_file, res_file)
     ours = evaluate_results(_gt(manifest), json.loads(res_file.read_text()))
     _assert_stats_equal(ours, reference)
     assert 0.2 < ours["AP"] < 0.8  # hits, misses and false positives all count
@@ -201,7 +191,7 @@ def test_float32_coordinates_would_not_match(coco_files, manifest):
         )
     gt = build_coco_gt(records, [(c.dataset_id, c.name) for c in manifest.classes])
     ours = evaluate_results(gt, json.loads(res_file.read_text()))
-    reference = _pycocotools(gt_file, res_file)
+    reference = pycocotools_stats(gt_file, res_file)
     assert max(abs(ours[n] - ref) for n, ref in zip(COCO_STAT_NAMES, reference, strict=True)) > 1e-5
 
 
@@ -238,7 +228,7 @@ def test_model_detections_evaluate_as_their_results_file(coco_files, manifest, t
     res_file = tmp_path / "ours.json"
     res_file.write_text(json.dumps(results))
     ours = evaluate_detections(_gt(manifest), detections, label_to_dataset_id=mapping)
-    _assert_stats_equal(ours, _pycocotools(coco_files[0], res_file))
+    _assert_stats_equal(ours, pycocotools_stats(coco_files[0], res_file))
 
 
 def test_training_boxes_repaired_evaluation_as_annotated(tmp_path):

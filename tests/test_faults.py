@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import TINY_MODEL
+from conftest import tiny_sweep
 from shared_run import RETRIES, result_rows, trial_dirs
 
 from tune.report import load_sweep
@@ -118,18 +118,8 @@ def _progress(run: Path, epochs: int) -> tuple[dict[str, bytes], dict[str, list[
 
 def test_driver_sigkill_then_resume_loses_and_repeats_nothing(tmp_path, tiny_demo):
     epochs, trials = 2, 3
-    cfg = {
-        "name": "killed",
-        "data": {"path": str(tiny_demo), "val_fraction": 0.25},
-        "model": TINY_MODEL,
-        "training": {"epochs": epochs},
-        "search": {"space": "quick", "num_trials": trials, "sampler": "tpe", "seed": 1},
-        "scheduler": {"name": "fifo"},
-        "resources": {"cpu": 1},
-        "max_concurrent": 1,
-        "storage": str(tmp_path / "runs"),
-        "retries": 0,
-    }
+    cfg = tiny_sweep("killed", tiny_demo, tmp_path / "runs", training={"epochs": epochs, "seed": 0},
+                     search={"space": "quick", "num_trials": trials, "sampler": "tpe", "seed": 1})
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "runs" / "killed"
@@ -208,18 +198,9 @@ def test_worker_sigkill_continues_from_the_last_checkpoint(tmp_path, tiny_demo, 
     from tune.sweep import run_sweep
 
     epochs = 3
-    cfg = SweepConfig.model_validate({
-        "name": "worker_killed",
-        "data": {"path": str(tiny_demo), "val_fraction": 0.25, "seed": 0},
-        "model": TINY_MODEL,
-        "training": {"epochs": epochs, "seed": 0},
-        "search": {"space": "quick", "num_trials": 1, "sampler": "random", "seed": 0},
-        "scheduler": {"name": "fifo"},
-        "resources": {"cpu": 1},
-        "max_concurrent": 1,
-        "storage": str(tmp_path / "runs"),
-        "retries": 1,
-    })
+    cfg = SweepConfig.model_validate(tiny_sweep(
+        "worker_killed", tiny_demo, tmp_path / "runs", training={"epochs": epochs, "seed": 0},
+        search={"space": "quick", "num_trials": 1, "sampler": "random", "seed": 0}, retries=1))
     run = tmp_path / "runs" / "worker_killed"
     record: dict = {}
     stop = threading.Event()
@@ -265,14 +246,29 @@ def test_result_files_are_cut_back_to_the_checkpoint_epoch():
     assert _cut_json("", 0) == ("", 0)
 
 
-@pytest.mark.parametrize("error", ["config", "data", "nonfinite"])
+def test_gpu_out_of_memory_names_the_share_and_what_shrinks_it():
+    from trainables.loop import gpu_out_of_memory
+
+    packed = gpu_out_of_memory(3, fraction=0.25, card_mib=81559, held_mib=20390.4)
+    assert str(packed) == (
+        "out of GPU memory in epoch 3: the trial may hold 20390 MiB (resources.gpu 0.25 of a 81559 MiB card) "
+        "and its allocator held 20390 MiB at peak; give each trial a larger resources.gpu (fewer trials per "
+        "GPU), or lower hparams.batch_size (the space's batch_size choices) or model.max_size")
+    whole = str(gpu_out_of_memory(1, fraction=None, card_mib=16000, held_mib=15800))
+    assert "may hold 16000 MiB (a whole 16000 MiB card)" in whole and "use a larger GPU" in whole
+
+
+@pytest.mark.parametrize("error", ["config", "data", "nonfinite", "gpu_memory"])
 def test_a_recorded_failure_comes_back_as_the_same_error(tmp_path, error):
     from trainables.errors import ConfigError, DataError, NonFiniteLossError
+    from trainables.loop import gpu_out_of_memory
     from tune.trial_record import TrialRecord
 
     original = {"config": ConfigError("hparams.step_size: 5 never acts in a run of 2 epochs"),
                 "data": DataError("a.json: image 3: missing file"),
-                "nonfinite": NonFiniteLossError(1, 3, {"loss": float("nan"), "loss_classifier": 2.5})}[error]
+                "nonfinite": NonFiniteLossError(1, 3, {"loss": float("nan"), "loss_classifier": 2.5}),
+                # a trial that outgrew its share outgrows it again: a retry re-raises at once
+                "gpu_memory": gpu_out_of_memory(2, fraction=0.5, card_mib=24000, held_mib=11990)}[error]
     (tmp_path / "run").mkdir()
     record = TrialRecord(str(tmp_path / "run"), "trial_00000")
     assert record.recorded_failure() is None and record.attempts() == []

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import yaml
-from conftest import TINY_MODEL
+from conftest import tiny_sweep
 
 BOXTUNE = [sys.executable, "-m", "tune.cli"]
 
@@ -28,18 +28,8 @@ def _finished_trials(run: Path, epochs: int) -> dict[str, bytes]:
 
 def test_interrupt_then_resume_runs_each_trial_once(tmp_path, tiny_demo):
     epochs, trials = 2, 4
-    cfg = {
-        "name": "resumable",
-        "data": {"path": str(tiny_demo), "val_fraction": 0.25},
-        "model": TINY_MODEL,
-        "training": {"epochs": epochs},
-        "search": {"space": "quick", "num_trials": trials, "seed": 1},
-        "scheduler": {"name": "fifo"},
-        "resources": {"cpu": 1},
-        "max_concurrent": 1,
-        "storage": str(tmp_path / "runs"),
-        "retries": 0,
-    }
+    cfg = tiny_sweep("resumable", tiny_demo, tmp_path / "runs", training={"epochs": epochs, "seed": 0},
+                     search={"space": "quick", "num_trials": trials, "sampler": "tpe", "seed": 1})
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "runs" / "resumable"

@@ -14,6 +14,7 @@ from torch import nn
 from search_spaces import (
     BUILTIN_SPACES,
     default,
+    first_trials,
     make_space,
     parse_space,
     quick,
@@ -145,8 +146,9 @@ def _sample(space, n: int, seed: int = 0) -> list[dict]:
 
 @pytest.mark.parametrize("name", BUILTIN_SPACES)
 @pytest.mark.parametrize("max_freeze_depth", [8, 5])
-def test_every_sampled_config_is_accepted(name, max_freeze_depth):
-    space = make_space(name, max_freeze_depth=max_freeze_depth, epochs=EPOCHS)
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_every_sampled_config_is_accepted(name, max_freeze_depth, pretrained):
+    space = make_space(name, max_freeze_depth=max_freeze_depth, epochs=EPOCHS, pretrained=pretrained)
     samples = [to_hparams(s) for s in _sample(space, 200)]
     for hparams in samples:
         assert set(hparams) <= set(HParams.model_fields)
@@ -156,9 +158,10 @@ def test_every_sampled_config_is_accepted(name, max_freeze_depth):
     if name == "default":  # the sample really covered every branch
         assert seen["optimizer"] == {"sgd", "adam", "adamw"}
         assert seen["schedule"] == set(_SCHEDULE_KEYS)
-        assert seen["freeze_depth"] == set(range(max_freeze_depth + 1))
+        # every depth from a trained detector; from random weights none deeper than 2
+        assert seen["freeze_depth"] == set(range((max_freeze_depth if pretrained else 2) + 1))
     if name == "quick":
-        assert seen["freeze_depth"] == {0, 1, 2}
+        assert seen["freeze_depth"] == ({0, 2, 5} if pretrained else {0, 1, 2})
         assert seen["optimizer"] == {"sgd", "adam"}
         # each optimiser stays inside the range it learns with
         assert all(0.01 <= h["lr"] <= 0.04 for h in samples if h["optimizer"] == "sgd")
@@ -179,7 +182,23 @@ def test_each_optimiser_has_its_own_lr_parameter(name):
         assert names == {"lr_sgd" if t.params["optimizer"] == "sgd" else "lr_adam"}
     adam = [t.params["lr_adam"] for t in study.trials if "lr_adam" in t.params]
     sgd = [t.params["lr_sgd"] for t in study.trials if "lr_sgd" in t.params]
-    assert adam and sgd and max(adam) <= 3e-3 and min(sgd) >= 1e-3
+    assert adam and sgd and max(adam) <= {"default": 1e-3, "quick": 2e-3}[name] and min(sgd) >= 1e-3
+
+
+@pytest.mark.parametrize("epochs, step_size", [(6, 3), (10, 5), (2, 1)])
+def test_default_starts_from_the_seed_sgd_recipe(epochs, step_size):
+    (point,) = first_trials("default", epochs=epochs)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    study.enqueue_trial(point)
+    hparams = to_hparams(suggest_hparams(make_space("default", max_freeze_depth=8, epochs=epochs), study.ask()))
+    # the `seed` space's SGD recipe, its step at half the run, nothing else on but the flip
+    seed_sgd = to_hparams(suggest_hparams(make_space("seed", max_freeze_depth=8), FixedTrial({"optimizer": "sgd"})))
+    assert hparams == {**seed_sgd, "optimizer": "sgd", "step_size": step_size, "nesterov": False,
+                       "decay_norm_and_bias": True, "warmup_iters": 0, "freeze_depth": 0, "batch_size": 2,
+                       "hflip_p": 0.5, "vflip_p": 0.0, "jitter_p": 0.0, "crop_p": 0.0, "zoom_out_p": 0.0,
+                       "scale_jitter_p": 0.0}
+    _accepted(hparams, epochs=epochs)
+    assert first_trials("default", epochs=1) == [] and first_trials("quick", epochs=6) == []
 
 
 def test_to_hparams_renames_and_refuses_two_names():
@@ -210,7 +229,7 @@ def test_spaces_pickle():
     values = {**_DEFAULT_VALUES, "optimizer": "sgd", "schedule": "cosine", "jitter_p": 0.0, "zoom_out_p": 0.0,
               "scale_jitter_p": 0.0, "lr": 0.001}  # fmt: skip
     for space in (
-        make_space("default", max_freeze_depth=6),
+        make_space("default", max_freeze_depth=6, pretrained=True),
         parse_space({"lr": {"loguniform": [1e-4, 1e-2]}}),
     ):
         again = pickle.loads(pickle.dumps(space))
@@ -333,6 +352,11 @@ def user_module(tmp_path, monkeypatch):
                     return {"warmup_iters": epochs}
                 return space
 
+            def by_start(*, max_freeze_depth, pretrained=False):
+                def space(trial):
+                    return {"freeze_depth": max_freeze_depth if pretrained else 0}
+                return space
+
             def bad_factory(*, max_freeze_depth):
                 return 3
 
@@ -357,6 +381,27 @@ def test_resolve_factory_gets_depth_and_epochs(user_module):
     assert suggest_hparams(space, FixedTrial({"freeze_depth": 5})) == {"freeze_depth": 5, "warmup_iters": 7}
     samples = _sample(space, 50)
     assert max(h["freeze_depth"] for h in samples) == 5
+
+
+def test_resolve_factory_gets_the_start(user_module):
+    for pretrained, depth in ((True, 6), (False, 0)):
+        space = resolve_space(f"{user_module}:by_start", max_freeze_depth=6, pretrained=pretrained)
+        assert suggest_hparams(space, FixedTrial({})) == {"freeze_depth": depth}
+
+
+@pytest.mark.parametrize("max_freeze_depth, pretrained, depths", [
+    (8, False, {0, 1, 2}),  # random features: nothing deeper than the first stage frozen
+    (8, True, {0, 2, 5}),  # a trained detector: up to the whole backbone body frozen
+    (5, True, {0, 2, 5}),
+    (3, True, {0, 2, 3}),
+    (1, True, {0, 1}),
+])
+def test_quick_freeze_depths_follow_the_start(max_freeze_depth, pretrained, depths):
+    space = resolve_space("quick", max_freeze_depth=max_freeze_depth, pretrained=pretrained)
+    samples = _sample(space, 60)
+    assert {h["freeze_depth"] for h in samples} == depths
+    for hparams in samples:
+        _accepted(to_hparams(hparams))
 
 
 @pytest.mark.parametrize(

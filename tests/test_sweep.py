@@ -9,7 +9,7 @@ import textwrap
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY_MODEL
+from conftest import tiny_sweep
 
 from trainables.errors import ConfigError
 from trainables.objective import fold_score
@@ -29,18 +29,8 @@ SPACE = {
 
 
 def _config(tmp_path, tiny_demo, **over):
-    data = {
-        "name": "e2e",
-        "data": {"path": str(tiny_demo), "val_fraction": 0.25, "seed": 0},
-        "model": TINY_MODEL,
-        "training": {"epochs": 2, "seed": 0},
-        "search": {"space": SPACE, "num_trials": 4, "sampler": "random", "seed": 3},
-        "scheduler": {"name": "fifo"},
-        "resources": {"cpu": 1},
-        "max_concurrent": 2,
-        "storage": str(tmp_path / "runs"),
-        "retries": 0,
-    }
+    data = tiny_sweep("e2e", tiny_demo, tmp_path / "runs",
+                      search={"space": SPACE, "num_trials": 4, "sampler": "random", "seed": 3}, max_concurrent=2)
     for key, value in over.items():
         data[key] = value
     return SweepConfig.model_validate(data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_sweep
 
 from trainables.errors import ConfigError
 from tune.config import SweepConfig
@@ -19,19 +20,10 @@ MODEL = {"weights": None, "by_architecture": {
 
 
 def _config(tmp_path, tiny_demo, model=MODEL) -> SweepConfig:
-    return SweepConfig.model_validate({
-        "name": "families",
-        "data": {"path": str(tiny_demo), "val_fraction": 0.25, "seed": 0},
-        "model": model,
-        "training": {"epochs": 1, "seed": 0},
+    return SweepConfig.model_validate(tiny_sweep(
+        "families", tiny_demo, tmp_path / "runs", model=model, training={"epochs": 1, "seed": 0},
         # seed 0: the random sampler's two draws are one of each architecture
-        "search": {"space": SPACE, "num_trials": 2, "sampler": "random", "seed": 0},
-        "scheduler": {"name": "fifo"},
-        "resources": {"cpu": 1},
-        "max_concurrent": 2,
-        "storage": str(tmp_path / "runs"),
-        "retries": 0,
-    })
+        search={"space": SPACE, "num_trials": 2, "sampler": "random", "seed": 0}, max_concurrent=2))
 
 
 def test_searched_architecture_ranks_both_families_and_exports_the_best(tmp_path, tiny_demo, ray_local):

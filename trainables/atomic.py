@@ -4,17 +4,23 @@ The content goes to a hidden temporary file beside the target (same folder, so t
 filesystem), which then replaces the target with ``os.replace`` (atomic on POSIX and Windows). If
 writing fails the temporary file is removed and the target is untouched. The writer creates the
 temporary file itself, so it gets the umask's permissions (``mkstemp``'s would be 0600).
+
+:func:`strict_json` is the JSON that boxtune writes into such files: strict (no ``NaN``), with a
+metric that has nothing to measure (NaN) or an infinity written as ``null``.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "strict_json"]
 
 
 @contextmanager
@@ -40,3 +46,18 @@ def atomic_write_bytes(target: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
     return Path(target)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def strict_json(value: Any, *, indent: int | None = 2, default: Callable[[Any], Any] | None = None) -> str:
+    """``value`` as strict JSON text, NaN and infinities as ``null`` (``default`` as for ``json.dumps``)."""
+    return json.dumps(_finite(value), indent=indent, allow_nan=False, default=default)

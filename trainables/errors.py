@@ -7,7 +7,7 @@ keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["BoxtuneError", "ConfigError", "DataError", "TrainingError", "NonFiniteLossError"]
+__all__ = ["BoxtuneError", "ConfigError", "DataError", "TrainingError", "NonFiniteLossError", "OutOfMemoryError"]
 
 
 class BoxtuneError(Exception):
@@ -37,3 +37,8 @@ class NonFiniteLossError(TrainingError):
     def __reduce__(self):
         # Ray copies and pickles exceptions across processes; rebuild from the original arguments
         return (type(self), (self.epoch, self.step, self.losses))
+
+
+class OutOfMemoryError(TrainingError):
+    """A trial outgrew the GPU memory it may hold; the message says how much it had and which
+    settings shrink it."""

@@ -30,7 +30,7 @@ from trainables.coco_eval import COCO_STAT_NAMES, build_coco_gt, evaluate_detect
 from trainables.config import TrialConfig, family_of, parse_trial_config
 from trainables.data import DetectionDataset, Manifest, collate_detection, read_manifest
 from trainables.data.cache import DecodedImageCache
-from trainables.errors import ConfigError, DataError, NonFiniteLossError, TrainingError
+from trainables.errors import ConfigError, DataError, NonFiniteLossError, OutOfMemoryError, TrainingError
 from trainables.freeze import apply_freeze
 from trainables.model import build_model, model_kwargs
 from trainables.objective import check_measurable, class_metrics, epoch_summary, parse_objective
@@ -215,6 +215,21 @@ def _gpu_memory(device: torch.device) -> dict[str, float]:
             "gpu_reserved_mib": torch.cuda.max_memory_reserved(device) / 2**20}
 
 
+def gpu_out_of_memory(epoch: int, *, fraction: float | None, card_mib: float, held_mib: float) -> OutOfMemoryError:
+    """The error for a trial that ran out of GPU memory in ``epoch``: how much it had, what shrinks it.
+
+    ``card_mib`` is the card's memory, ``fraction`` the trial's share of it (``resources.gpu``
+    below 1; None: the whole card) and ``held_mib`` the most its allocator held.
+    """
+    limit = card_mib * (fraction or 1.0)
+    share = f"resources.gpu {fraction:g} of a {card_mib:.0f} MiB card" if fraction else f"a whole {card_mib:.0f} MiB card"
+    more = "give each trial a larger resources.gpu (fewer trials per GPU)" if fraction else "use a larger GPU"
+    return OutOfMemoryError(
+        f"out of GPU memory in epoch {epoch}: the trial may hold {limit:.0f} MiB ({share}) and its allocator "
+        f"held {held_mib:.0f} MiB at peak; {more}, or lower hparams.batch_size (the space's batch_size "
+        "choices) or model.max_size")
+
+
 def _class_records(manifest: Manifest) -> list[dict[str, Any]]:
     return [{"label": c.label, "name": c.name, "dataset_id": c.dataset_id} for c in manifest.classes]
 
@@ -302,6 +317,7 @@ def run_trial(
         writer = TrialWriter(reporter.trial_dir, hparams=hparams, image_every=tr.image_log_every,
                              image_count=tr.image_log_count, class_names=manifest.class_names)
         metrics: dict[str, float] = {}
+        epoch = start_epoch
         try:
             for epoch in range(start_epoch, tr.epochs):
                 train_loader.generator.manual_seed(tr.seed * 1_000_003 + epoch)
@@ -345,6 +361,13 @@ def run_trial(
                     reporter.report(metrics, tmp)
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
+        except torch.cuda.OutOfMemoryError as err:
+            if device.type != "cuda":
+                raise
+            # the same config in the same share runs out again: no retry can mend it
+            raise gpu_out_of_memory(epoch + 1, fraction=resources.gpu_memory_fraction,
+                                    card_mib=torch.cuda.get_device_properties(device).total_memory / 2**20,
+                                    held_mib=torch.cuda.max_memory_reserved(device) / 2**20) from err
         finally:
             writer.close()
     return metrics

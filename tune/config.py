@@ -78,7 +78,10 @@ class ReportConfig(_Strict):
 
 class SchedulerConfig(_Strict):
     name: Literal["asha", "fifo"] = "asha"
-    grace_period: int = Field(default=1, ge=1)  # epochs every trial gets before ASHA may stop it
+    # epochs every trial gets before ASHA may stop it; None: 2 when the trials start from a trained
+    # detector (model.weights), half of training.epochs from random weights, whose first epochs'
+    # AP is near 0 for every trial and ranks nothing (tune.sweep.grace_period)
+    grace_period: int | None = Field(default=None, ge=1)
     reduction_factor: float = Field(default=2.0, gt=1)
 
 

@@ -48,7 +48,6 @@ RetinaNet and FCOS.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -62,6 +61,7 @@ import torch
 from torch import nn
 
 from trainables.atomic import atomic_path as _writing
+from trainables.atomic import strict_json
 from trainables.checkpoint import TrialState, load_checkpoint
 from trainables.errors import BoxtuneError
 from trainables.model import build_inference_model
@@ -214,20 +214,10 @@ def _float(value: Any) -> float:
     return math.nan if value is None else float(value)  # JSON null: nothing to measure
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _write_metadata(payload: dict[str, Any], out: Path, fmt: str) -> None:
     meta = {k: v for k, v in payload.items() if k != "state_dict"} | {"file": out.name, "file_format": fmt}
     with _writing(Path(f"{out}.json")) as tmp:
-        tmp.write_text(json.dumps(_json_safe(meta), indent=2, allow_nan=False) + "\n")
+        tmp.write_text(strict_json(meta) + "\n")
 
 
 class _OnnxDetector(nn.Module):

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from trainables.atomic import atomic_write_text
+from trainables.atomic import atomic_write_text, strict_json
 from trainables.checkpoint import TrialState, load_checkpoint
 from trainables.coco_eval import COCO_STAT_NAMES, build_coco_gt, evaluate_detections_by_class
 from trainables.errors import BoxtuneError
@@ -130,7 +130,7 @@ def evaluate_sweep_on_test(storage, manifest, *, top: int, metric_label: str, gp
         trials[row["trial"]] = {"rank": row["rank"], "epoch": int(state.epoch), "val_score": row["score"],
                                 "metrics": evaluate_state(state, records, device=_device(gpu))}
     results = {"split": TEST_SPLIT, "images": len(records), "metric": metric_label, "trials": trials}
-    storage.write_text(TEST_RESULTS_FILE, json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n")
+    storage.write_text(TEST_RESULTS_FILE, strict_json(results) + "\n")
     return results
 
 
@@ -146,16 +146,6 @@ def evaluate_train_on_test(out: str | Path, manifest, *, device: str | None = No
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = {"split": TEST_SPLIT, "images": len(records), "epoch": epoch,
                "metrics": evaluate_state(state, records, device=dev)}
-    atomic_write_text(out / TEST_RESULTS_FILE, json.dumps(_json_safe(results), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out / TEST_RESULTS_FILE, strict_json(results) + "\n")
     return results
 
-
-def _json_safe(value: Any) -> Any:
-    # NaN (nothing of that size or class in the test split) as null: strict JSON
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value

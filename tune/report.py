@@ -22,6 +22,7 @@ import optuna
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from trainables.atomic import strict_json
 from trainables.errors import ConfigError
 from trainables.objective import Objective, best_epoch, class_key, parse_objective, score_of
 from tune.holdout import OPTIMISTIC_NOTE, TEST_PREFIX, read_test_results
@@ -343,8 +344,7 @@ def format_ranking(rows: list[dict[str, Any]], *, fmt: str = "table", top: int |
         pq.write_table(_table(rows), sink)
         return sink.getvalue()
     if fmt == "json":
-        return json.dumps({"trials": rows, "importances": importances or {}, "notes": list(notes)}, indent=2,
-                          default=str, allow_nan=True).replace("NaN", "null")
+        return strict_json({"trials": rows, "importances": importances or {}, "notes": list(notes)}, default=str)
     shown = [k for k in (rows[0].keys() if rows else []) if k not in ("path",)]
     if fmt == "csv":
         import csv

@@ -20,7 +20,7 @@ import os
 import time
 from typing import Any
 
-from trainables.errors import ConfigError, DataError, NonFiniteLossError
+from trainables.errors import ConfigError, DataError, NonFiniteLossError, OutOfMemoryError
 from tune.storage import RunStorage
 
 __all__ = ["ATTEMPTS_FILE", "FAILURE_FILE", "DETERMINISTIC_ERRORS", "TrialRecord"]
@@ -28,7 +28,7 @@ __all__ = ["ATTEMPTS_FILE", "FAILURE_FILE", "DETERMINISTIC_ERRORS", "TrialRecord
 ATTEMPTS_FILE = "attempts.jsonl"
 FAILURE_FILE = "failure.json"
 # the same inputs and seed give the same error on every try
-DETERMINISTIC_ERRORS = (ConfigError, DataError, NonFiniteLossError)
+DETERMINISTIC_ERRORS = (ConfigError, DataError, NonFiniteLossError, OutOfMemoryError)
 _BY_NAME = {cls.__name__: cls for cls in DETERMINISTIC_ERRORS}
 
 
