@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, TINY_MODEL
+from conftest import REPO, tiny_sweep
 
 SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _LISTEN = "0A"  # TCP state in /proc/net/tcp{,6}
@@ -141,18 +141,9 @@ def test_proc_net_parsing_reads_a_known_listener():
 
 def test_cli_sweep_listens_on_loopback_only(tiny_demo, tmp_path):
     """A real ``boxtune sweep`` without --address, from an environment without the switch."""
-    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({
-        "name": "exposure",
-        "data": {"path": str(tiny_demo), "val_fraction": 0.25},
-        "model": TINY_MODEL,
-        "training": {"epochs": 1, "seed": 0},
-        "search": {"space": "quick", "num_trials": 1, "sampler": "random", "seed": 0},
-        "scheduler": {"name": "fifo"},
-        "resources": {"cpu": 1},
-        "max_concurrent": 1,
-        "retries": 0,
-        "storage": str(tmp_path / "runs"),
-    }))
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(tiny_sweep(
+        "exposure", tiny_demo, tmp_path / "runs", training={"epochs": 1, "seed": 0},
+        search={"space": "quick", "num_trials": 1, "sampler": "random", "seed": 0})))
     log = tmp_path / "sweep.log"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "tune.cli", "sweep", str(tmp_path / "sweep.yaml")],
