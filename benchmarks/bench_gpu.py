@@ -19,6 +19,11 @@ what it finished:
    and peak memory per trial.
 4. ``data``: the trial's own data path (dataset, decoded-image cache, transforms, loader
    workers, pinned copies to the device) with the model removed, in img/s, against the model's.
+5. ``memory``: every architecture's peak GPU memory in training steps (the trial's own step, at
+   freeze depth 0), at batch 2 and 8 at boxtune's default image size and at batch 2 on images
+   twice as long each way, with AMP and in fp32, plus what the process holds outside its
+   allocator (the CUDA context). ``gpu_memory.json`` beside ``gpu_results.json`` is the fit the
+   packing preflight reads (``trainables.gpu_memory``): copy it to ``trainables/gpu_memory.json``.
 
 What "fp32" means here: PyTorch's defaults, recorded in the JSON. cuDNN runs fp32 convolutions
 in TF32 on Ampere and later (``torch.backends.cudnn.allow_tf32`` is True by default), while
@@ -47,9 +52,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-PARTS = ("train", "eval", "packing", "data")
+PARTS = ("train", "eval", "packing", "data", "memory")
 # seconds per part on the GPU; with the setup they add up to the 5 minutes the run may take
-TIME_LIMITS = {"train": 130, "eval": 35, "packing": 90, "data": 25}
+TIME_LIMITS = {"train": 120, "eval": 30, "packing": 80, "data": 20, "memory": 50}
 # what boxtune's trial needs beyond the GPU machine's preinstalled packages (carried as wheels,
 # see gpu.sh), then what it takes from those preinstalled; name -> version carried (None: any)
 CARRIED = {"pydantic": "2.14.4", "pydantic_core": "2.50.5", "annotated_types": "0.8.0",
@@ -65,10 +70,15 @@ def _sizes(args) -> dict:
     """Everything a part needs to know about the data and the models, as plain values."""
     if args.tiny:  # the CPU smoke test: every code path, seconds of compute
         return {"images": 12, "image_px": 64, "model_px": {"MobileNet-320": 64}, "batch": 2, "epochs": 1,
-                "rois": 64, "demo_images": 12, "demo_px": 64, "demo_epochs": 1, "concurrency": [1, 2]}
+                "rois": 64, "demo_images": 12, "demo_px": 64, "demo_epochs": 1, "concurrency": [1, 2],
+                "memory_archs": [ARCHS["MobileNet-320"]], "memory_size": [64, 96], "memory_steps": 1}
+    from trainables.config import ARCHITECTURES, ModelConfig
+
+    default = ModelConfig()  # the image size a sweep trains at unless model.min_size/max_size say otherwise
     return {"images": 160, "image_px": 512, "model_px": {"R50-FPN": 512, "MobileNet-320": 320}, "batch": 8,
             "epochs": 2, "rois": 512, "demo_images": 240, "demo_px": 160, "demo_epochs": 2,
-            "concurrency": [1, 2, 4]}
+            "concurrency": [1, 2, 4], "memory_archs": list(ARCHITECTURES),
+            "memory_size": [default.min_size, default.max_size], "memory_steps": 3}
 
 
 def _cores() -> list[int]:
@@ -330,18 +340,21 @@ def part_eval(args, setup_: dict, rows: _Rows) -> None:
                   "train_images_per_s": last["images_per_s"]})
 
 
-def _trial_config(setup_: dict, out: Path) -> Path:
+def _demo_trial(setup_: dict) -> dict:
     """The demo's trial (``tune.demo``'s model at its size) as a ``boxtune train`` config."""
+    px = setup_["demo_px"]
+    return {"data": {"path": str(Path(setup_["demo_data"])), "val_fraction": 0.2, "seed": 0},
+            "model": {"architecture": ARCHS["MobileNet-320"], "weights": None, "min_size": px, "max_size": px,
+                      "box_batch_size_per_image": 128},
+            "training": {"epochs": setup_["demo_epochs"], "seed": 0, "num_workers": "auto"},
+            "hparams": {**_hparams(4), "jitter_p": 0.5}}
+
+
+def _trial_config(setup_: dict, out: Path) -> Path:
     import yaml
 
-    px = setup_["demo_px"]
-    cfg = {"data": {"path": str(Path(setup_["demo_data"])), "val_fraction": 0.2, "seed": 0},
-           "model": {"architecture": ARCHS["MobileNet-320"], "weights": None, "min_size": px, "max_size": px,
-                     "box_batch_size_per_image": 128},
-           "training": {"epochs": setup_["demo_epochs"], "seed": 0, "num_workers": "auto"},
-           "hparams": {**_hparams(4), "jitter_p": 0.5}}
     path = out / "demo_trial.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(_demo_trial(setup_)))
     return path
 
 
@@ -425,6 +438,119 @@ def part_data(args, setup_: dict, rows: _Rows) -> None:
                   "cache_mib": fill.bytes / 2**20, "hit_rate": cache.hit_rate(records)})
 
 
+def _synthetic_batches(batch: int, height: int, width: int, steps: int, device) -> list:
+    """``steps`` batches of full-size noise images with three boxes each (what a step's memory depends on)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(steps):
+        images = [torch.rand(3, height, width, generator=g).to(device) for _ in range(batch)]
+        boxes = torch.tensor([[0.1, 0.1, 0.4, 0.5], [0.3, 0.2, 0.9, 0.8], [0.6, 0.5, 0.95, 0.95]])
+        boxes = boxes * torch.tensor([width, height, width, height])
+        targets = [{"boxes": boxes.to(device), "labels": torch.tensor([1, 2, 1], device=device)} for _ in range(batch)]
+        out.append((images, targets))
+    return out
+
+
+def _memory_of(arch: str, args, setup_: dict, rows: _Rows) -> None:
+    """One architecture's rows; its model, optimiser and data die with this call."""
+    import torch
+
+    from trainables.config import FAMILIES, HParams, ModelConfig
+    from trainables.freeze import apply_freeze
+    from trainables.gpu_memory import image_megapixels
+    from trainables.loop import LOSS_NAMES, _amp_dtype, _train_one_epoch
+    from trainables.model import build_model
+    from trainables.optim import build_optimizer, build_scheduler
+
+    device = torch.device(args.device)
+    height, width = setup_["memory_size"]
+    start = time.perf_counter()
+    sized = FAMILIES[arch] != "ssd"  # SSDlite resizes to 320x320 whatever it is given
+    model_cfg = ModelConfig(architecture=arch, weights=None, **({"min_size": height, "max_size": width} if sized else {}))
+    # (batch, side scale): two batch sizes at the default size, then larger images (SSDlite: batch 4)
+    points = [(2, 1), (8, 1), (2, 2)] if sized else [(2, 1), (8, 1), (4, 1)]
+    if args.tiny:
+        points = [(1, 1), (2, 1)]
+    torch.manual_seed(0)
+    model = build_model(model_cfg, ["a", "b"])
+    freeze = apply_freeze(model, architecture=arch, depth=0)
+    model.to(device)
+    hp = HParams(optimizer="sgd", lr=0.002, momentum=0.9, batch_size=2)
+    optimizer = build_optimizer([(n, p) for n, p in model.named_parameters() if p.requires_grad], hp)
+    scheduler = build_scheduler(optimizer, hp, epochs=1, iters_per_epoch=1000)
+    resize = model.transform.min_size, model.transform.max_size
+    for amp in (True, False):
+        amp_dtype = _amp_dtype(device, amp)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        for batch, scale in points:
+            h, w = (height * scale, width * scale) if sized else (320, 320)
+            if scale != 1:
+                model.transform.min_size, model.transform.max_size = (h,), w
+            data = _synthetic_batches(batch, h, w, setup_["memory_steps"], device)
+            _reset_peak(device)
+            error = None
+            try:
+                _train_one_epoch(model, data, optimizer, scheduler, scaler, epoch=1, device=device,
+                                 amp_dtype=amp_dtype, grad_clip_norm=None, loss_names=LOSS_NAMES[FAMILIES[arch]])
+            except Exception as exc:  # an OOM or a missing kernel keeps the other rows
+                error = f"{type(exc).__name__}: {exc}"[:300]
+            finally:
+                model.transform.min_size, model.transform.max_size = resize
+            del data
+            reserved = torch.cuda.max_memory_reserved(device) / 2**20 if device.type == "cuda" else _peak_mib(device)
+            rows.add({"arch": arch, "precision": "amp" if amp else "fp32",
+                      "dtype": _amp_label(device) if amp else "fp32", "batch": batch, "min_size": h, "max_size": w,
+                      "megapixels": image_megapixels(arch, h, w), "reserved_mib": reserved,
+                      "allocated_mib": _peak_mib(device), "trainable_params": freeze.trainable_params,
+                      "seconds": time.perf_counter() - start, "error": error})
+
+
+def part_memory(args, setup_: dict, rows: _Rows) -> None:
+    import gc
+
+    import torch
+
+    device = torch.device(args.device)
+    for arch in setup_["memory_archs"]:
+        _memory_of(arch, args, setup_, rows)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        # what this process holds beside its allocator's blocks: context, kernels, library handles
+        rows.add({"kind": "context", "context_mib": (total - free - torch.cuda.memory_reserved(device)) / 2**20,
+                  "card_mib": total / 2**20, "error": None})
+
+
+def memory_table(results: dict) -> dict | None:
+    """The preflight's table (``trainables.gpu_memory.fit_table``) from the memory part's rows."""
+    import torch
+    import torchvision
+
+    from trainables.gpu_memory import fit_table
+
+    rows = results["parts"].get("memory", {}).get("rows", [])
+    steps = [r for r in rows if r.get("kind") != "context" and not r.get("error")]
+    if not steps:
+        return None
+    context = next((r["context_mib"] for r in rows if r.get("kind") == "context"), None)
+    env = results["environment"]
+    return fit_table(steps, card=env.get("gpu") or env["device"], context_mib=context,
+                     versions={"torch": torch.__version__, "torchvision": torchvision.__version__})
+
+
+def demo_estimate(table: dict, setup_: dict) -> float | None:
+    """The table's estimate for the packing part's demo trial, to set beside its measured peak."""
+    from trainables.config import TrialConfig
+    from trainables.gpu_memory import estimate_mib
+
+    cfg = _demo_trial(setup_)
+    return estimate_mib(TrialConfig.model_validate({k: cfg[k] for k in ("model", "training", "hparams")}), table)
+
+
 # --------------------------------------------------------------------------- driver
 
 def _run_part(part: str, args, setup_path: Path, result: Path) -> dict:
@@ -483,6 +609,21 @@ def summarize(results: dict) -> list[str]:
         against = ", ".join(f"{a} {v:.1f}" for a, v in model.items()) or "-"
         lines.append(f"4. data path ({'cached' if r['cached'] else 'decoding every epoch'}, {r['workers']} workers): "
                      f"{r['images_per_s']:.1f} img/s against the model's {against} img/s")
+    table = results.get("memory_table")
+    if table:
+        lines.append(f"5. memory (peak reserved MiB = base + per-image-megapixel slope x batch x Mpx; "
+                     f"CUDA context {_fmt(table['cuda_context_mib'], '.0f')} MiB):")
+        for arch, entry in table["architectures"].items():
+            fits = [f"{p} {e['base_mib']:.0f} + {e['per_image_mpx_mib']:.0f}/Mpx (worst miss {e['max_residual_mib']:.0f})"
+                    for p in ("amp", "fp32") if (e := entry.get(p))]
+            lines.append(f"   {arch:<40} {'; '.join(fits)}")
+        one = next((r for r in parts.get("packing", {}).get("rows", []) if r["concurrent"] == 1), None)
+        measured = one["trials"][0]["gpu_reserved_mib"] if one else None
+        lines.append(f"   demo trial: estimate {_fmt(table['demo_estimate_mib'], '.0f')} MiB, "
+                     f"measured {_fmt(measured, '.0f')} MiB (packing, 1 at a time)")
+    for r in parts.get("memory", {}).get("rows", []):
+        if r.get("error"):
+            lines.append(f"5. memory {r.get('arch')} batch {r.get('batch')} {r.get('precision')}: ERROR {r['error'][:80]}")
     lines += ["", "targets:"] + [f"  {t}" for t in judge(results)]
     for part, p in parts.items():
         if p["status"] != "ok":
@@ -529,7 +670,8 @@ def main() -> int:
 
     if args.worker:
         setup_ = json.loads(Path(args.setup).read_text())
-        {"train": part_train, "eval": part_eval, "packing": part_packing, "data": part_data}[args.worker](
+        {"train": part_train, "eval": part_eval, "packing": part_packing, "data": part_data,
+         "memory": part_memory}[args.worker](
             args, setup_, _Rows(Path(args.result)))
         return 0
 
@@ -564,6 +706,10 @@ def main() -> int:
             results["parts"][part] = _run_part(part, args, work / "setup.json", work / f"{part}.json")
             print(f"part {part}: {results['parts'][part]['status']} in {results['parts'][part]['seconds']:.0f} s", flush=True)
             result_path.write_text(json.dumps(results, indent=1))
+        table = memory_table(results)
+        if table is not None:  # what the packing preflight reads, once copied to trainables/gpu_memory.json
+            (out_dir / "gpu_memory.json").write_text(json.dumps(table, indent=1))
+            results["memory_table"] = {**table, "demo_estimate_mib": demo_estimate(table, setup_)}
     results["summary"] = summarize(results)
     result_path.write_text(json.dumps(results, indent=1))
     print("\n".join(results["summary"]))

@@ -6,7 +6,8 @@
 #   bash benchmarks/gpu.sh --device cpu --tiny   # the CPU smoke test (tests/test_gpu_script.py)
 #
 # Writes gpu_results.json to $OUT if set, else to the current folder (or --out DIR), and prints
-# one table with the targets judged.
+# one table with the targets judged. Beside it, gpu_memory.json: the packing preflight's measured
+# memory table (part 5); copy it to trainables/gpu_memory.json and commit it.
 #
 # The machine it is written for is offline, with Python 3.12, torch 2.11 and torchvision 0.26,
 # pyarrow, tensorboard, pyyaml, numpy and pillow preinstalled, and neither Ray nor Optuna: the

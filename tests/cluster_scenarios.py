@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-__all__ = ["namespace_command", "NamespaceUnavailable", "run_scenario", "SCENARIOS"]
+__all__ = ["namespace_command", "NamespaceUnavailable", "run_scenario", "SCENARIOS", "FAKE_CARD_MIB"]
 
 HEAD_PORT = 6379  # free by construction: the namespace has its own loopback
 SECOND_NODE = "second_node"  # custom resource only the second node advertises
@@ -139,14 +139,30 @@ def _node_env(temp: Path) -> dict[str, str]:
     return env
 
 
-def _ray_start(args: list[str], temp: Path, *, node_dir: str = "ray") -> None:
+FAKE_CARD_MIB = 24564  # what the second node's stand-in `nvidia-smi` reports (an A10G's 24 GiB)
+
+
+def _fake_card_env(temp: Path) -> dict[str, str]:
+    """The node environment with a stand-in `nvidia-smi` first on PATH, answering only the card memory query."""
+    bin_dir = temp / "fake-nvidia-bin"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "nvidia-smi"
+    script.write_text('#!/bin/sh\n[ "$1" = "--query-gpu=memory.total" ] && [ "$2" = "--format=csv,noheader,nounits" ] '
+                      f'&& echo {FAKE_CARD_MIB} && exit 0\nexit 9\n')
+    script.chmod(0o755)
+    env = _node_env(temp)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _ray_start(args: list[str], temp: Path, *, node_dir: str = "ray", env: dict[str, str] | None = None) -> None:
     """`ray start` with its own temp dir ``temp/node_dir``: as on separate machines, a node's session
     folder (and what trials stage there) is not the head's, although all share this filesystem."""
     ray_cli = str(Path(sys.executable).parent / "ray")
     (temp / node_dir).mkdir(exist_ok=True)
     cmd = [ray_cli, "start", "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp / node_dir),
            "--disable-usage-stats", *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=_node_env(temp), timeout=120)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env or _node_env(temp), timeout=120)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {out.returncode}:\n{out.stdout[-3000:]}{out.stderr[-3000:]}")
 
@@ -229,15 +245,18 @@ def scenario_ray_start(work: Path) -> dict[str, Any]:
     import ray
 
     from trainables.errors import ConfigError
+    from tune.gpu_preflight import card_memory_mib, gpu_memory_preflight
     from tune.ray_session import ray_session, require_resources
 
     sweep_cmd = [sys.executable, "-m", "tune.cli", "sweep", str(work / "sweep.yaml"), "--address", address]
     try:
         _ray_start(["--head", "--port", str(HEAD_PORT), "--num-cpus", "0", "--num-gpus", "0",
                     "--include-dashboard", "false"], temp)
-        # the second node has its own resources: a fake GPU (no CUDA device behind it) and a marker
+        # the second node has its own resources: a fake GPU (no CUDA device behind it) and a marker,
+        # and an `nvidia-smi` on its PATH that tells the card memory query FAKE_CARD_MIB
         _ray_start(["--address", address, "--num-cpus", "1", "--num-gpus", "1",
-                    "--resources", json.dumps({SECOND_NODE: 1})], temp, node_dir="ray-second")
+                    "--resources", json.dumps({SECOND_NODE: 1})], temp, node_dir="ray-second",
+                   env=_fake_card_env(temp))
         _ray_start(["--address", address, "--num-cpus", "1", "--num-gpus", "0"], temp, node_dir="ray-third")
         # clients without the token and with another one: they retry for a while before giving up,
         # so start them now
@@ -259,11 +278,28 @@ def scenario_ray_start(work: Path) -> dict[str, Any]:
                     preflight.append({"cpu": cpu, "gpu": gpu, "error": None})
                 except ConfigError as err:
                     preflight.append({"cpu": cpu, "gpu": gpu, "error": str(err)})
+            # one zero-resource task per GPU node (only the second has one) reads its cards
+            card_memory = {str(gpu): card_memory_mib(gpu) for gpu in (1, 0.5)}
+            # and the memory preflight compares the test's table and configs with that card
+            memory_preflight = {}
+            if "gpu_memory_table" in _params(work):
+                table = work / "gpu_memory.json"
+                table.write_text(json.dumps(_params(work)["gpu_memory_table"]))
+                for gpu in _params(work)["gpu_memory_shares"]:
+                    lines: list[str] = []
+                    try:
+                        gpu_memory_preflight(_params(work)["gpu_memory_configs"], gpu=gpu, echo=lines.append,
+                                             table_path=table)
+                        memory_preflight[str(gpu)] = {"lines": lines, "error": None}
+                    except ConfigError as err:
+                        memory_preflight[str(gpu)] = {"lines": lines, "error": str(err)}
         assert not ray.is_initialized(), "ray_session should disconnect a client it connected"
         started = time.monotonic()
         sweep = subprocess.run(sweep_cmd, capture_output=True, text=True, env=_node_env(temp), cwd=REPO, timeout=600)
         sweep_s = time.monotonic() - started
-        seen = {"address": where, "nodes": nodes, "preflight": preflight, "sweep_rc": sweep.returncode,
+        seen = {"address": where, "nodes": nodes, "preflight": preflight, "card_memory": card_memory,
+                "memory_preflight": memory_preflight,
+                "sweep_rc": sweep.returncode,
                 "sweep_s": sweep_s, "sweep_output": (sweep.stdout + sweep.stderr)[-6000:]}
         for case, client in clients.items():
             output, _ = client.communicate(timeout=300)

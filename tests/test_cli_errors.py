@@ -118,6 +118,20 @@ def test_data_path_forms(tmp_path, monkeypatch, value, expected):
     assert cfg.data.path == expected.format(config=tmp_path, home=tmp_path / "home")
 
 
+def test_tilde_and_relative_paths_in_set_overrides(tmp_path, monkeypatch):
+    # the shell leaves `--set data.path=~/x` alone; boxtune expands it, and takes relative ones from the cwd
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for folder in ("configs", "work"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    cfg = load_config(_write(tmp_path / "configs" / "sweep.yaml", {"data": {"path": "in_config.json"}}), SweepConfig,
+                      overrides=["data.val_path=~/val.json", "storage=runs", "model.weights=~/w.pth"])
+    assert cfg.data.path == str(tmp_path / "configs" / "in_config.json")  # the file's own: from its folder
+    assert cfg.data.val_path == str(tmp_path / "home" / "val.json")
+    assert cfg.model.weights == str(tmp_path / "home" / "w.pth")
+    assert cfg.storage == str(tmp_path / "work" / "runs")
+
+
 def test_weights_name_is_not_a_path(tmp_path):
     cfg = load_config(_write(tmp_path / "train.yaml", {"data": {"path": "a.json"}, "model": {"weights": "DEFAULT"}}),
                       TrainConfig)

@@ -19,14 +19,20 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from cluster_scenarios import SECOND_NODE, NamespaceUnavailable, run_scenario
+from cluster_scenarios import FAKE_CARD_MIB, SECOND_NODE, NamespaceUnavailable, run_scenario
 from conftest import REPO, TINY_MODEL
 
 from trainables.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from trainables.data import DetectionDataset, Manifest, build_manifest, load_image, read_manifest
 from trainables.errors import DataError
+from trainables.gpu_memory import fit_table
 
 CLUSTER_YAML = REPO / "cluster.yaml"
+# the memory preflight's inputs: a measured-table stand-in (base 2000 MiB, 3000 MiB per image megapixel) and one config
+MEMORY_TABLE = fit_table([{"arch": "fasterrcnn_mobilenet_v3_large_320_fpn", "precision": "amp", "batch": b,
+                           "megapixels": 0.2048, "reserved_mib": 2000 + 3000 * b * 0.2048, "trainable_params": 1}
+                          for b in (2, 8)], card="test card", context_mib=400, versions={})
+MEMORY_CONFIG = {"model": {"architecture": "fasterrcnn_mobilenet_v3_large_320_fpn"}, "hparams": {"batch_size": 2}}
 EPOCHS = 2
 # (cpu, gpu) per trial -> None if the preflight accepts it, else the start of its message.
 # The cluster: a head with no CPU and no GPU (as in cluster.yaml), a second node with 1 CPU and
@@ -190,7 +196,9 @@ def two_nodes(tmp_path_factory, uri_manifest):
     work = tmp_path_factory.mktemp("two_nodes")
     _write_sweep(work, name="two", data={"path": str(uri_manifest)}, retries=0,
                  search={"space": "quick", "num_trials": TWO_NODE_TRIALS, "sampler": "random", "seed": 1})
-    (work / "params.json").write_text(json.dumps({"preflight": [list(case) for case in PREFLIGHT]}))
+    (work / "params.json").write_text(json.dumps({"preflight": [list(case) for case in PREFLIGHT],
+                                                  "gpu_memory_table": MEMORY_TABLE, "gpu_memory_shares": [0.5, 0.1],
+                                                  "gpu_memory_configs": [MEMORY_CONFIG]}))
     return _scenario("ray_start", work), work / "runs" / "two"
 
 
@@ -242,6 +250,26 @@ def test_preflight_against_real_nodes(two_nodes, cpu, gpu):
         # the message lists what the nodes advertise, the fake GPU included (in Ray's node order)
         assert sorted(case["error"].split("(nodes: ")[1].split(")")[0].split(", ")) == [
             "0 CPU/0 GPU", "1 CPU/0 GPU", "1 CPU/1 GPU"]
+
+
+@pytest.mark.cluster
+def test_card_memory_is_read_on_the_gpu_node_only(two_nodes):
+    # a zero-resource task on the GPU node ran its (stand-in) nvidia-smi and brought the card's memory back
+    seen, _ = two_nodes
+    assert seen["card_memory"] == {"1": [float(FAKE_CARD_MIB)], "0.5": [float(FAKE_CARD_MIB)]}
+
+
+@pytest.mark.cluster
+def test_memory_preflight_checks_configs_against_the_gpu_nodes_card(two_nodes):
+    seen, _ = two_nodes
+    # MobileNet-320 at 320x640, batch 2: 2000 + 3000 * 2 * 0.2048 = 3229 MiB, against a share of
+    # the stand-in 24564 MiB card less the 400 MiB context
+    half, tenth = seen["memory_preflight"]["0.5"], seen["memory_preflight"]["0.1"]
+    assert half == {"error": None, "lines": [
+        "GPU memory: about 3229 to 3229 MiB per trial, within its 11882 MiB (resources.gpu 0.5 of a 24564 MiB card, "
+        "less 400 MiB for the CUDA context; estimates measured on test card)"]}
+    assert tenth["error"].startswith("resources.gpu: a trial may hold 2056 MiB (resources.gpu 0.1 of a 24564 MiB card")
+    assert "needs about 3229 MiB" in tenth["error"]
 
 
 @pytest.mark.cluster

@@ -33,12 +33,12 @@ def tiny_run(tmp_path_factory):
 
 
 def test_every_part_runs_and_reports(tiny_run):
-    _, run, res = tiny_run
+    out, run, res = tiny_run
     env = res["environment"]
     assert env["device"] == "cpu" and isinstance(env["cudnn_allow_tf32"], bool)
     assert env["float32_matmul_precision"] in ("highest", "high", "medium")
     assert res["packages"]["missing"] == [] and res["packages"]["versions"]["pydantic"]
-    assert set(res["parts"]) == {"train", "eval", "packing", "data"}
+    assert set(res["parts"]) == {"train", "eval", "packing", "data", "memory"}
     assert {p["status"] for p in res["parts"].values()} == {"ok"}
 
     train = res["parts"]["train"]["rows"]
@@ -61,9 +61,21 @@ def test_every_part_runs_and_reports(tiny_run):
     assert [(r["cached"], r["hit_rate"]) for r in data] == [(False, 0.0), (True, 1.0)]
     assert all(r["images_per_s"] > 0 for r in data) and data[1]["cache_mib"] > 0
 
+    # the memory part's rows, and the preflight's table fitted from them beside the results
+    memory = res["parts"]["memory"]["rows"]
+    assert [(r["arch"], r["precision"], r["batch"]) for r in memory] == [
+        ("fasterrcnn_mobilenet_v3_large_320_fpn", p, b) for p in ("amp", "fp32") for b in (1, 2)]
+    assert all(r["error"] is None and r["megapixels"] == 64 * 96 / 1e6 and r["trainable_params"] > 0 for r in memory)
+    table = json.loads((out / "gpu_memory.json").read_text())
+    assert table == {k: v for k, v in res["memory_table"].items() if k != "demo_estimate_mib"}
+    fit = table["architectures"]["fasterrcnn_mobilenet_v3_large_320_fpn"]["amp"]
+    assert fit["measured"] == [[r["batch"], r["megapixels"], r["reserved_mib"]] for r in memory[:2]]
+    assert res["memory_table"]["demo_estimate_mib"] > 0
+
     # one table on stdout, the same lines in the JSON
     assert "targets:" in res["summary"]
     assert "1. train" in run.stdout and "3. packing 2 at a time" in run.stdout and "4. data path" in run.stdout
+    assert "5. memory" in run.stdout and "demo trial: estimate" in run.stdout
 
 
 def test_rerunning_one_part_keeps_the_others(tiny_run):

@@ -367,7 +367,7 @@ def run_trial(
             # the same config in the same share runs out again: no retry can mend it
             raise gpu_out_of_memory(epoch + 1, fraction=resources.gpu_memory_fraction,
                                     card_mib=torch.cuda.get_device_properties(device).total_memory / 2**20,
-                                    held_mib=torch.cuda.max_memory_reserved(device) / 2**20) from err
+                                    held_mib=_gpu_memory(device)["gpu_reserved_mib"]) from err
         finally:
             writer.close()
     return metrics

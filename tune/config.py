@@ -234,6 +234,8 @@ def load_config(path: str | Path | None, schema: type[BaseModel], *, overrides: 
             raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
         _resolve_paths(data, path.parent)
     data = apply_overrides(dict(data or {}), list(overrides))
+    if overrides:  # a path given on the command line: ``~`` is home, a relative one is from where boxtune runs
+        _resolve_paths(data, Path.cwd())
     try:
         return schema.model_validate(data)
     except ValidationError as err:

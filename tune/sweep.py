@@ -7,7 +7,8 @@ be good):
 2. compile the search space and run a trial's config checks and builders (optimiser, schedule,
    augmentation) on every corner of it and 64 random draws, with the run's epochs and iterations
    per epoch, so a space that can produce a config the trainable rejects fails now, not in trial 37;
-3. start (or join) Ray; check the per-trial resources fit on some node;
+3. start (or join) Ray; check the per-trial resources fit on some node, and on a GPU that the
+   configs drawn in 2 fit in a trial's share of the smallest card (``tune.gpu_preflight``);
 4. run the ``Tuner`` (OptunaSearch define-by-run + ASHA or FIFO), keeping each trial's best
    epoch by ``score`` (``search.metric`` with the AR100 tiebreak, see ``trainables.objective``)
    plus its latest checkpoint, printing boxtune's live table (``tune.progress``) and keeping
@@ -38,6 +39,7 @@ from trainables.freeze import max_freeze_depth
 from trainables.objective import check_measurable, parse_objective
 from tune.config import SweepConfig
 from tune.data_source import prepare_manifest
+from tune.gpu_preflight import gpu_memory_preflight
 from tune.holdout import OPTIMISTIC_NOTE, evaluate_sweep_on_test, test_records
 from tune.ray_session import ray_session, require_resources
 from tune.resume_logs import truncate_to_checkpoints
@@ -128,16 +130,22 @@ def _define_by_run(cfg: SweepConfig):
                          epochs=cfg.training.epochs, pretrained=pretrained_start(cfg))
 
 
-def check_space(cfg: SweepConfig, *, n_train: int, samples: int = 64) -> int:
+def check_space(cfg: SweepConfig, *, n_train: int, samples: int = 64, drawn: list | None = None) -> int:
     """Run a trial's config checks and builders on every corner of the space and ``samples`` random draws.
 
     ``n_train`` (the manifest's train images) fixes the iterations per epoch that one-cycle's
     warm-up depends on, so this runs after the manifest is read. See ``tune.space_check``.
-    Returns how many configs were checked.
+    Returns how many configs were checked; ``drawn``, if given, receives each merged trial config.
     """
     base = _base(cfg)
-    return check_sampled_space(_define_by_run(cfg), lambda sampled: merge_trial_config(base, sampled),
-                               n_train=n_train, samples=samples, seed=cfg.search.seed)
+
+    def merged(sampled: dict[str, Any]) -> dict[str, Any]:
+        config = merge_trial_config(base, sampled)
+        if drawn is not None:
+            drawn.append(config)
+        return config
+
+    return check_sampled_space(_define_by_run(cfg), merged, n_train=n_train, samples=samples, seed=cfg.search.seed)
 
 
 def _base(cfg: SweepConfig) -> dict[str, Any]:
@@ -261,13 +269,15 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) -> li
     n_train, n_val = splits.count("train"), splits.count("val")
     if not n_val:
         raise DataError(f"{cfg.data.path}: the validation split is empty; set data.val_fraction > 0 or data.val_path")
-    check_space(cfg, n_train=n_train)  # before Ray: a space that can produce a rejected config fails now
+    drawn: list[dict[str, Any]] = []
+    check_space(cfg, n_train=n_train, drawn=drawn)  # before Ray: a space that can produce a rejected config fails now
     check_objective(cfg, manifest)
     n_test = splits.count("test")  # held out: evaluated once when the sweep ends (tune.holdout)
     echo(f"  {n_train} train / {n_val} val{f' / {n_test} test' if n_test else ''} images, "
          f"classes: {', '.join(manifest.class_names)}")
     with ray_session(address) as ray_info:
         require_resources(cpu=cfg.resources.cpu, gpu=cfg.resources.gpu)
+        gpu_memory_preflight(drawn, gpu=cfg.resources.gpu, echo=echo)  # each config against a trial's share of a card
         storage.write_text(SWEEP_FILE, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         storage.write_manifest(MANIFEST_FILE, manifest)
         storage.write_text(INFO_FILE, json.dumps({**_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -1,0 +1,160 @@
+"""The packing preflight's memory estimate: the fit from measured rows, the per-config estimate, and
+the check of every config the space check drew against a trial's share of a card."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import tiny_sweep
+
+from trainables.config import ARCHITECTURES, TrialConfig
+from trainables.errors import ConfigError
+from trainables.gpu_memory import TABLE_FILE, estimate_mib, fit_table, image_megapixels, load_table
+from tune.config import SweepConfig
+from tune.gpu_preflight import check_gpu_memory, parse_nvidia_smi
+from tune.sweep import check_space
+
+MOBILE = "fasterrcnn_mobilenet_v3_large_320_fpn"
+PARAMS = 18_959_754  # trainable parameters of a 2-class MobileNet-320 at freeze depth 0
+
+
+def _rows(arch, precision, base, slope, points, *, noise=()):
+    rows = []
+    for i, (batch, mpx) in enumerate(points):
+        rows.append({"arch": arch, "precision": precision, "batch": batch, "megapixels": mpx,
+                     "reserved_mib": base + slope * batch * mpx + (noise[i] if noise else 0.0),
+                     "trainable_params": PARAMS})
+    return rows
+
+
+POINTS = [(2, 0.2048), (8, 0.2048), (2, 0.8192)]  # the memory part's: 320x640 at batch 2 and 8, 640x1280 at 2
+
+
+def _table(base=700.0, slope=3000.0, *, context=0.0, precisions=("amp", "fp32"), arch=MOBILE):
+    rows = [r for p in precisions for r in _rows(arch, p, base, slope, POINTS)]
+    return fit_table(rows, card="NVIDIA A10G, 23028 MiB", context_mib=context, versions={"torch": "2.11.0"})
+
+
+def test_fit_recovers_the_line_and_reports_the_worst_miss():
+    table = _table()
+    fit = table["architectures"][MOBILE]["amp"]
+    assert (fit["base_mib"], fit["per_image_mpx_mib"], fit["max_residual_mib"]) == (700.0, 3000.0, 0.0)
+    assert table["architectures"][MOBILE]["trainable_params"] == PARAMS
+    assert [p[:2] for p in fit["measured"]] == [list(p) for p in POINTS]
+    # +30 MiB on the last point: least squares through x = 0.4096, 1.6384, 1.6384 (y offsets 0, 0, 30)
+    noisy = fit_table(_rows(MOBILE, "amp", 700, 3000, POINTS, noise=(0, 0, 30)), card="c", context_mib=None, versions={})
+    fit = noisy["architectures"][MOBILE]["amp"]
+    assert fit["per_image_mpx_mib"] == pytest.approx(3000 + 15 / 1.2288, abs=0.05)
+    assert fit["base_mib"] == pytest.approx(700 + 10 - (15 / 1.2288) * (3.6864 / 3), abs=0.05)
+    assert fit["max_residual_mib"] == pytest.approx(15.0, abs=0.05)
+
+
+def test_fit_needs_two_step_sizes():
+    table = fit_table(_rows(MOBILE, "amp", 700, 3000, [(2, 0.2048), (2, 0.2048)]), card="c", context_mib=None, versions={})
+    assert table["architectures"] == {}
+
+
+def _trial(**hparams) -> TrialConfig:
+    model = {"architecture": MOBILE, "min_size": 320, "max_size": 640, **hparams.pop("model", {})}
+    return TrialConfig.model_validate({"model": model, "training": {"amp": hparams.pop("amp", True)},
+                                       "hparams": {"batch_size": 4, **hparams}})
+
+
+def test_estimate_scales_with_pixels_and_adds_adams_second_state():
+    table = _table(base=700, slope=3000)
+    assert estimate_mib(_trial(), table) == pytest.approx(700 + 3000 * 4 * 0.2048)
+    assert estimate_mib(_trial(model={"min_size": 640, "max_size": 1280}), table) == pytest.approx(700 + 3000 * 4 * 0.8192)
+    sgd, adam = estimate_mib(_trial(), table), estimate_mib(_trial(optimizer="adam", lr=1e-4), table)
+    assert adam - sgd == pytest.approx(PARAMS * 4 / 2**20)
+    assert estimate_mib(_trial(amp=False), _table(precisions=("amp",))) is None  # fp32 not measured
+    assert estimate_mib(_trial(model={"architecture": "fasterrcnn_resnet50_fpn"}), table) is None
+
+
+def test_ssdlite_counts_its_fixed_320_square():
+    assert image_megapixels("ssdlite320_mobilenet_v3_large", 800, 1333) == pytest.approx(0.1024)
+    assert image_megapixels("fasterrcnn_resnet50_fpn", 800, 1333) == pytest.approx(1.0664)
+
+
+def test_table_file_round_trip_and_a_bad_file_is_named(tmp_path):
+    assert load_table(tmp_path / "absent.json") is None
+    path = tmp_path / "gpu_memory.json"
+    path.write_text(json.dumps(_table()))
+    assert load_table(path) == json.loads(json.dumps(_table()))
+    path.write_text(json.dumps({"card": "x"}))
+    with pytest.raises(ValueError, match=f"{path}: not a GPU memory table"):
+        load_table(path)
+
+
+def test_the_measured_table_covers_every_architecture():
+    if not TABLE_FILE.is_file():
+        pytest.skip("no GPU memory table measured yet: bash benchmarks/gpu.sh on a GPU writes it")
+    table = load_table()
+    assert set(table["architectures"]) == set(ARCHITECTURES)
+    for arch, entry in table["architectures"].items():
+        for precision in ("amp", "fp32"):
+            assert entry[precision]["per_image_mpx_mib"] > 0, (arch, precision)
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory, tiny_demo):
+    """Every config the space check draws for a ``default`` sweep (batch 2, 4, 8) at MobileNet-320's default size."""
+    tmp = tmp_path_factory.mktemp("drawn")
+    cfg = SweepConfig.model_validate(tiny_sweep("mem", tiny_demo, tmp, model={"architecture": MOBILE},
+                                                training={"epochs": 8, "seed": 0},
+                                                search={"space": "default", "num_trials": 8}))
+    configs: list[dict] = []
+    checked = check_space(cfg, n_train=400, drawn=configs)
+    assert len(configs) == checked and checked > 64
+    return configs
+
+
+def test_every_config_fits_a_large_share(drawn):
+    lines = []
+    table = _table(base=700, slope=3000)
+    check_gpu_memory(drawn, gpu=0.25, card_mib=81559, table=table, echo=lines.append)
+    estimates = [estimate_mib(TrialConfig.model_validate(c), table) for c in drawn]
+    assert {TrialConfig.model_validate(c).hparams.batch_size for c in drawn} == {2, 4, 8}
+    assert lines == [f"GPU memory: about {min(estimates):.0f} to {max(estimates):.0f} MiB per trial, within its "
+                     f"{81559 * 0.25:.0f} MiB (resources.gpu 0.25 of a 81559 MiB card, less 0 MiB for the CUDA "
+                     "context; estimates measured on NVIDIA A10G, 23028 MiB)"]
+
+
+def test_configs_over_the_share_are_counted(drawn):
+    lines = []
+    table = _table(base=700, slope=3000, context=500)
+    share = 24564 * 0.25 - 500  # 5641 MiB: batch 8 at 320x640 needs 700 + 3000 * 8 * 0.2048 = 5615, Adam adds 72
+    check_gpu_memory(drawn, gpu=0.25, card_mib=24564, table=table, echo=lines.append)
+    over = [c for c in drawn if estimate_mib(TrialConfig.model_validate(c), table) > share]
+    assert over and all(c["hparams"]["batch_size"] == 8 and c["hparams"]["optimizer"] in ("adam", "adamw") for c in over)
+    (line,) = lines
+    assert line.startswith(f"GPU memory: {len(over)} of {len(drawn)} checked configs need more than a trial's 5641 MiB")
+    assert "batch_size 8" in line and line.endswith("such trials will stop with an out-of-memory error")
+
+
+def test_a_share_no_config_fits_stops_the_sweep(drawn):
+    # every config needs at least 700 + 3000 * 2 * 0.2048 = 1929 MiB; a tenth of a 16 GiB card less 500 is 1138
+    with pytest.raises(ConfigError, match=r"^resources.gpu: a trial may hold 1138 MiB \(resources.gpu 0.1 of a 16384 "
+                                          r"MiB card, less 500 MiB for the CUDA context.*needs about 1929 MiB "
+                                          rf"\({MOBILE}, batch_size 2, 320x640, amp, sgd\)"):
+        check_gpu_memory(drawn, gpu=0.1, card_mib=16384, table=_table(context=500), echo=print)
+    # without the context the same share would hold it: the context is what the check takes off
+    check_gpu_memory(drawn, gpu=0.12, card_mib=16384, table=_table(context=0), echo=lambda _: None)
+
+
+@pytest.mark.parametrize("table, card, expected", [
+    (None, 24564, "GPU memory: not checked (no measured estimate: benchmarks/gpu.sh writes trainables/gpu_memory.json)"),
+    ("fit", None, "GPU memory: not checked (no GPU node's card memory could be read with nvidia-smi)"),
+    ("other", 24564, f"GPU memory: no measured estimate for {MOBILE}; those trials are not checked"),
+])
+def test_what_cannot_be_checked_is_said(drawn, table, card, expected):
+    lines = []
+    table = {"fit": _table(), "other": _table(arch="fasterrcnn_resnet50_fpn"), None: None}[table]
+    check_gpu_memory(drawn, gpu=0.5, card_mib=card, table=table, echo=lines.append)
+    assert lines == [expected]
+
+
+def test_nvidia_smi_output_is_read_per_card():
+    assert parse_nvidia_smi("81559\n81559\n") == [81559.0, 81559.0]
+    assert parse_nvidia_smi("[N/A]\n40960\n") == [40960.0]  # a MIG-mode card reports no total
+    assert parse_nvidia_smi("") == []

@@ -1,0 +1,105 @@
+"""How much GPU memory a trial needs, from measurements on a card: the estimate the packing preflight uses.
+
+A trial's peak GPU memory (what its CUDA allocator holds, ``gpu_reserved_mib``) grows with the
+pixels it trains on at once. For each architecture and precision, ``benchmarks/gpu.sh`` (its
+``memory`` part) measures training steps at two or more batch sizes, with every layer training
+(freeze depth 0) and SGD with momentum, and ``fit_table`` fits
+
+    peak MiB = base_mib + per_image_mpx_mib * batch_size * megapixels per image
+
+by least squares. Megapixels per image is the most the model's resize can give:
+``min_size * max_size`` (an image whose long side reaches ``max_size``), or SSDlite's fixed
+320 x 320. Adam and AdamW keep one more fp32 state per trained parameter than SGD's momentum,
+added exactly. Freezing only lowers the peak, so for a frozen trial the estimate is an upper
+bound.
+
+The fit is kept in ``gpu_memory.json`` beside this module, with the card, the versions and the
+CUDA context size it was measured with (``load_table``); without that file there is no estimate
+and the preflight says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from trainables.config import FAMILIES, TrialConfig
+
+__all__ = ["TABLE_FILE", "image_megapixels", "fit_table", "load_table", "estimate_mib"]
+
+TABLE_FILE = Path(__file__).with_name("gpu_memory.json")
+_SSD_SIDE = 320  # SSDlite resizes every image to 320 x 320, whatever min_size/max_size say
+_STATE_BYTES = 4  # one fp32 optimiser state per trained parameter
+
+
+def image_megapixels(architecture: str, min_size: int, max_size: int) -> float:
+    """The largest area, in megapixels, the model's resize can give one image."""
+    if FAMILIES[architecture] == "ssd":
+        return _SSD_SIDE * _SSD_SIDE / 1e6
+    return min_size * max_size / 1e6
+
+
+def fit_table(rows: Iterable[Mapping[str, Any]], *, card: str, context_mib: float | None,
+              versions: Mapping[str, str]) -> dict[str, Any]:
+    """The table ``estimate_mib`` reads, fitted from measured rows.
+
+    Each row: ``arch``, ``precision`` ("amp" or "fp32"), ``batch``, ``megapixels`` (per image),
+    ``reserved_mib`` (the allocator's peak) and ``trainable_params``. An (arch, precision) pair
+    needs rows at two or more batch sizes; ``max_residual_mib`` says how far the line misses
+    the worst of them.
+    """
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["arch"], row["precision"]), []).append(row)
+    architectures: dict[str, Any] = {}
+    for (arch, precision), group in sorted(groups.items()):
+        xs = [r["batch"] * r["megapixels"] for r in group]  # megapixels in one step
+        ys = [float(r["reserved_mib"]) for r in group]
+        if len(set(xs)) < 2:
+            continue
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+        base = my - slope * mx
+        entry = architectures.setdefault(arch, {"trainable_params": int(group[0]["trainable_params"])})
+        entry[precision] = {
+            "base_mib": round(base, 1),
+            "per_image_mpx_mib": round(slope, 1),
+            "max_residual_mib": round(max(abs(y - (base + slope * x)) for x, y in zip(xs, ys, strict=True)), 1),
+            "measured": [[r["batch"], r["megapixels"], r["reserved_mib"]] for r in group],
+        }
+    return {"card": card, "cuda_context_mib": context_mib, "versions": dict(versions),
+            "method": "peak reserved MiB of training steps at freeze depth 0, SGD with momentum, "
+                      "full-size images; least squares over batch_size * megapixels",
+            "architectures": architectures}
+
+
+def load_table(path: str | os.PathLike | None = None) -> dict[str, Any] | None:
+    """The measured table (``TABLE_FILE`` unless ``path``), or None when none has been measured."""
+    path = Path(path) if path is not None else TABLE_FILE
+    if not path.is_file():
+        return None
+    table = json.loads(path.read_text())
+    if not isinstance(table, dict) or not isinstance(table.get("architectures"), dict):
+        raise ValueError(f"{path}: not a GPU memory table (no 'architectures' mapping); rewrite it with benchmarks/gpu.sh")
+    return table
+
+
+def estimate_mib(config: TrialConfig, table: Mapping[str, Any]) -> float | None:
+    """A trial's peak GPU memory in MiB by the measured ``table``; None when it has no entry for the config.
+
+    The config's precision is ``training.amp`` (on a GPU: bf16 or fp16, both 2 bytes); the
+    optimiser adds Adam's second state over the measured SGD momentum.
+    """
+    model, hp = config.model, config.hparams
+    entry = table["architectures"].get(model.architecture)
+    if entry is None:
+        return None
+    fit = entry.get("amp" if config.training.amp else "fp32")
+    if fit is None:
+        return None
+    pixels = hp.batch_size * image_megapixels(model.architecture, model.min_size, model.max_size)
+    extra_state = entry["trainable_params"] * _STATE_BYTES / 2**20 if hp.optimizer in ("adam", "adamw") else 0.0
+    return fit["base_mib"] + fit["per_image_mpx_mib"] * pixels + extra_state
