@@ -54,7 +54,7 @@ sys.path.insert(0, str(REPO))
 
 PARTS = ("train", "eval", "packing", "data", "memory")
 # seconds per part on the GPU; with the setup they add up to the 5 minutes the run may take
-TIME_LIMITS = {"train": 120, "eval": 30, "packing": 80, "data": 20, "memory": 50}
+TIME_LIMITS = {"train": 125, "eval": 30, "packing": 80, "data": 15, "memory": 50}
 # what boxtune's trial needs beyond the GPU machine's preinstalled packages (carried as wheels,
 # see gpu.sh), then what it takes from those preinstalled; name -> version carried (None: any)
 CARRIED = {"pydantic": "2.14.4", "pydantic_core": "2.50.5", "annotated_types": "0.8.0",
@@ -75,10 +75,12 @@ def _sizes(args) -> dict:
     from trainables.config import ARCHITECTURES, ModelConfig
 
     default = ModelConfig()  # the image size a sweep trains at unless model.min_size/max_size say otherwise
+    # memory_steps 2: the model and optimiser carry over between an architecture's points, and the
+    # first step's peak comes before its momentum buffers exist
     return {"images": 160, "image_px": 512, "model_px": {"R50-FPN": 512, "MobileNet-320": 320}, "batch": 8,
             "epochs": 2, "rois": 512, "demo_images": 240, "demo_px": 160, "demo_epochs": 2,
             "concurrency": [1, 2, 4], "memory_archs": list(ARCHITECTURES),
-            "memory_size": [default.min_size, default.max_size], "memory_steps": 3}
+            "memory_size": [default.min_size, default.max_size], "memory_steps": 2}
 
 
 def _cores() -> list[int]:
