@@ -297,10 +297,20 @@ def scenario_ray_start(work: Path) -> dict[str, Any]:
         started = time.monotonic()
         sweep = subprocess.run(sweep_cmd, capture_output=True, text=True, env=_node_env(temp), cwd=REPO, timeout=600)
         sweep_s = time.monotonic() - started
+        gpu_refused = None
+        if "gpu_memory_table_none_fits" in _params(work):
+            # the same sweep on the fake GPU, with a table by which no config fits the card: refused before any trial
+            too_big = work / "gpu_memory_none_fits.json"
+            too_big.write_text(json.dumps(_params(work)["gpu_memory_table_none_fits"]))
+            gpu_refused = subprocess.run([*sweep_cmd, "--name", "gpu_refused", "--set", "resources.gpu=1"],
+                                         capture_output=True, text=True, cwd=REPO, timeout=300,
+                                         env={**_node_env(temp), "BOXTUNE_GPU_MEMORY_TABLE": str(too_big)})
         seen = {"address": where, "nodes": nodes, "preflight": preflight, "card_memory": card_memory,
                 "memory_preflight": memory_preflight,
                 "sweep_rc": sweep.returncode,
-                "sweep_s": sweep_s, "sweep_output": (sweep.stdout + sweep.stderr)[-6000:]}
+                "sweep_s": sweep_s, "sweep_output": (sweep.stdout + sweep.stderr)[-6000:],
+                "gpu_refused_rc": gpu_refused and gpu_refused.returncode,
+                "gpu_refused_output": gpu_refused and (gpu_refused.stdout + gpu_refused.stderr)[-3000:]}
         for case, client in clients.items():
             output, _ = client.communicate(timeout=300)
             seen.update({f"{case}_rc": client.returncode, f"{case}_output": output[-3000:]})

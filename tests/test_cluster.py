@@ -32,6 +32,10 @@ CLUSTER_YAML = REPO / "cluster.yaml"
 MEMORY_TABLE = fit_table([{"arch": "fasterrcnn_mobilenet_v3_large_320_fpn", "precision": "amp", "batch": b,
                            "megapixels": 0.2048, "reserved_mib": 2000 + 3000 * b * 0.2048, "trainable_params": 1}
                           for b in (2, 8)], card="test card", context_mib=400, versions={})
+MEMORY_TABLE_NONE_FITS = fit_table([{"arch": "fasterrcnn_mobilenet_v3_large_320_fpn", "precision": "amp", "batch": b,
+                                     "megapixels": 0.2048, "reserved_mib": 30000 + 3000 * b * 0.2048,
+                                     "trainable_params": 1} for b in (2, 8)],
+                                   card="test card", context_mib=400, versions={})
 MEMORY_CONFIG = {"model": {"architecture": "fasterrcnn_mobilenet_v3_large_320_fpn"}, "hparams": {"batch_size": 2}}
 EPOCHS = 2
 # (cpu, gpu) per trial -> None if the preflight accepts it, else the start of its message.
@@ -198,7 +202,8 @@ def two_nodes(tmp_path_factory, uri_manifest):
                  search={"space": "quick", "num_trials": TWO_NODE_TRIALS, "sampler": "random", "seed": 1})
     (work / "params.json").write_text(json.dumps({"preflight": [list(case) for case in PREFLIGHT],
                                                   "gpu_memory_table": MEMORY_TABLE, "gpu_memory_shares": [0.5, 0.1],
-                                                  "gpu_memory_configs": [MEMORY_CONFIG]}))
+                                                  "gpu_memory_configs": [MEMORY_CONFIG],
+                                                  "gpu_memory_table_none_fits": MEMORY_TABLE_NONE_FITS}))
     return _scenario("ray_start", work), work / "runs" / "two"
 
 
@@ -270,6 +275,19 @@ def test_memory_preflight_checks_configs_against_the_gpu_nodes_card(two_nodes):
         "less 400 MiB for the CUDA context; estimates measured on test card)"]}
     assert tenth["error"].startswith("resources.gpu: a trial may hold 2056 MiB (resources.gpu 0.1 of a 24564 MiB card")
     assert "needs about 3229 MiB" in tenth["error"]
+
+
+@pytest.mark.cluster
+def test_gpu_sweep_no_config_of_which_fits_is_refused_before_any_trial(two_nodes):
+    seen, run = two_nodes
+    output = seen["gpu_refused_output"]
+    assert seen["gpu_refused_rc"] == 2 and "Traceback" not in output, output
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("boxtune: error: resources.gpu: a trial may hold 24164 MiB (resources.gpu 1 of a 24564 MiB "
+                           "card, less 400 MiB for the CUDA context; estimates measured on test card)"), last
+    assert "fasterrcnn_mobilenet_v3_large_320_fpn, batch_size 4, 96x96, amp" in last
+    assert "Use GPUs with more memory, or lower the space's batch_size or model.max_size" in last  # a whole card already
+    assert not (run.parent / "gpu_refused").exists()  # nothing written: the check runs before the run folder
 
 
 @pytest.mark.cluster

@@ -10,7 +10,7 @@ from conftest import tiny_sweep
 
 from trainables.config import ARCHITECTURES, TrialConfig
 from trainables.errors import ConfigError
-from trainables.gpu_memory import TABLE_FILE, estimate_mib, fit_table, image_megapixels, load_table
+from trainables.gpu_memory import TABLE_ENV, TABLE_FILE, estimate_mib, fit_table, image_megapixels, load_table
 from tune.config import SweepConfig
 from tune.gpu_preflight import check_gpu_memory, parse_nvidia_smi
 from tune.sweep import check_space
@@ -82,14 +82,28 @@ def test_table_file_round_trip_and_a_bad_file_is_named(tmp_path):
     path.write_text(json.dumps(_table()))
     assert load_table(path) == json.loads(json.dumps(_table()))
     path.write_text(json.dumps({"card": "x"}))
-    with pytest.raises(ValueError, match=f"{path}: not a GPU memory table"):
+    with pytest.raises(ConfigError, match=f"{path}: not a GPU memory table"):
         load_table(path)
+    path.write_text("{")
+    with pytest.raises(ConfigError, match=f"{path}: not a GPU memory table \\(not JSON"):
+        load_table(path)
+
+
+def test_a_table_of_your_own_card_by_environment(tmp_path, monkeypatch):
+    own = tmp_path / "a10g.json"
+    own.write_text(json.dumps(_table(base=1234)))
+    monkeypatch.setenv(TABLE_ENV, str(own))
+    assert load_table()["architectures"][MOBILE]["amp"]["base_mib"] == 1234
+    assert load_table(tmp_path / "absent.json") is None  # an explicit path still wins
+    monkeypatch.setenv(TABLE_ENV, str(tmp_path / "typo.json"))
+    with pytest.raises(ConfigError, match=f"^{TABLE_ENV}={tmp_path / 'typo.json'}: no such file$"):
+        load_table()
 
 
 def test_the_measured_table_covers_every_architecture():
     if not TABLE_FILE.is_file():
         pytest.skip("no GPU memory table measured yet: bash benchmarks/gpu.sh on a GPU writes it")
-    table = load_table()
+    table = load_table(TABLE_FILE)
     assert set(table["architectures"]) == set(ARCHITECTURES)
     for arch, entry in table["architectures"].items():
         for precision in ("amp", "fp32"):
@@ -136,7 +150,7 @@ def test_a_share_no_config_fits_stops_the_sweep(drawn):
     # every config needs at least 700 + 3000 * 2 * 0.2048 = 1929 MiB; a tenth of a 16 GiB card less 500 is 1138
     with pytest.raises(ConfigError, match=r"^resources.gpu: a trial may hold 1138 MiB \(resources.gpu 0.1 of a 16384 "
                                           r"MiB card, less 500 MiB for the CUDA context.*needs about 1929 MiB "
-                                          rf"\({MOBILE}, batch_size 2, 320x640, amp, sgd\)"):
+                                          rf"\({MOBILE}, batch_size 2, 320x640, amp, sgd\)\. Raise resources.gpu \(fewer trials per GPU\)"):
         check_gpu_memory(drawn, gpu=0.1, card_mib=16384, table=_table(context=500), echo=print)
     # without the context the same share would hold it: the context is what the check takes off
     check_gpu_memory(drawn, gpu=0.12, card_mib=16384, table=_table(context=0), echo=lambda _: None)

@@ -14,7 +14,8 @@ added exactly. Freezing only lowers the peak, so for a frozen trial the estimate
 bound.
 
 The fit is kept in ``gpu_memory.json`` beside this module, with the card, the versions and the
-CUDA context size it was measured with (``load_table``); without that file there is no estimate
+CUDA context size it was measured with (``load_table``; ``BOXTUNE_GPU_MEMORY_TABLE`` names
+another file, such as a table measured on your own card). Without a table there is no estimate
 and the preflight says so.
 """
 
@@ -27,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from trainables.config import FAMILIES, TrialConfig
+from trainables.errors import ConfigError
 
-__all__ = ["TABLE_FILE", "image_megapixels", "fit_table", "load_table", "estimate_mib"]
+__all__ = ["TABLE_FILE", "TABLE_ENV", "image_megapixels", "fit_table", "load_table", "estimate_mib"]
 
 TABLE_FILE = Path(__file__).with_name("gpu_memory.json")
+TABLE_ENV = "BOXTUNE_GPU_MEMORY_TABLE"  # a table file to use instead
 _SSD_SIDE = 320  # SSDlite resizes every image to 320 x 320, whatever min_size/max_size say
 _STATE_BYTES = 4  # one fp32 optimiser state per trained parameter
 
@@ -77,13 +80,25 @@ def fit_table(rows: Iterable[Mapping[str, Any]], *, card: str, context_mib: floa
 
 
 def load_table(path: str | os.PathLike | None = None) -> dict[str, Any] | None:
-    """The measured table (``TABLE_FILE`` unless ``path``), or None when none has been measured."""
+    """The measured table, or None when none has been measured.
+
+    From ``path``, else the file ``BOXTUNE_GPU_MEMORY_TABLE`` names (a table measured on your own
+    card: ``bash benchmarks/gpu.sh --parts memory`` writes it), else ``TABLE_FILE``.
+    """
+    named = os.environ.get(TABLE_ENV)
+    if path is None and named:
+        if not Path(named).expanduser().is_file():
+            raise ConfigError(f"{TABLE_ENV}={named}: no such file")
+        path = Path(named).expanduser()
     path = Path(path) if path is not None else TABLE_FILE
     if not path.is_file():
         return None
-    table = json.loads(path.read_text())
+    try:
+        table = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: not a GPU memory table (not JSON: {err})") from None
     if not isinstance(table, dict) or not isinstance(table.get("architectures"), dict):
-        raise ValueError(f"{path}: not a GPU memory table (no 'architectures' mapping); rewrite it with benchmarks/gpu.sh")
+        raise ConfigError(f"{path}: not a GPU memory table (no 'architectures' mapping); rewrite it with benchmarks/gpu.sh")
     return table
 
 

@@ -109,7 +109,8 @@ def check_gpu_memory(configs: Iterable[Mapping[str, Any]], *, gpu: float, card_m
     if low > share:
         raise ConfigError(
             f"resources.gpu: a trial may hold {share:.0f} MiB ({where}), but the smallest config the space can draw "
-            f"needs about {low:.0f} MiB ({_describe(smallest)}). Raise resources.gpu (fewer trials per GPU), or "
+            f"needs about {low:.0f} MiB ({_describe(smallest)}). "
+            f"{'Raise resources.gpu (fewer trials per GPU)' if gpu < 1 else 'Use GPUs with more memory'}, or "
             "lower the space's batch_size or model.max_size (BOXTUNE_SKIP_PREFLIGHT=1 skips this check).")
     over = [(e, t) for e, t in estimated if e > share]
     if over:
