@@ -23,7 +23,7 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from trainables.config import TrialConfig
+from trainables.config import FAMILIES, TrialConfig
 from trainables.errors import ConfigError
 from trainables.gpu_memory import estimate_mib, load_table
 
@@ -70,13 +70,14 @@ def card_memory_mib(gpu: float, *, timeout_s: float = 60.0) -> list[float]:
     refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote() for node in nodes]
     try:
         return [mib for cards in ray.get(refs, timeout=timeout_s) for mib in cards]
-    except ray.exceptions.GetTimeoutError:
+    except ray.exceptions.RayError:  # timed out, or a node went away: unknown, and the check says so
         return []
 
 
 def _describe(cfg: TrialConfig) -> str:
     m = cfg.model
-    return (f"{m.architecture}, batch_size {cfg.hparams.batch_size}, {m.min_size}x{m.max_size}, "
+    size = "320x320" if FAMILIES[m.architecture] == "ssd" else f"{m.min_size}x{m.max_size}"  # SSDlite's is fixed
+    return (f"{m.architecture}, batch_size {cfg.hparams.batch_size}, {size}, "
             f"{'amp' if cfg.training.amp else 'fp32'}, {cfg.hparams.optimizer}")
 
 
