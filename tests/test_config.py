@@ -64,7 +64,9 @@ BAD_SWEEPS = [
     ("data: {path: x, val_fraction: 1.5}\n", "data.val_fraction: Input should be less than 1 (got 1.5)"),
     ("data: {path: x}\nsearch: {sampler: bayes}\n", "search.sampler: Input should be 'tpe', 'random', 'cmaes', 'gp' or 'qmc' (got 'bayes')"),
     ("data: {path: x}\nscheduler: {name: hyperband}\n", "scheduler.name: Input should be 'asha' or 'fifo' (got 'hyperband')"),
-    ("data: {path: x}\nresources: {gpu: 1.5}\n", "resources.gpu: gpu above 1 must be a whole number, got 1.5"),
+    ("data: {path: x}\nresources: {gpu: 2}\n", "resources.gpu: a trial trains on one GPU, so 2 would hold 1 more that "
+     "stay idle; use 1 (trials then run side by side, one per GPU) or a fraction (several per GPU)"),
+    ("data: {path: x}\nresources: {gpu: 1.5}\n", "resources.gpu: a trial trains on one GPU, so 1.5 would hold 0.5 more"),
     ("data: {path: x}\nresources: {cpu: 0}\n", "resources.cpu: Input should be greater than 0 (got 0)"),
     ("data: {path: x}\nhparams: {optimizer: adam, momentum: 0.9}\n", "momentum applies only to optimizer sgd"),
     ("data: {path: x}\nhparams: {lrate: 0.1}\n", "hparams.lrate: unknown key (did you mean 'lr'?)"),

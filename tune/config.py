@@ -91,9 +91,11 @@ class ResourcesConfig(_Strict):
 
     @field_validator("gpu")
     @classmethod
-    def _fractional(cls, v: float) -> float:
-        if v > 1 and v != int(v):
-            raise ValueError(f"gpu above 1 must be a whole number, got {v}")
+    def _one_card_at_most(cls, v: float) -> float:
+        # a trial trains on cuda:0 of what Ray gives it; more would hold GPUs it never uses
+        if v > 1:
+            raise ValueError(f"a trial trains on one GPU, so {v:g} would hold {v - 1:g} more that stay idle; "
+                             "use 1 (trials then run side by side, one per GPU) or a fraction (several per GPU)")
         return v
 
 
