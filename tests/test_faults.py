@@ -256,6 +256,18 @@ def test_gpu_out_of_memory_names_the_share_and_what_shrinks_it():
         "GPU), or lower hparams.batch_size (the space's batch_size choices) or model.max_size")
     whole = str(gpu_out_of_memory(1, fraction=None, card_mib=16000, held_mib=15800))
     assert "may hold 16000 MiB (a whole 16000 MiB card)" in whole and "use a larger GPU" in whole
+    # with a measured context, the share its allocator may hold is one context short (what the preflight compares)
+    measured = str(gpu_out_of_memory(2, fraction=0.25, card_mib=24564, held_mib=5600, context_mib=500))
+    assert "may hold 5641 MiB (resources.gpu 0.25 of a 24564 MiB card, less 500 MiB for the CUDA context)" in measured
+
+
+def test_packed_trials_and_their_contexts_fill_the_card_exactly():
+    from trainables.gpu_memory import share_limit_mib
+
+    for n in (1, 2, 4):
+        assert n * (share_limit_mib(1 / n, 81559, 520) + 520) == pytest.approx(81559)
+    assert share_limit_mib(0.25, 24564, 0) == 6141
+    assert share_limit_mib(0.01, 4096, 500) == pytest.approx(0.05 * 40.96)  # never zero or below
 
 
 @pytest.mark.parametrize("error", ["config", "data", "nonfinite", "gpu_memory"])

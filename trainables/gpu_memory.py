@@ -30,7 +30,8 @@ from typing import Any
 from trainables.config import FAMILIES, TrialConfig
 from trainables.errors import ConfigError
 
-__all__ = ["TABLE_FILE", "TABLE_ENV", "image_megapixels", "fit_table", "load_table", "estimate_mib"]
+__all__ = ["TABLE_FILE", "TABLE_ENV", "image_megapixels", "fit_table", "load_table", "estimate_mib",
+           "measured_context_mib", "share_limit_mib"]
 
 TABLE_FILE = Path(__file__).with_name("gpu_memory.json")
 TABLE_ENV = "BOXTUNE_GPU_MEMORY_TABLE"  # a table file to use instead
@@ -118,3 +119,20 @@ def estimate_mib(config: TrialConfig, table: Mapping[str, Any]) -> float | None:
     pixels = hp.batch_size * image_megapixels(model.architecture, model.min_size, model.max_size)
     extra_state = entry["trainable_params"] * _STATE_BYTES / 2**20 if hp.optimizer in ("adam", "adamw") else 0.0
     return fit["base_mib"] + fit["per_image_mpx_mib"] * pixels + extra_state
+
+
+def measured_context_mib(table: Mapping[str, Any] | None = None) -> float:
+    """The CUDA context size the table was measured with, MiB; 0 without a table (``load_table()``'s by default)."""
+    table = load_table() if table is None else table
+    return float((table or {}).get("cuda_context_mib") or 0.0)
+
+
+def share_limit_mib(fraction: float, card_mib: float, context_mib: float) -> float:
+    """What a trial's allocator may hold of its ``fraction`` of a card: the share less one CUDA context.
+
+    The context lives outside the allocator, so trials packed at ``1 / n`` each fill the card
+    together, contexts included, only if each allocator stops one context short of its share.
+    The trial's cap (``trainables.loop``) and the sweep's preflight (``tune.gpu_preflight``) both
+    use this. Never below 5% of the share.
+    """
+    return max(fraction * card_mib - context_mib, 0.05 * fraction * card_mib)

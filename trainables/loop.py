@@ -32,6 +32,7 @@ from trainables.data import DetectionDataset, Manifest, collate_detection, read_
 from trainables.data.cache import DecodedImageCache
 from trainables.errors import ConfigError, DataError, NonFiniteLossError, OutOfMemoryError, TrainingError
 from trainables.freeze import apply_freeze
+from trainables.gpu_memory import measured_context_mib, share_limit_mib
 from trainables.model import build_model, model_kwargs
 from trainables.objective import check_measurable, class_metrics, epoch_summary, parse_objective
 from trainables.optim import build_optimizer, build_scheduler
@@ -199,11 +200,12 @@ def predict(model, loader, *, device, amp_dtype=None) -> dict[int, dict[str, tor
 
 
 def _limit_gpu_memory(device: torch.device, fraction: float | None) -> None:
-    """Hold this process's CUDA allocator to ``fraction`` of the card; start its peak count afresh."""
+    """Hold this process's CUDA allocator to ``fraction`` of the card less its context; start its peak count afresh."""
     if device.type != "cuda":
         return
     if fraction is not None:
-        torch.cuda.set_per_process_memory_fraction(fraction, device)
+        card_mib = torch.cuda.get_device_properties(device).total_memory / 2**20
+        torch.cuda.set_per_process_memory_fraction(share_limit_mib(fraction, card_mib, measured_context_mib()) / card_mib, device)
     torch.cuda.reset_peak_memory_stats(device)
 
 
@@ -215,14 +217,20 @@ def _gpu_memory(device: torch.device) -> dict[str, float]:
             "gpu_reserved_mib": torch.cuda.max_memory_reserved(device) / 2**20}
 
 
-def gpu_out_of_memory(epoch: int, *, fraction: float | None, card_mib: float, held_mib: float) -> OutOfMemoryError:
+def gpu_out_of_memory(epoch: int, *, fraction: float | None, card_mib: float, held_mib: float,
+                      context_mib: float = 0.0) -> OutOfMemoryError:
     """The error for a trial that ran out of GPU memory in ``epoch``: how much it had, what shrinks it.
 
     ``card_mib`` is the card's memory, ``fraction`` the trial's share of it (``resources.gpu``
-    below 1; None: the whole card) and ``held_mib`` the most its allocator held.
+    below 1; None: the whole card), ``context_mib`` the CUDA context its share leaves out
+    (``trainables.gpu_memory.share_limit_mib``) and ``held_mib`` the most its allocator held.
     """
-    limit = card_mib * (fraction or 1.0)
-    share = f"resources.gpu {fraction:g} of a {card_mib:.0f} MiB card" if fraction else f"a whole {card_mib:.0f} MiB card"
+    if fraction:
+        limit = share_limit_mib(fraction, card_mib, context_mib)
+        share = f"resources.gpu {fraction:g} of a {card_mib:.0f} MiB card" + (
+            f", less {context_mib:.0f} MiB for the CUDA context" if context_mib else "")
+    else:
+        limit, share = card_mib, f"a whole {card_mib:.0f} MiB card"
     more = "give each trial a larger resources.gpu (fewer trials per GPU)" if fraction else "use a larger GPU"
     return OutOfMemoryError(
         f"out of GPU memory in epoch {epoch}: the trial may hold {limit:.0f} MiB ({share}) and its allocator "
@@ -367,7 +375,7 @@ def run_trial(
             # the same config in the same share runs out again: no retry can mend it
             raise gpu_out_of_memory(epoch + 1, fraction=resources.gpu_memory_fraction,
                                     card_mib=torch.cuda.get_device_properties(device).total_memory / 2**20,
-                                    held_mib=_gpu_memory(device)["gpu_reserved_mib"]) from err
+                                    held_mib=_gpu_memory(device)["gpu_reserved_mib"], context_mib=measured_context_mib()) from err
         finally:
             writer.close()
     return metrics

@@ -25,7 +25,7 @@ from typing import Any
 
 from trainables.config import FAMILIES, TrialConfig
 from trainables.errors import ConfigError
-from trainables.gpu_memory import estimate_mib, load_table
+from trainables.gpu_memory import estimate_mib, load_table, measured_context_mib, share_limit_mib
 
 __all__ = ["parse_nvidia_smi", "card_memory_mib", "check_gpu_memory", "gpu_memory_preflight"]
 
@@ -95,8 +95,8 @@ def check_gpu_memory(configs: Iterable[Mapping[str, Any]], *, gpu: float, card_m
     if card_mib is None:
         echo("GPU memory: not checked (no GPU node's card memory could be read with nvidia-smi)")
         return
-    context = float(table.get("cuda_context_mib") or 0.0)
-    share = card_mib * min(gpu, 1.0) - context
+    context = measured_context_mib(table)
+    share = share_limit_mib(min(gpu, 1.0), card_mib, context)  # what the trial's allocator is held to
     where = (f"resources.gpu {gpu:g} of a {card_mib:.0f} MiB card, less {context:.0f} MiB for the CUDA context; "
              f"estimates measured on {table.get('card', 'an unnamed card')}")
     estimated = [(e, t) for t in trials if (e := estimate_mib(t, table)) is not None]
