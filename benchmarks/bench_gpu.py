@@ -1,9 +1,10 @@
 """Every GPU figure of a sweep in one short run: train and eval throughput, packing, the data path.
 
 Run it through ``benchmarks/gpu.sh`` (which installs the carried wheels first; see its header).
-Four parts, each in its own process under its own time limit, so one that fails or hangs costs
+Five parts, each in its own process under its own time limit, so one that fails or hangs costs
 only its own rows; each part writes its rows as it goes, so a part cut off by its limit keeps
-what it finished:
+what it finished. They run in the order 5, 1, 2, 3, 4: the memory table is what the code needs
+from a card.
 
 1. ``train``: R50-FPN and MobileNetV3-320 training img/s and peak memory at batch 8, boxtune's
    trainable (``run_trial``) in fp32 and with its AMP, against a plain loop written in the style
@@ -52,9 +53,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-PARTS = ("train", "eval", "packing", "data", "memory")
-# seconds per part on the GPU; with the setup they add up to the 5 minutes the run may take
-TIME_LIMITS = {"train": 125, "eval": 30, "packing": 80, "data": 15, "memory": 50}
+# memory first: its table is what the code needs from a card, so a run cut short keeps it
+PARTS = ("memory", "train", "eval", "packing", "data")
+# seconds per part on the GPU: 280 in all, which leaves the setup its share of the 5 minutes the run may take
+TIME_LIMITS = {"train": 115, "eval": 30, "packing": 75, "data": 15, "memory": 45}
 # what boxtune's trial needs beyond the GPU machine's preinstalled packages (carried as wheels,
 # see gpu.sh), then what it takes from those preinstalled; name -> version carried (None: any)
 CARRIED = {"pydantic": "2.14.4", "pydantic_core": "2.50.5", "annotated_types": "0.8.0",
@@ -440,19 +442,18 @@ def part_data(args, setup_: dict, rows: _Rows) -> None:
                   "cache_mib": fill.bytes / 2**20, "hit_rate": cache.hit_rate(records)})
 
 
-def _synthetic_batches(batch: int, height: int, width: int, steps: int, device) -> list:
-    """``steps`` batches of full-size noise images with three boxes each (what a step's memory depends on)."""
+def _synthetic_batches(batch: int, height: int, width: int, steps: int, device):
+    """``steps`` batches of full-size noise images with three boxes each, made one at a time as a
+    loader delivers them (only the current batch is on the device)."""
     import torch
 
     g = torch.Generator().manual_seed(0)
-    out = []
     for _ in range(steps):
         images = [torch.rand(3, height, width, generator=g).to(device) for _ in range(batch)]
         boxes = torch.tensor([[0.1, 0.1, 0.4, 0.5], [0.3, 0.2, 0.9, 0.8], [0.6, 0.5, 0.95, 0.95]])
         boxes = boxes * torch.tensor([width, height, width, height])
         targets = [{"boxes": boxes.to(device), "labels": torch.tensor([1, 2, 1], device=device)} for _ in range(batch)]
-        out.append((images, targets))
-    return out
+        yield images, targets
 
 
 def _memory_of(arch: str, args, setup_: dict, rows: _Rows) -> None:
@@ -461,7 +462,7 @@ def _memory_of(arch: str, args, setup_: dict, rows: _Rows) -> None:
 
     from trainables.config import FAMILIES, HParams, ModelConfig
     from trainables.freeze import apply_freeze
-    from trainables.gpu_memory import image_megapixels
+    from trainables.gpu_memory import canvas_megapixels
     from trainables.loop import LOSS_NAMES, _amp_dtype, _train_one_epoch
     from trainables.model import build_model
     from trainables.optim import build_optimizer, build_scheduler
@@ -491,8 +492,8 @@ def _memory_of(arch: str, args, setup_: dict, rows: _Rows) -> None:
             h, w = (height * scale, width * scale) if sized else (320, 320)
             if scale != 1:
                 model.transform.min_size, model.transform.max_size = (h,), w
-            data = _synthetic_batches(batch, h, w, setup_["memory_steps"], device)
             _reset_peak(device)
+            data = _synthetic_batches(batch, h, w, setup_["memory_steps"], device)
             error = None
             try:
                 _train_one_epoch(model, data, optimizer, scheduler, scaler, epoch=1, device=device,
@@ -505,7 +506,7 @@ def _memory_of(arch: str, args, setup_: dict, rows: _Rows) -> None:
             reserved = torch.cuda.max_memory_reserved(device) / 2**20 if device.type == "cuda" else _peak_mib(device)
             rows.add({"arch": arch, "precision": "amp" if amp else "fp32",
                       "dtype": _amp_label(device) if amp else "fp32", "batch": batch, "min_size": h, "max_size": w,
-                      "megapixels": image_megapixels(arch, h, w), "reserved_mib": reserved,
+                      "megapixels": canvas_megapixels(arch, h, w, [(h, w)]), "reserved_mib": reserved,
                       "allocated_mib": _peak_mib(device), "trainable_params": freeze.trainable_params,
                       "seconds": time.perf_counter() - start, "error": error})
 
@@ -516,16 +517,17 @@ def part_memory(args, setup_: dict, rows: _Rows) -> None:
     import torch
 
     device = torch.device(args.device)
-    for arch in setup_["memory_archs"]:
+    for i, arch in enumerate(setup_["memory_archs"]):
         _memory_of(arch, args, setup_, rows)
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        # what this process holds beside its allocator's blocks: context, kernels, library handles
-        rows.add({"kind": "context", "context_mib": (total - free - torch.cuda.memory_reserved(device)) / 2**20,
-                  "card_mib": total / 2**20, "error": None})
+            if i == 0 or i == len(setup_["memory_archs"]) - 1:  # after one architecture (a trial's), and at the end
+                free, total = torch.cuda.mem_get_info(device)
+                # what this process holds beside its allocator's blocks: context, kernels, library handles
+                # (free memory is the card's: the parts run one at a time, so no other process counts)
+                rows.add({"kind": "context", "after": arch, "card_mib": total / 2**20, "error": None,
+                          "context_mib": (total - free - torch.cuda.memory_reserved(device)) / 2**20})
 
 
 def memory_table(results: dict) -> dict | None:
@@ -539,10 +541,19 @@ def memory_table(results: dict) -> dict | None:
     steps = [r for r in rows if r.get("kind") != "context" and not r.get("error")]
     if not steps:
         return None
-    context = next((r["context_mib"] for r in rows if r.get("kind") == "context"), None)
+    contexts = [r["context_mib"] for r in rows if r.get("kind") == "context"]
+    context = max(contexts) if contexts else None  # the larger, on the safe side
     env = results["environment"]
     return fit_table(steps, card=env.get("gpu") or env["device"], context_mib=context,
                      versions={"torch": torch.__version__, "torchvision": torchvision.__version__})
+
+
+def _write_memory_table(results: dict, setup_: dict, out_dir: Path) -> None:
+    """``gpu_memory.json`` (what the packing preflight reads, once copied to trainables/) from the rows so far."""
+    table = memory_table(results)
+    if table is not None:
+        (out_dir / "gpu_memory.json").write_text(json.dumps(table, indent=1))
+        results["memory_table"] = {**table, "demo_estimate_mib": demo_estimate(table, setup_)}
 
 
 def demo_estimate(table: dict, setup_: dict) -> float | None:
@@ -551,7 +562,9 @@ def demo_estimate(table: dict, setup_: dict) -> float | None:
     from trainables.gpu_memory import estimate_mib
 
     cfg = _demo_trial(setup_)
-    return estimate_mib(TrialConfig.model_validate({k: cfg[k] for k in ("model", "training", "hparams")}), table)
+    px = setup_["demo_px"]  # the demo dataset's images are px x px
+    return estimate_mib(TrialConfig.model_validate({k: cfg[k] for k in ("model", "training", "hparams")}), table,
+                        sizes=[(px, px)])
 
 
 # --------------------------------------------------------------------------- driver
@@ -708,11 +721,8 @@ def main() -> int:
             print(f"part {part} (limit {TIME_LIMITS[part] * args.time_scale:.0f} s) ...", flush=True)
             results["parts"][part] = _run_part(part, args, work / "setup.json", work / f"{part}.json")
             print(f"part {part}: {results['parts'][part]['status']} in {results['parts'][part]['seconds']:.0f} s", flush=True)
+            _write_memory_table(results, setup_, out_dir)  # at once: a run cut short later still has it
             result_path.write_text(json.dumps(results, indent=1))
-        table = memory_table(results)
-        if table is not None:  # what the packing preflight reads, once copied to trainables/gpu_memory.json
-            (out_dir / "gpu_memory.json").write_text(json.dumps(table, indent=1))
-            results["memory_table"] = {**table, "demo_estimate_mib": demo_estimate(table, setup_)}
     results["summary"] = summarize(results)
     result_path.write_text(json.dumps(results, indent=1))
     print("\n".join(results["summary"]))

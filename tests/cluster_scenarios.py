@@ -140,15 +140,19 @@ def _node_env(temp: Path) -> dict[str, str]:
 
 
 FAKE_CARD_MIB = 24564  # what the second node's stand-in `nvidia-smi` reports (an A10G's 24 GiB)
+NOT_A_GPU_NODE_MIB = 99999  # what the GPU-less nodes' stand-ins report
 
 
-def _fake_card_env(temp: Path) -> dict[str, str]:
-    """The node environment with a stand-in `nvidia-smi` first on PATH, answering only the card memory query."""
-    bin_dir = temp / "fake-nvidia-bin"
+def _fake_card_env(temp: Path, mib: int = FAKE_CARD_MIB) -> dict[str, str]:
+    """The node environment with a stand-in `nvidia-smi` first on PATH that reports a card of ``mib``.
+
+    It answers only the plain total query, as drivers without ``memory.reserved`` do, so the
+    reader's fallback is what runs."""
+    bin_dir = temp / f"fake-nvidia-{mib}"
     bin_dir.mkdir(exist_ok=True)
     script = bin_dir / "nvidia-smi"
     script.write_text('#!/bin/sh\n[ "$1" = "--query-gpu=memory.total" ] && [ "$2" = "--format=csv,noheader,nounits" ] '
-                      f'&& echo {FAKE_CARD_MIB} && exit 0\nexit 9\n')
+                      f'&& echo {mib} && exit 0\nexit 9\n')
     script.chmod(0o755)
     env = _node_env(temp)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
@@ -250,14 +254,16 @@ def scenario_ray_start(work: Path) -> dict[str, Any]:
 
     sweep_cmd = [sys.executable, "-m", "tune.cli", "sweep", str(work / "sweep.yaml"), "--address", address]
     try:
+        # the GPU-less nodes get stand-ins too (reporting another size): the card read must not ask them
         _ray_start(["--head", "--port", str(HEAD_PORT), "--num-cpus", "0", "--num-gpus", "0",
-                    "--include-dashboard", "false"], temp)
+                    "--include-dashboard", "false"], temp, env=_fake_card_env(temp, NOT_A_GPU_NODE_MIB))
         # the second node has its own resources: a fake GPU (no CUDA device behind it) and a marker,
         # and an `nvidia-smi` on its PATH that tells the card memory query FAKE_CARD_MIB
         _ray_start(["--address", address, "--num-cpus", "1", "--num-gpus", "1",
                     "--resources", json.dumps({SECOND_NODE: 1})], temp, node_dir="ray-second",
                    env=_fake_card_env(temp))
-        _ray_start(["--address", address, "--num-cpus", "1", "--num-gpus", "0"], temp, node_dir="ray-third")
+        _ray_start(["--address", address, "--num-cpus", "1", "--num-gpus", "0"], temp, node_dir="ray-third",
+                   env=_fake_card_env(temp, NOT_A_GPU_NODE_MIB))
         # clients without the token and with another one: they retry for a while before giving up,
         # so start them now
         other_token = temp / "other_auth_token"
@@ -283,13 +289,11 @@ def scenario_ray_start(work: Path) -> dict[str, Any]:
             # and the memory preflight compares the test's table and configs with that card
             memory_preflight = {}
             if "gpu_memory_table" in _params(work):
-                table = work / "gpu_memory.json"
-                table.write_text(json.dumps(_params(work)["gpu_memory_table"]))
                 for gpu in _params(work)["gpu_memory_shares"]:
                     lines: list[str] = []
                     try:
                         gpu_memory_preflight(_params(work)["gpu_memory_configs"], gpu=gpu, echo=lines.append,
-                                             table_path=table)
+                                             table=_params(work)["gpu_memory_table"])
                         memory_preflight[str(gpu)] = {"lines": lines, "error": None}
                     except ConfigError as err:
                         memory_preflight[str(gpu)] = {"lines": lines, "error": str(err)}

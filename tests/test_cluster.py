@@ -259,7 +259,8 @@ def test_preflight_against_real_nodes(two_nodes, cpu, gpu):
 
 @pytest.mark.cluster
 def test_card_memory_is_read_on_the_gpu_node_only(two_nodes):
-    # a zero-resource task on the GPU node ran its (stand-in) nvidia-smi and brought the card's memory back
+    # a zero-resource task on the GPU node ran its (stand-in) nvidia-smi and brought the card's memory back;
+    # the other nodes' stand-ins (NOT_A_GPU_NODE_MIB) were not asked
     seen, _ = two_nodes
     assert seen["card_memory"] == {"1": [float(FAKE_CARD_MIB)], "0.5": [float(FAKE_CARD_MIB)]}
 
@@ -267,14 +268,15 @@ def test_card_memory_is_read_on_the_gpu_node_only(two_nodes):
 @pytest.mark.cluster
 def test_memory_preflight_checks_configs_against_the_gpu_nodes_card(two_nodes):
     seen, _ = two_nodes
-    # MobileNet-320 at 320x640, batch 2: 2000 + 3000 * 2 * 0.2048 = 3229 MiB, against a share of
-    # the stand-in 24564 MiB card less the 400 MiB context
+    # MobileNet-320 at 320x640, batch 2, no image sizes given (so the 640x640 canvas a batch of both
+    # orientations can reach): 2000 + 3000 * 2 * 0.4096 = 4458 MiB, against a share of the stand-in
+    # 24564 MiB card less the 400 MiB context
     half, tenth = seen["memory_preflight"]["0.5"], seen["memory_preflight"]["0.1"]
     assert half == {"error": None, "lines": [
-        "GPU memory: about 3229 to 3229 MiB per trial, within its 11882 MiB (resources.gpu 0.5 of a 24564 MiB card, "
+        "GPU memory: about 4458 to 4458 MiB per trial, within its 11882 MiB (resources.gpu 0.5 of a 24564 MiB card, "
         "less 400 MiB for the CUDA context; estimates measured on test card)"]}
     assert tenth["error"].startswith("resources.gpu: a trial may hold 2056 MiB (resources.gpu 0.1 of a 24564 MiB card")
-    assert "needs about 3229 MiB" in tenth["error"]
+    assert "needs about 4458 MiB" in tenth["error"]
 
 
 @pytest.mark.cluster

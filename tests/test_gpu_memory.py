@@ -11,7 +11,14 @@ from conftest import tiny_sweep
 
 from trainables.config import ARCHITECTURES, TrialConfig
 from trainables.errors import ConfigError
-from trainables.gpu_memory import TABLE_ENV, TABLE_FILE, estimate_mib, fit_table, image_megapixels, load_table
+from trainables.gpu_memory import (
+    TABLE_ENV,
+    TABLE_FILE,
+    canvas_megapixels,
+    estimate_mib,
+    fit_table,
+    load_table,
+)
 from tune.config import SweepConfig
 from tune.gpu_preflight import check_gpu_memory, parse_nvidia_smi
 from tune.sweep import check_space
@@ -63,26 +70,49 @@ def _trial(**hparams) -> TrialConfig:
                                        "hparams": {"batch_size": 4, **hparams}})
 
 
-def test_estimate_scales_with_pixels_and_adds_adams_second_state():
+LANDSCAPE = [(480, 640), (300, 400)]  # resized to 320x426 and 320x426: canvas 320x448 (padded to 32)
+
+
+def test_estimate_scales_with_the_canvas_and_adds_the_delivered_batch_and_adams_state():
     table = _table(base=700, slope=3000)
-    assert estimate_mib(_trial(), table) == pytest.approx(700 + 3000 * 4 * 0.2048)
-    assert estimate_mib(_trial(model={"min_size": 640, "max_size": 1280}), table) == pytest.approx(700 + 3000 * 4 * 0.8192)
+    canvas = 320 * 448 / 1e6
+    delivered = 4 * 480 * 640 * 12 / 2**20  # the largest image, float32 RGB, at its own size, 4 of them
+    assert estimate_mib(_trial(), table, sizes=LANDSCAPE) == pytest.approx(700 + 3000 * 4 * canvas + delivered)
+    # without sizes, or with crops of any shape, the canvas is max_size squared: a batch can mix orientations
+    assert estimate_mib(_trial(), table) == pytest.approx(700 + 3000 * 4 * 0.4096)
+    assert estimate_mib(_trial(crop_p=0.5), table, sizes=LANDSCAPE) == pytest.approx(700 + 3000 * 4 * 0.4096 + delivered)
+    # zoom-out delivers a canvas up to zoom_out_max times each side
+    zoomed = estimate_mib(_trial(zoom_out_p=0.5, zoom_out_max=3.0), table, sizes=LANDSCAPE)
+    assert zoomed == pytest.approx(700 + 3000 * 4 * canvas + 9 * delivered)
     sgd, adam = estimate_mib(_trial(), table), estimate_mib(_trial(optimizer="adam", lr=1e-4), table)
     assert adam - sgd == pytest.approx(PARAMS * 4 / 2**20)
     assert estimate_mib(_trial(amp=False), _table(precisions=("amp",))) is None  # fp32 not measured
     assert estimate_mib(_trial(model={"architecture": "fasterrcnn_resnet50_fpn"}), table) is None
 
 
-def test_ssdlite_counts_its_fixed_320_square():
-    assert image_megapixels("ssdlite320_mobilenet_v3_large", 800, 1333) == pytest.approx(0.1024)
-    assert image_megapixels("fasterrcnn_resnet50_fpn", 800, 1333) == pytest.approx(1.0664)
+def test_canvas_follows_torchvisions_resize_and_padding():
+    import torch
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    transform = GeneralizedRCNNTransform(320, 640, [0.0] * 3, [1.0] * 3).eval()
+    for sizes in (LANDSCAPE, [(480, 640), (640, 480)], [(1000, 1000), (200, 900)]):
+        batch, _ = transform([torch.zeros(3, h, w) for h, w in sizes])
+        h, w = batch.tensors.shape[-2:]
+        assert canvas_megapixels(MOBILE, 320, 640, sizes) == h * w / 1e6, sizes
+    # the bound without sizes, max_size squared, is what a batch of 1:2 images in both orientations reaches
+    assert canvas_megapixels(MOBILE, 320, 640, [(320, 640), (640, 320)]) == canvas_megapixels(MOBILE, 320, 640) == 0.4096
+    # SSDlite's canvas is fixed
+    assert canvas_megapixels("ssdlite320_mobilenet_v3_large", 800, 1333, LANDSCAPE) == pytest.approx(0.1024)
 
 
 def test_table_file_round_trip_and_a_bad_file_is_named(tmp_path):
     assert load_table(tmp_path / "absent.json") is None
     path = tmp_path / "gpu_memory.json"
     path.write_text(json.dumps(_table()))
-    assert load_table(path) == json.loads(json.dumps(_table()))
+    assert load_table(path) == {**json.loads(json.dumps(_table())), "path": str(path.resolve())}
+    path.write_text(json.dumps({"architectures": {MOBILE: {"trainable_params": 1, "amp": {"base_mib": 1}}}}))
+    with pytest.raises(ConfigError, match=f"{path}: architectures.{MOBILE}: expected trainable_params and amp/fp32 fits"):
+        load_table(path)
     path.write_text(json.dumps({"card": "x"}))
     with pytest.raises(ConfigError, match=f"{path}: not a GPU memory table"):
         load_table(path)
@@ -125,11 +155,18 @@ def drawn(tmp_path_factory, tiny_demo):
     return configs
 
 
+WIDE = [(320, 640)]  # images the model keeps as they are: canvas 320x640, 2.34 MiB each as delivered
+
+
+def _estimates(drawn, table, sizes=WIDE):
+    return [estimate_mib(TrialConfig.model_validate(c), table, sizes=sizes) for c in drawn]
+
+
 def test_every_config_fits_a_large_share(drawn):
     lines = []
     table = _table(base=700, slope=3000)
-    check_gpu_memory(drawn, gpu=0.25, card_mib=81559, table=table, echo=lines.append)
-    estimates = [estimate_mib(TrialConfig.model_validate(c), table) for c in drawn]
+    check_gpu_memory(drawn, gpu=0.25, cards_mib=[81559], table=table, sizes=WIDE, echo=lines.append)
+    estimates = _estimates(drawn, table)
     assert {TrialConfig.model_validate(c).hparams.batch_size for c in drawn} == {2, 4, 8}
     assert lines == [f"GPU memory: about {min(estimates):.0f} to {max(estimates):.0f} MiB per trial, within its "
                      f"{81559 * 0.25:.0f} MiB (resources.gpu 0.25 of a 81559 MiB card, less 0 MiB for the CUDA "
@@ -139,38 +176,53 @@ def test_every_config_fits_a_large_share(drawn):
 def test_configs_over_the_share_are_counted(drawn):
     lines = []
     table = _table(base=700, slope=3000, context=500)
-    share = 24564 * 0.25 - 500  # 5641 MiB: batch 8 at 320x640 needs 700 + 3000 * 8 * 0.2048 = 5615, Adam adds 72
-    check_gpu_memory(drawn, gpu=0.25, card_mib=24564, table=table, echo=lines.append)
-    over = [c for c in drawn if estimate_mib(TrialConfig.model_validate(c), table) > share]
-    assert over and all(c["hparams"]["batch_size"] == 8 and c["hparams"]["optimizer"] in ("adam", "adamw") for c in over)
+    # 5641 MiB: batch 8 at 320x640 with SGD needs 700 + 3000 * 8 * 0.2048 + 8 * 2.34 = 5634, so only
+    # batch 8 with Adam (+72), with crops (the canvas is then 640x640) or with zoom-out goes over
+    share = 24564 * 0.25 - 500
+    check_gpu_memory(drawn, gpu=0.25, cards_mib=[24564], table=table, sizes=WIDE, echo=lines.append)
+    over = [c["hparams"] for c, e in zip(drawn, _estimates(drawn, table), strict=True) if e > share]
+    assert over and {h["batch_size"] for h in over} <= {4, 8}
+    assert all(h["optimizer"] != "sgd" or h["crop_p"] > 0 or h["zoom_out_p"] > 0 for h in over if h["batch_size"] == 8)
     (line,) = lines
-    assert line.startswith(f"GPU memory: {len(over)} of {len(drawn)} checked configs need more than a trial's 5641 MiB")
-    assert "batch_size 8" in line and line.endswith("such trials will stop with an out-of-memory error")
+    assert line.startswith(f"GPU memory: {len(over)} of {len(drawn)} checked configs need more than a trial's 5641 MiB "
+                           "(resources.gpu 0.25 of a 24564 MiB card, less 500 MiB")
+    assert line.endswith("such trials will stop with an out-of-memory error")
 
 
 def test_a_share_no_config_fits_stops_the_sweep(drawn):
-    # every config needs at least 700 + 3000 * 2 * 0.2048 = 1929 MiB; a tenth of a 16 GiB card less 500 is 1138
+    # the smallest config (batch 2, SGD, no crop or zoom) needs 700 + 3000 * 2 * 0.2048 + 2 * 2.34 = 1933 MiB;
+    # a tenth of a 16 GiB card less 500 is 1138
     with pytest.raises(ConfigError, match=r"^resources.gpu: a trial may hold 1138 MiB \(resources.gpu 0.1 of a 16384 "
-                                          r"MiB card, less 500 MiB for the CUDA context.*needs about 1929 MiB "
+                                          r"MiB card, less 500 MiB for the CUDA context.*needs about 1933 MiB "
                                           rf"\({MOBILE}, batch_size 2, 320x640, amp, sgd\)\. Raise resources.gpu \(fewer trials per GPU\)"):
-        check_gpu_memory(drawn, gpu=0.1, card_mib=16384, table=_table(context=500), echo=print)
+        check_gpu_memory(drawn, gpu=0.1, cards_mib=[16384], table=_table(context=500), sizes=WIDE, echo=print)
     # without the context the same share would hold it: the context is what the check takes off
-    check_gpu_memory(drawn, gpu=0.12, card_mib=16384, table=_table(context=0), echo=lambda _: None)
+    check_gpu_memory(drawn, gpu=0.12, cards_mib=[16384], table=_table(context=0), sizes=WIDE, echo=lambda _: None)
 
 
-@pytest.mark.parametrize("table, card, expected", [
-    (None, 24564, "GPU memory: not checked (no measured estimate: benchmarks/gpu.sh writes trainables/gpu_memory.json)"),
-    ("fit", None, "GPU memory: not checked (no GPU node's card memory could be read with nvidia-smi)"),
-    ("other", 24564, f"GPU memory: no measured estimate for {MOBILE}; those trials are not checked"),
+def test_a_larger_card_in_the_cluster_keeps_the_sweep_going(drawn):
+    # no config fits a tenth of the 16 GiB card, but the smallest fits a tenth of the 80 GiB one
+    lines = []
+    check_gpu_memory(drawn, gpu=0.1, cards_mib=[16384, 81559], table=_table(context=500), sizes=WIDE, echo=lines.append)
+    (line,) = lines
+    assert line.startswith(f"GPU memory: {len(drawn)} of {len(drawn)} checked configs need more than a trial's 1138 MiB "
+                           "on the smallest of the cards (2 seen)")
+
+
+@pytest.mark.parametrize("table, cards, expected", [
+    (None, [24564], "GPU memory: not checked (no measured estimate: benchmarks/gpu.sh writes trainables/gpu_memory.json)"),
+    ("fit", [], "GPU memory: not checked (no GPU node's card memory could be read with nvidia-smi)"),
+    ("other", [24564], f"GPU memory: no measured estimate for {MOBILE} (amp); those trials are not checked"),
 ])
-def test_what_cannot_be_checked_is_said(drawn, table, card, expected):
+def test_what_cannot_be_checked_is_said(drawn, table, cards, expected):
     lines = []
     table = {"fit": _table(), "other": _table(arch="fasterrcnn_resnet50_fpn"), None: None}[table]
-    check_gpu_memory(drawn, gpu=0.5, card_mib=card, table=table, echo=lines.append)
+    check_gpu_memory(drawn, gpu=0.5, cards_mib=cards, table=table, sizes=WIDE, echo=lines.append)
     assert lines == [expected]
 
 
 def test_nvidia_smi_output_is_read_per_card():
     assert parse_nvidia_smi("81559\n81559\n") == [81559.0, 81559.0]
+    assert parse_nvidia_smi("81559, 529\n") == [81030.0]  # the driver's reserved memory is not the card's to share
     assert parse_nvidia_smi("[N/A]\n40960\n") == [40960.0]  # a MIG-mode card reports no total
     assert parse_nvidia_smi("") == []

@@ -2,16 +2,26 @@
 
 A trial's peak GPU memory (what its CUDA allocator holds, ``gpu_reserved_mib``) grows with the
 pixels it trains on at once. For each architecture and precision, ``benchmarks/gpu.sh`` (its
-``memory`` part) measures training steps at two or more batch sizes, with every layer training
-(freeze depth 0) and SGD with momentum, and ``fit_table`` fits
+``memory`` part) measures training steps at three batch and image sizes, with every layer
+training (freeze depth 0) and SGD with momentum, and ``fit_table`` fits
 
-    peak MiB = base_mib + per_image_mpx_mib * batch_size * megapixels per image
+    peak MiB = base_mib + per_image_mpx_mib * batch_size * canvas megapixels
 
-by least squares. Megapixels per image is the most the model's resize can give:
-``min_size * max_size`` (an image whose long side reaches ``max_size``), or SSDlite's fixed
-320 x 320. Adam and AdamW keep one more fp32 state per trained parameter than SGD's momentum,
-added exactly. Freezing only lowers the peak, so for a frozen trial the estimate is an upper
-bound.
+by least squares. The canvas is the tensor the model batches: each image resized (the short
+side to ``min_size``, the long side at most ``max_size``), then every image of the batch padded
+to the largest height and the largest width, rounded up to 32 (``canvas_megapixels``). A batch
+that mixes portrait and landscape images can reach ``max_size`` x ``max_size``, and crops of any
+shape (``crop_p``) are counted at that bound; a dataset of one orientation stays near
+``min_size`` x ``max_size``. SSDlite's canvas is a fixed 320 x 320.
+
+Two more terms are added exactly rather than fitted:
+
+- the batch as the loader delivers it, float32 at the image's own size (the model resizes it on
+  the GPU): a batch of 12-megapixel photos is over 1 GiB before the model sees it, and zoom-out
+  (``zoom_out_p``) enlarges it by up to ``zoom_out_max`` squared;
+- Adam's and AdamW's second fp32 state per trained parameter, beyond SGD's momentum.
+
+Freezing only lowers the peak, so for a frozen trial the estimate is an upper bound.
 
 The fit is kept in ``gpu_memory.json`` beside this module, with the card, the versions and the
 CUDA context size it was measured with (``load_table``; ``BOXTUNE_GPU_MEMORY_TABLE`` names
@@ -22,28 +32,46 @@ and the preflight says so.
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from trainables.config import FAMILIES, TrialConfig
 from trainables.errors import ConfigError
 
-__all__ = ["TABLE_FILE", "TABLE_ENV", "image_megapixels", "fit_table", "load_table", "estimate_mib",
+__all__ = ["TABLE_FILE", "TABLE_ENV", "canvas_megapixels", "fit_table", "load_table", "estimate_mib",
            "measured_context_mib", "share_limit_mib"]
 
 TABLE_FILE = Path(__file__).with_name("gpu_memory.json")
 TABLE_ENV = "BOXTUNE_GPU_MEMORY_TABLE"  # a table file to use instead
 _SSD_SIDE = 320  # SSDlite resizes every image to 320 x 320, whatever min_size/max_size say
 _STATE_BYTES = 4  # one fp32 optimiser state per trained parameter
+_PIXEL_BYTES = 3 * 4  # a float32 RGB pixel, as the loader hands the batch over
+_DIVISIBLE = 32  # torchvision's GeneralizedRCNNTransform pads each batch to a multiple of 32
 
 
-def image_megapixels(architecture: str, min_size: int, max_size: int) -> float:
-    """The largest area, in megapixels, the model's resize can give one image."""
+def _ceil32(x: float) -> int:
+    return int(math.ceil(x / _DIVISIBLE) * _DIVISIBLE)
+
+
+def canvas_megapixels(architecture: str, min_size: int, max_size: int,
+                      sizes: Sequence[tuple[int, int]] | None = None) -> float:
+    """The largest canvas, in megapixels, a batch of these images can be padded to.
+
+    ``sizes`` are the images' (height, width). Without them (or for crops of any shape) the bound
+    is ``max_size`` x ``max_size``: a batch mixing orientations. SSDlite's canvas is fixed.
+    """
     if FAMILIES[architecture] == "ssd":
         return _SSD_SIDE * _SSD_SIDE / 1e6
-    return min_size * max_size / 1e6
+    if not sizes:
+        return _ceil32(max_size) ** 2 / 1e6
+    tallest = widest = 0
+    for h, w in sizes:
+        scale = min(min_size / min(h, w), max_size / max(h, w))  # GeneralizedRCNNTransform's resize
+        tallest, widest = max(tallest, math.floor(h * scale)), max(widest, math.floor(w * scale))
+    return _ceil32(tallest) * _ceil32(widest) / 1e6
 
 
 def fit_table(rows: Iterable[Mapping[str, Any]], *, card: str, context_mib: float | None,
@@ -100,25 +128,37 @@ def load_table(path: str | os.PathLike | None = None) -> dict[str, Any] | None:
         raise ConfigError(f"{path}: not a GPU memory table (not JSON: {err})") from None
     if not isinstance(table, dict) or not isinstance(table.get("architectures"), dict):
         raise ConfigError(f"{path}: not a GPU memory table (no 'architectures' mapping); rewrite it with benchmarks/gpu.sh")
-    return table
+    for arch, entry in table["architectures"].items():
+        fits = [entry.get(p) for p in ("amp", "fp32") if isinstance(entry, dict) and p in entry]
+        if (not isinstance(entry, dict) or not isinstance(entry.get("trainable_params"), int) or not fits
+                or not all(isinstance(f, dict) and all(isinstance(f.get(k), (int, float))
+                                                       for k in ("base_mib", "per_image_mpx_mib")) for f in fits)):
+            raise ConfigError(f"{path}: architectures.{arch}: expected trainable_params and amp/fp32 fits with "
+                              "base_mib and per_image_mpx_mib; rewrite it with benchmarks/gpu.sh")
+    return {**table, "path": str(path.resolve())}
 
 
-def estimate_mib(config: TrialConfig, table: Mapping[str, Any]) -> float | None:
-    """A trial's peak GPU memory in MiB by the measured ``table``; None when it has no entry for the config.
+def estimate_mib(config: TrialConfig, table: Mapping[str, Any], *,
+                 sizes: Sequence[tuple[int, int]] | None = None) -> float | None:
+    """A trial's peak GPU memory in MiB by the measured ``table``; None when it has no fit for the config.
 
-    The config's precision is ``training.amp`` (on a GPU: bf16 or fp16, both 2 bytes); the
-    optimiser adds Adam's second state over the measured SGD momentum.
+    ``sizes`` are the training images' (height, width), as the manifest records them; without
+    them the canvas is the mixed-orientation bound and the delivered batch is not counted. The
+    config's precision is ``training.amp`` (on a GPU: bf16 or fp16, both 2 bytes).
     """
     model, hp = config.model, config.hparams
     entry = table["architectures"].get(model.architecture)
-    if entry is None:
-        return None
-    fit = entry.get("amp" if config.training.amp else "fp32")
+    fit = None if entry is None else entry.get("amp" if config.training.amp else "fp32")
     if fit is None:
         return None
-    pixels = hp.batch_size * image_megapixels(model.architecture, model.min_size, model.max_size)
+    any_shape = hp.crop_p > 0 or not sizes  # crops reach every aspect ratio
+    canvas = canvas_megapixels(model.architecture, model.min_size, model.max_size, None if any_shape else sizes)
+    delivered = 0.0
+    if sizes:
+        largest = max(h * w for h, w in sizes) * (hp.zoom_out_max ** 2 if hp.zoom_out_p > 0 else 1.0)
+        delivered = hp.batch_size * largest * _PIXEL_BYTES / 2**20
     extra_state = entry["trainable_params"] * _STATE_BYTES / 2**20 if hp.optimizer in ("adam", "adamw") else 0.0
-    return fit["base_mib"] + fit["per_image_mpx_mib"] * pixels + extra_state
+    return fit["base_mib"] + fit["per_image_mpx_mib"] * hp.batch_size * canvas + delivered + extra_state
 
 
 def measured_context_mib(table: Mapping[str, Any] | None = None) -> float:

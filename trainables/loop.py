@@ -68,6 +68,9 @@ class TrialResources:
     # share of the GPU's memory this trial's allocator may hold (0, 1]; None = no limit. Trials
     # packed on one GPU each get their share, so one that outgrows it fails alone with an OOM.
     gpu_memory_fraction: float | None = None
+    # the CUDA context that share leaves out (trainables.gpu_memory.share_limit_mib), MiB; None:
+    # the measured table's, read here (a sweep passes the driver's)
+    gpu_context_mib: float | None = None
 
     def __post_init__(self) -> None:
         if self.gpu_memory_fraction is not None and not 0 < self.gpu_memory_fraction <= 1:
@@ -199,13 +202,13 @@ def predict(model, loader, *, device, amp_dtype=None) -> dict[int, dict[str, tor
     return out
 
 
-def _limit_gpu_memory(device: torch.device, fraction: float | None) -> None:
+def _limit_gpu_memory(device: torch.device, fraction: float | None, context_mib: float) -> None:
     """Hold this process's CUDA allocator to ``fraction`` of the card less its context; start its peak count afresh."""
     if device.type != "cuda":
         return
     if fraction is not None:
         card_mib = torch.cuda.get_device_properties(device).total_memory / 2**20
-        torch.cuda.set_per_process_memory_fraction(share_limit_mib(fraction, card_mib, measured_context_mib()) / card_mib, device)
+        torch.cuda.set_per_process_memory_fraction(share_limit_mib(fraction, card_mib, context_mib) / card_mib, device)
     torch.cuda.reset_peak_memory_stats(device)
 
 
@@ -268,7 +271,10 @@ def run_trial(
     check_measurable(objective, val_records, manifest.classes)
 
     device = resources.resolve_device()
-    _limit_gpu_memory(device, resources.gpu_memory_fraction)
+    context_mib = 0.0
+    if device.type == "cuda" and resources.gpu_memory_fraction is not None:
+        context_mib = resources.gpu_context_mib if resources.gpu_context_mib is not None else measured_context_mib()
+    _limit_gpu_memory(device, resources.gpu_memory_fraction, context_mib)
     amp_dtype = _amp_dtype(device, tr.amp)
     with _torch_threads(resources.cpus):
         _seed_everything(tr.seed)
@@ -375,7 +381,7 @@ def run_trial(
             # the same config in the same share runs out again: no retry can mend it
             raise gpu_out_of_memory(epoch + 1, fraction=resources.gpu_memory_fraction,
                                     card_mib=torch.cuda.get_device_properties(device).total_memory / 2**20,
-                                    held_mib=_gpu_memory(device)["gpu_reserved_mib"], context_mib=measured_context_mib()) from err
+                                    held_mib=_gpu_memory(device)["gpu_reserved_mib"], context_mib=context_mib) from err
         finally:
             writer.close()
     return metrics

@@ -6,13 +6,17 @@ out-of-memory error. This check reads the memory of the cluster's GPU cards (``n
 each node with enough GPU, through a Ray task that takes no resources) and estimates every config
 the space check drew (``trainables.gpu_memory``, measured on a card by ``benchmarks/gpu.sh``):
 
-- if even the smallest needs more than the share, the sweep stops with a ConfigError;
-- if some do, it says which, since those trials will fail;
+- if even the smallest needs more than the share of the largest card, the sweep stops with a
+  ConfigError;
+- if some need more than the share of the smallest card, it says how many, since those trials
+  will fail (there, at least);
 - if there is no measured estimate for the architecture, or no card memory could be read, it says
   that nothing was checked.
 
 Each trial's CUDA context lives outside its allocator's share, so the share compared is
-``resources.gpu`` of the card less one context.
+``resources.gpu`` of the card less one context, which is what a packed trial's allocator is held
+to (``trainables.gpu_memory.share_limit_mib``). The estimate takes the training images' sizes
+from the manifest: the canvas a batch is padded to, and the batch as the loader delivers it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from trainables.config import FAMILIES, TrialConfig
@@ -29,20 +33,25 @@ from trainables.gpu_memory import estimate_mib, load_table, measured_context_mib
 
 __all__ = ["parse_nvidia_smi", "card_memory_mib", "check_gpu_memory", "gpu_memory_preflight"]
 
-_QUERY = ["--query-gpu=memory.total", "--format=csv,noheader,nounits"]
+_QUERIES = (["--query-gpu=memory.total,memory.reserved", "--format=csv,noheader,nounits"],
+            ["--query-gpu=memory.total", "--format=csv,noheader,nounits"])  # older drivers lack memory.reserved
 
 
 def parse_nvidia_smi(text: str) -> list[float]:
-    """Card memory in MiB, one per line of ``nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits``.
+    """Usable memory per card in MiB from ``nvidia-smi --query-gpu=memory.total[,memory.reserved]``.
 
-    Lines that are not a number (``[N/A]`` on MIG setups) are left out.
+    The driver's reserved memory is taken off the total, which leaves what CUDA reports as the
+    card's memory (what a trial's share is a fraction of). Lines that are not numbers (``[N/A]``
+    on MIG setups) are left out.
     """
     cards = []
     for line in text.splitlines():
         try:
-            cards.append(float(line.strip()))
+            fields = [float(f) for f in line.split(",")]
         except ValueError:
             continue
+        if fields:
+            cards.append(fields[0] - (fields[1] if len(fields) > 1 else 0.0))
     return cards
 
 
@@ -50,11 +59,14 @@ def _local_cards() -> list[float]:
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return []
-    try:
-        out = subprocess.run([exe, *_QUERY], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return parse_nvidia_smi(out.stdout) if out.returncode == 0 else []
+    for query in _QUERIES:
+        try:
+            out = subprocess.run([exe, *query], capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        if out.returncode == 0:
+            return parse_nvidia_smi(out.stdout)
+    return []
 
 
 def card_memory_mib(gpu: float, *, timeout_s: float = 60.0) -> list[float]:
@@ -81,55 +93,61 @@ def _describe(cfg: TrialConfig) -> str:
             f"{'amp' if cfg.training.amp else 'fp32'}, {cfg.hparams.optimizer}")
 
 
-def check_gpu_memory(configs: Iterable[Mapping[str, Any]], *, gpu: float, card_mib: float | None,
-                     table: Mapping[str, Any] | None, echo: Callable[[str], None] = print) -> None:
-    """Compare each config's estimate with the trial's share of the smallest card; raise if none fits.
+def _where(gpu: float, card_mib: float, context: float, table: Mapping[str, Any]) -> str:
+    return (f"resources.gpu {gpu:g} of a {card_mib:.0f} MiB card, less {context:.0f} MiB for the CUDA context; "
+            f"estimates measured on {table.get('card', 'an unnamed card')}")
 
-    ``configs`` are merged trial configs (what the space check drew), ``card_mib`` the smallest
-    card's memory (None: unknown), ``table`` the measured estimates (None: none measured).
+
+def check_gpu_memory(configs: Iterable[Mapping[str, Any]], *, gpu: float, cards_mib: Sequence[float],
+                     table: Mapping[str, Any] | None, sizes: Sequence[tuple[int, int]] | None = None,
+                     echo: Callable[[str], None] = print) -> None:
+    """Compare each config's estimate with a trial's share of the cards; raise if none fits on any.
+
+    ``configs`` are merged trial configs (what the space check drew), ``cards_mib`` the GPU
+    nodes' cards (empty: unknown), ``table`` the measured estimates (None: none measured) and
+    ``sizes`` the training images' (height, width).
     """
     trials = [TrialConfig.model_validate(c) for c in configs]
     if table is None:
         echo("GPU memory: not checked (no measured estimate: benchmarks/gpu.sh writes trainables/gpu_memory.json)")
         return
-    if card_mib is None:
+    if not cards_mib:
         echo("GPU memory: not checked (no GPU node's card memory could be read with nvidia-smi)")
         return
     context = measured_context_mib(table)
-    share = share_limit_mib(min(gpu, 1.0), card_mib, context)  # what the trial's allocator is held to
-    where = (f"resources.gpu {gpu:g} of a {card_mib:.0f} MiB card, less {context:.0f} MiB for the CUDA context; "
-             f"estimates measured on {table.get('card', 'an unnamed card')}")
-    estimated = [(e, t) for t in trials if (e := estimate_mib(t, table)) is not None]
-    missing = sorted({t.model.architecture for t in trials if estimate_mib(t, table) is None})
+    small, large = min(cards_mib), max(cards_mib)
+    share, share_large = (share_limit_mib(min(gpu, 1.0), card, context) for card in (small, large))
+    pairs = [(estimate_mib(t, table, sizes=sizes), t) for t in trials]
+    missing = sorted({f"{t.model.architecture} ({'amp' if t.training.amp else 'fp32'})" for e, t in pairs if e is None})
     if missing:
         echo(f"GPU memory: no measured estimate for {', '.join(missing)}; those trials are not checked")
+    estimated = sorted(((e, t) for e, t in pairs if e is not None), key=lambda pair: pair[0])
     if not estimated:
         return
-    estimated.sort(key=lambda pair: pair[0])
     (low, smallest), (high, largest) = estimated[0], estimated[-1]
-    if low > share:
+    if low > share_large:
         raise ConfigError(
-            f"resources.gpu: a trial may hold {share:.0f} MiB ({where}), but the smallest config the space can draw "
-            f"needs about {low:.0f} MiB ({_describe(smallest)}). "
+            f"resources.gpu: a trial may hold {share_large:.0f} MiB ({_where(gpu, large, context, table)}), but the "
+            f"smallest config the space can draw needs about {low:.0f} MiB ({_describe(smallest)}). "
             f"{'Raise resources.gpu (fewer trials per GPU)' if gpu < 1 else 'Use GPUs with more memory'}, or "
             "lower the space's batch_size or model.max_size (BOXTUNE_SKIP_PREFLIGHT=1 skips this check).")
-    over = [(e, t) for e, t in estimated if e > share]
+    over = [e for e, _ in estimated if e > share]
+    on = f" on the smallest of the cards ({len(cards_mib)} seen)" if large > small else ""
     if over:
-        echo(f"GPU memory: {len(over)} of {len(estimated)} checked configs need more than a trial's {share:.0f} MiB "
-             f"({where}), up to about {high:.0f} MiB ({_describe(largest)}); such trials will stop with an "
-             "out-of-memory error")
+        echo(f"GPU memory: {len(over)} of {len(estimated)} checked configs need more than a trial's {share:.0f} MiB"
+             f"{on} ({_where(gpu, small, context, table)}), up to about {high:.0f} MiB ({_describe(largest)}); "
+             "such trials will stop with an out-of-memory error")
     else:
-        echo(f"GPU memory: about {low:.0f} to {high:.0f} MiB per trial, within its {share:.0f} MiB ({where})")
+        echo(f"GPU memory: about {low:.0f} to {high:.0f} MiB per trial, within its {share:.0f} MiB "
+             f"({_where(gpu, small, context, table)})")
 
 
 def gpu_memory_preflight(configs: Iterable[Mapping[str, Any]], *, gpu: float, echo: Callable[[str], None] = print,
-                         table_path: str | os.PathLike | None = None) -> None:
-    """``check_gpu_memory`` against the cluster's smallest card and the measured table (a GPU sweep only).
-
-    ``table_path`` replaces ``trainables/gpu_memory.json`` (``trainables.gpu_memory.TABLE_FILE``).
-    """
+                         table: Mapping[str, Any] | None = None, sizes: Sequence[tuple[int, int]] | None = None) -> None:
+    """``check_gpu_memory`` against the cluster's cards and ``table`` (a GPU sweep only; ``load_table()``'s
+    if None)."""
     if gpu <= 0 or os.environ.get("BOXTUNE_SKIP_PREFLIGHT") == "1":
         return
-    table = load_table(table_path)
+    table = load_table() if table is None else table
     cards = card_memory_mib(gpu) if table is not None else []
-    check_gpu_memory(configs, gpu=gpu, card_mib=min(cards) if cards else None, table=table, echo=echo)
+    check_gpu_memory(configs, gpu=gpu, cards_mib=cards, table=table, sizes=sizes, echo=echo)

@@ -36,6 +36,7 @@ from search_spaces import first_trials, resolve_space
 from trainables.data import Manifest
 from trainables.errors import ConfigError, DataError
 from trainables.freeze import max_freeze_depth
+from trainables.gpu_memory import measured_context_mib
 from trainables.objective import check_measurable, parse_objective
 from tune.config import SweepConfig
 from tune.data_source import prepare_manifest
@@ -215,7 +216,10 @@ def _tuner(cfg: SweepConfig, storage: RunStorage, manifest: Manifest, *, restore
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    base = _base(cfg)
+    # the CUDA context a packed trial's allocator leaves out of its share, read here once: the
+    # driver's table (BOXTUNE_GPU_MEMORY_TABLE is an environment variable of this process) is the
+    # one the preflight used
+    base = {**_base(cfg), "gpu_context_mib": measured_context_mib() if cfg.resources.gpu > 0 else 0.0}
     trainable = tune.with_resources(
         tune.with_parameters(sweep_trainable, manifest=manifest, base=base, run=storage.uri),
         {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu},
@@ -277,7 +281,9 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) -> li
          f"classes: {', '.join(manifest.class_names)}")
     with ray_session(address) as ray_info:
         require_resources(cpu=cfg.resources.cpu, gpu=cfg.resources.gpu)
-        gpu_memory_preflight(drawn, gpu=cfg.resources.gpu, echo=echo)  # each config against a trial's share of a card
+        # each config against a trial's share of a card, with the training images' sizes
+        gpu_memory_preflight(drawn, gpu=cfg.resources.gpu, echo=echo,
+                             sizes=[(r.height, r.width) for r in manifest.records("train")])
         storage.write_text(SWEEP_FILE, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         storage.write_manifest(MANIFEST_FILE, manifest)
         storage.write_text(INFO_FILE, json.dumps({**_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

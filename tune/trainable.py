@@ -55,7 +55,8 @@ def sweep_trainable(config: dict[str, Any], *, manifest, base: dict[str, Any], r
     # only the device Ray assigned: CUDA_VISIBLE_DEVICES holds just this trial's GPU, so cuda:0 is it
     # a fractional GPU is a memory share too: two trials at gpu 0.5 must each stay within half the card
     resources = TrialResources(cpus=trial_threads(base["resources"]["cpu"]), device="cuda" if gpus > 0 else "cpu",
-                               gpu_memory_fraction=gpus if 0 < gpus < 1 else None)
+                               gpu_memory_fraction=gpus if 0 < gpus < 1 else None,
+                               gpu_context_mib=base.get("gpu_context_mib"))
     # every epoch's result names the Ray node that ran it: on a cluster, where a trial ran (and where
     # a retried one continued after losing its node) can be read from the results alone
     node_id = _node_id()
