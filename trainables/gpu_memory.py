@@ -129,13 +129,20 @@ def load_table(path: str | os.PathLike | None = None) -> dict[str, Any] | None:
     if not isinstance(table, dict) or not isinstance(table.get("architectures"), dict):
         raise ConfigError(f"{path}: not a GPU memory table (no 'architectures' mapping); rewrite it with benchmarks/gpu.sh")
     for arch, entry in table["architectures"].items():
-        fits = [entry.get(p) for p in ("amp", "fp32") if isinstance(entry, dict) and p in entry]
-        if (not isinstance(entry, dict) or not isinstance(entry.get("trainable_params"), int) or not fits
-                or not all(isinstance(f, dict) and all(isinstance(f.get(k), (int, float))
-                                                       for k in ("base_mib", "per_image_mpx_mib")) for f in fits)):
+        if not _entry_ok(entry):
             raise ConfigError(f"{path}: architectures.{arch}: expected trainable_params and amp/fp32 fits with "
                               "base_mib and per_image_mpx_mib; rewrite it with benchmarks/gpu.sh")
     return {**table, "path": str(path.resolve())}
+
+
+def _entry_ok(entry: Any) -> bool:
+    """One architecture's entry as ``fit_table`` writes it: its parameter count and at least one fit."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("trainable_params"), int):
+        return False
+    fits = [entry[p] for p in ("amp", "fp32") if p in entry]
+    return bool(fits) and all(
+        isinstance(f, dict) and all(isinstance(f.get(k), (int, float)) for k in ("base_mib", "per_image_mpx_mib"))
+        for f in fits)
 
 
 def estimate_mib(config: TrialConfig, table: Mapping[str, Any], *,

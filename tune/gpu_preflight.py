@@ -107,13 +107,13 @@ def check_gpu_memory(configs: Iterable[Mapping[str, Any]], *, gpu: float, cards_
     nodes' cards (empty: unknown), ``table`` the measured estimates (None: none measured) and
     ``sizes`` the training images' (height, width).
     """
-    trials = [TrialConfig.model_validate(c) for c in configs]
     if table is None:
         echo("GPU memory: not checked (no measured estimate: benchmarks/gpu.sh writes trainables/gpu_memory.json)")
         return
     if not cards_mib:
         echo("GPU memory: not checked (no GPU node's card memory could be read with nvidia-smi)")
         return
+    trials = [TrialConfig.model_validate(c) for c in configs]
     context = measured_context_mib(table)
     small, large = min(cards_mib), max(cards_mib)
     share, share_large = (share_limit_mib(min(gpu, 1.0), card, context) for card in (small, large))

@@ -281,9 +281,10 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) -> li
          f"classes: {', '.join(manifest.class_names)}")
     with ray_session(address) as ray_info:
         require_resources(cpu=cfg.resources.cpu, gpu=cfg.resources.gpu)
-        # each config against a trial's share of a card, with the training images' sizes
+        # each config against a trial's share of a card, with the training images' distinct sizes
+        # (each of ~200 configs goes through them all)
         gpu_memory_preflight(drawn, gpu=cfg.resources.gpu, echo=echo,
-                             sizes=[(r.height, r.width) for r in manifest.records("train")])
+                             sizes=sorted({(r.height, r.width) for r in manifest.records("train")}))
         storage.write_text(SWEEP_FILE, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         storage.write_manifest(MANIFEST_FILE, manifest)
         storage.write_text(INFO_FILE, json.dumps({**_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
