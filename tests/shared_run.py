@@ -103,3 +103,16 @@ def result_rows(trial_dir: Path) -> list[dict[str, Any]]:
 def trial_dirs(run: Path) -> list[Path]:
     """The run's trial folders (every folder Ray made for a trial has params.json)."""
     return sorted(p.parent for p in run.glob("*/params.json"))
+
+
+def trial_epochs(trial_dir: Path) -> list[int]:
+    """The epochs one trial reported, in the order written (a list: a repeated epoch shows)."""
+    return [int(r["epoch"]) for r in result_rows(trial_dir)]
+
+
+def trial_attempts(trial_dir: Path) -> list[dict[str, Any]]:
+    """One row per process that ran the trial (its pid, the checkpoint it started from, a refusal)."""
+    from tune.trial_record import ATTEMPTS_FILE
+
+    path = trial_dir / ATTEMPTS_FILE
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []

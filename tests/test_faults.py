@@ -1,7 +1,6 @@
 """Faults, as real processes: nothing a sweep has done is lost or done twice.
 
 * a failure that every try repeats (a non-finite loss at the same seed) is not retried;
-* SIGKILL of the ``boxtune sweep`` driver mid-sweep, then ``boxtune resume``;
 * SIGKILL of one trial's worker process: the trial goes on from its last checkpoint.
 """
 
@@ -10,32 +9,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from conftest import tiny_sweep
-from shared_run import RETRIES, result_rows, trial_dirs
+from shared_run import RETRIES, result_rows, trial_attempts, trial_dirs, trial_epochs
 
-from tune.report import load_sweep
-from tune.trial_record import ATTEMPTS_FILE, FAILURE_FILE
-
-BOXTUNE = [sys.executable, "-m", "tune.cli"]
-
-
-def _attempts(trial_dir: Path) -> list[dict]:
-    path = trial_dir / ATTEMPTS_FILE
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
-
-
-def _epochs(trial_dir: Path) -> list[int]:
-    return [int(r["epoch"]) for r in result_rows(trial_dir)]
-
+from tune.trial_record import FAILURE_FILE
 
 # ---- a deterministic failure is recorded once and re-raised by every retry ---------------------
 
@@ -43,7 +26,7 @@ def test_a_non_finite_loss_is_not_retried(shared_run):
     diverged = [d for d in trial_dirs(shared_run.run) if json.loads((d / "params.json").read_text()).get("lr") == 10.0]
     assert len(diverged) == 1, trial_dirs(shared_run.run)
     trial = diverged[0]
-    attempts = _attempts(trial)
+    attempts = trial_attempts(trial)
     # Ray did retry it `retries` times; only the first attempt trained, every retry re-raised the record
     assert len(attempts) == 1 + RETRIES
     assert attempts[0]["refused"] is None and attempts[0]["checkpoint"] is None
@@ -51,7 +34,7 @@ def test_a_non_finite_loss_is_not_retried(shared_run):
     failure = json.loads((trial / FAILURE_FILE).read_text())
     assert failure["type"] == "NonFiniteLossError" and failure["epoch"] == 1
     assert failure["message"].startswith(f"non-finite loss at epoch 1, step {failure['step']}: loss=nan")
-    assert _epochs(trial) == []  # no epoch finished, in any attempt
+    assert trial_epochs(trial) == []  # no epoch finished, in any attempt
     # the trial ends ERROR with the original message, the rest of the sweep finished
     rows = pq.read_table(shared_run.run / "ranking.parquet").to_pylist()
     errored = [r for r in rows if r["status"] == "ERROR"]
@@ -60,132 +43,13 @@ def test_a_non_finite_loss_is_not_retried(shared_run):
     assert sum(r["status"] == "TERMINATED" for r in rows) == len(rows) - 1
 
 
-# ---- SIGKILL of the sweep driver, then `boxtune resume` ----------------------------------------
-
-def _descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` now (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _end(pids: set[int], seconds: float = 30.0) -> None:
-    """Wait for ``pids`` (the killed driver's Ray processes) to go; SIGKILL any that stay."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        alive = {p for p in pids if Path(f"/proc/{p}").exists() and "(Z" not in _state(p)}
-        if not alive:
-            return
-        time.sleep(0.5)
-    for pid in alive:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
-    except OSError:
-        return "(Z"
-
-
-def _progress(run: Path, epochs: int) -> tuple[dict[str, bytes], dict[str, list[int]]]:
-    """(finished trial folder -> result.json bytes, unfinished folder -> its epochs so far)."""
-    finished, partial = {}, {}
-    for trial in trial_dirs(run):
-        seen = _epochs(trial)
-        if seen and seen[-1] == epochs:
-            finished[trial.name] = (trial / "result.json").read_bytes()
-        elif seen:
-            partial[trial.name] = seen
-    return finished, partial
-
-
-def test_driver_sigkill_then_resume_loses_and_repeats_nothing(tmp_path, tiny_demo):
-    epochs, trials = 2, 3
-    cfg = tiny_sweep("killed", tiny_demo, tmp_path / "runs", training={"epochs": epochs, "seed": 0},
-                     search={"space": "quick", "num_trials": trials, "sampler": "tpe", "seed": 1})
-    config = tmp_path / "sweep.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    run = tmp_path / "runs" / "killed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    with (tmp_path / "first.log").open("w") as log:
-        driver = subprocess.Popen([*BOXTUNE, "sweep", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env,
-                                  cwd=tmp_path)
-        ray_processes: set[int] = set()
-        try:
-            # one trial finished and the next one mid-way (its first epoch reported, not its last)
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-                finished, partial = _progress(run, epochs)
-                if finished and partial:
-                    break
-                time.sleep(0.2)
-            else:
-                pytest.fail("no trial finished with another mid-way within 300 s")
-            ray_processes = _descendants(driver.pid)
-            driver.send_signal(signal.SIGKILL)
-            driver.wait(timeout=30)
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-                driver.wait()
-            _end(ray_processes | _descendants(driver.pid))
-    before, partial = _progress(run, epochs)
-    assert before and partial, "the kill did not land mid-sweep"
-    # Ray appends a result to result.json a moment before its experiment snapshot records the
-    # result's checkpoint; a kill in between leaves the file an epoch ahead of the snapshot. Leave
-    # every mid-way trial in that state: its next epoch already written, its checkpoint older.
-    for name, seen in partial.items():
-        ahead = {**result_rows(run / name)[-1], "epoch": seen[-1] + 1, "training_iteration": seen[-1] + 1}
-        with (run / name / "result.json").open("a") as out:
-            out.write(json.dumps(ahead) + "\n")
-
-    out = subprocess.run([*BOXTUNE, "resume", str(run)], capture_output=True, text=True, env=env, cwd=tmp_path,
-                         timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[out.stderr.rfind("Traceback"):][-5000:]
-    after, unfinished = _progress(run, epochs)
-    # each trial asked for exists once, and the searcher's history survived: exactly `trials` trials
-    assert len(trial_dirs(run)) == trials and len(after) == trials and not unfinished, sorted(after)
-    for name, content in before.items():  # finished trials were not re-run
-        assert after[name] == content
-    for trial in trial_dirs(run):  # each epoch exactly once, in order: a list, not a set
-        assert _epochs(trial) == list(range(1, epochs + 1)), (trial.name, _epochs(trial))
-    for name, seen in partial.items():  # the mid-way trial went on from its checkpoint, not from epoch 1
-        attempts = _attempts(run / name)
-        assert len(attempts) == 2 and attempts[1]["checkpoint"] is not None, attempts
-        rows = result_rows(run / name)
-        assert rows[-1]["iterations_since_restore"] == epochs - len(seen)
-    view = load_sweep(str(run))
-    assert len(view.trials) == trials and all(t.status == "TERMINATED" for t in view.trials)
-    assert all([int(r["epoch"]) for r in t.history] == list(range(1, epochs + 1)) for t in view.trials)
-    ranked = pq.read_table(run / "ranking.parquet").to_pylist()
-    assert len(ranked) == trials and {r["epochs"] for r in ranked} == {epochs}
-
-
 # ---- SIGKILL of one trial's worker process ------------------------------------------------------
 
 def _kill_worker_after_first_epoch(run: Path, epochs: int, record: dict, stop: threading.Event) -> None:
     """SIGKILL the process of the first trial that has reported an epoch but not its last."""
     while not stop.is_set():
         for trial in trial_dirs(run) if run.is_dir() else []:
-            seen, attempts = _epochs(trial), _attempts(trial)
+            seen, attempts = trial_epochs(trial), trial_attempts(trial)
             if seen and seen[-1] < epochs and len(attempts) == 1:
                 os.kill(attempts[0]["pid"], signal.SIGKILL)
                 record.update(trial=trial, epochs_before=seen, pid=attempts[0]["pid"])
@@ -214,7 +78,7 @@ def test_worker_sigkill_continues_from_the_last_checkpoint(tmp_path, tiny_demo, 
     assert record, "the trial finished before its worker could be killed"
     assert [r["status"] for r in rows] == ["TERMINATED"]
     trial = record["trial"]
-    attempts = _attempts(trial)
+    attempts = trial_attempts(trial)
     assert len(attempts) == 2 and attempts[1]["pid"] != record["pid"]
     assert attempts[0]["checkpoint"] is None and attempts[1]["checkpoint"] is not None
     results = result_rows(trial)

@@ -1,4 +1,12 @@
-"""Interrupt a sweep as a user would (Ctrl-C on a real process) and resume it with `boxtune resume`."""
+"""Stop a sweep as users do, on real processes, and resume it with `boxtune resume`, twice:
+
+1. Ctrl-C (SIGINT) on `boxtune sweep` after its first trial finished: Tune saves its state and stops;
+2. `boxtune resume`, SIGKILLed (a crashed terminal, a killed job) with a trial mid-way;
+3. `boxtune resume` again, to the end.
+
+Nothing either stop did is lost or done twice: finished trials are not re-run, a trial stopped
+mid-way goes on from its checkpoint, and the searcher's history survives both.
+"""
 
 from __future__ import annotations
 
@@ -10,23 +18,79 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
+import pytest
 import yaml
 from conftest import tiny_sweep
+from shared_run import result_rows, trial_attempts, trial_dirs, trial_epochs
+
+from tune.report import load_sweep
 
 BOXTUNE = [sys.executable, "-m", "tune.cli"]
 
 
-def _finished_trials(run: Path, epochs: int) -> dict[str, bytes]:
-    """trial folder -> its result.json bytes, for trials that reported their last epoch."""
-    done = {}
-    for result in run.glob("*/result.json"):
-        lines = [ln for ln in result.read_text().splitlines() if ln.strip()]
-        if lines and json.loads(lines[-1]).get("epoch") == epochs:
-            done[result.parent.name] = result.read_bytes()
-    return done
+def _progress(run: Path, epochs: int) -> tuple[dict[str, bytes], dict[str, list[int]]]:
+    """(finished trial folder -> result.json bytes, unfinished folder -> its epochs so far)."""
+    finished, partial = {}, {}
+    for trial in trial_dirs(run) if run.is_dir() else []:
+        seen = trial_epochs(trial)
+        if seen and seen[-1] == epochs:
+            finished[trial.name] = (trial / "result.json").read_bytes()
+        elif seen:
+            partial[trial.name] = seen
+    return finished, partial
 
 
-def test_interrupt_then_resume_runs_each_trial_once(tmp_path, tiny_demo):
+def _wait_for(proc: subprocess.Popen, log: Path, ready, what: str, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        if ready():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{what} within {seconds:.0f} s")
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` now (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return not Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].startswith(" Z")
+    except OSError:
+        return False
+
+
+def _end(pids: set[int], seconds: float = 30.0) -> None:
+    """Wait for ``pids`` (a killed driver's Ray processes) to go; SIGKILL any that stay."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.5)
+    for pid in filter(_alive, pids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_interrupt_resume_kill_resume_runs_each_trial_and_epoch_once(tmp_path, tiny_demo):
     epochs, trials = 2, 4
     cfg = tiny_sweep("resumable", tiny_demo, tmp_path / "runs", training={"epochs": epochs, "seed": 0},
                      search={"space": "quick", "num_trials": trials, "sampler": "tpe", "seed": 1})
@@ -34,50 +98,92 @@ def test_interrupt_then_resume_runs_each_trial_once(tmp_path, tiny_demo):
     config.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "runs" / "resumable"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    log = (tmp_path / "first.log").open("w")
-    proc = subprocess.Popen([*BOXTUNE, "sweep", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env,
-                            cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 300
-        while not _finished_trials(run, epochs) and time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            time.sleep(0.5)
-        before = _finished_trials(run, epochs)
-        assert before, "no trial finished within 300 s"
-        # `boxtune status` from another terminal while the sweep runs
-        status = subprocess.run([*BOXTUNE, "status", str(run)], capture_output=True, text=True, env=env,
-                                timeout=120)
-        assert status.returncode == 0, status.stderr
-        assert f"trials: {trials} asked" in status.stdout and "best so far: trial " in status.stdout, status.stdout
-        done = int(status.stdout.split(" asked, ")[1].split(" done")[0])
-        assert done < trials  # Tune's state file may lag the trial that just finished by a snapshot
-        running = int(status.stdout.split(" done, ")[1].split(" running")[0])
-        assert done + running >= 1  # a trial that has reported is counted as started, not pending
-        proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
-    before = _finished_trials(run, epochs)  # anything that finished during shutdown counts as finished too
-    assert len(before) < trials, "the sweep finished before it could be interrupted"
 
+    # 1. `boxtune sweep`, Ctrl-C once a trial has finished
+    first = tmp_path / "first.log"
+    with first.open("w") as log:
+        proc = subprocess.Popen([*BOXTUNE, "sweep", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=tmp_path)
+        try:
+            _wait_for(proc, first, lambda: _progress(run, epochs)[0], "no trial finished")
+            # `boxtune status` from another terminal while the sweep runs
+            status = subprocess.run([*BOXTUNE, "status", str(run)], capture_output=True, text=True, env=env,
+                                    timeout=120)
+            assert status.returncode == 0, status.stderr
+            assert f"trials: {trials} asked" in status.stdout and "best so far: trial " in status.stdout, status.stdout
+            done = int(status.stdout.split(" asked, ")[1].split(" done")[0])
+            assert done < trials  # Tune's state file may lag the trial that just finished by a snapshot
+            running = int(status.stdout.split(" done, ")[1].split(" running")[0])
+            assert done + running >= 1  # a trial that has reported is counted as started, not pending
+            proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    interrupted, interrupted_partial = _progress(run, epochs)  # what finished during shutdown counts too
+    assert len(interrupted) + len(interrupted_partial) < trials, "the sweep started every trial before Ctrl-C"
+    attempts_at_interrupt = {trial.name: len(trial_attempts(trial)) for trial in trial_dirs(run)}
+
+    # 2. `boxtune resume`, SIGKILLed once a trial it started has reported its first epoch, not its last
+    second = tmp_path / "second.log"
+
+    def a_new_trial_mid_way() -> bool:
+        return bool(set(_progress(run, epochs)[1]) - set(interrupted_partial))
+
+    with second.open("w") as log:
+        driver = subprocess.Popen([*BOXTUNE, "resume", str(run)], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                  cwd=tmp_path)
+        ray_processes: set[int] = set()
+        try:
+            _wait_for(driver, second, a_new_trial_mid_way, "the resumed sweep started no further trial")
+            ray_processes = _descendants(driver.pid)
+            driver.send_signal(signal.SIGKILL)
+            driver.wait(timeout=30)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait()
+            _end(ray_processes | _descendants(driver.pid))
+    before, killed = _progress(run, epochs)
+    killed = {name: seen for name, seen in killed.items() if name not in interrupted_partial}
+    assert killed, "the kill did not land mid-trial"
+    assert all(before[name] == content for name, content in interrupted.items())
+    # Ray appends a result to result.json a moment before its experiment snapshot records the
+    # result's checkpoint; a kill in between leaves the file an epoch ahead of the snapshot. Leave
+    # every killed trial in that state: its next epoch already written, its checkpoint older.
+    for name, seen in killed.items():
+        ahead = {**result_rows(run / name)[-1], "epoch": seen[-1] + 1, "training_iteration": seen[-1] + 1}
+        with (run / name / "result.json").open("a") as out:
+            out.write(json.dumps(ahead) + "\n")
+
+    # 3. `boxtune resume` to the end
     out = subprocess.run([*BOXTUNE, "resume", str(run)], capture_output=True, text=True, env=env, cwd=tmp_path,
                          timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    after = _finished_trials(run, epochs)
-    assert len(after) == trials, sorted(after)
-    # finished trials were not re-run: their result files are byte-for-byte what they were
-    for name, content in before.items():
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[out.stderr.rfind("Traceback"):][-5000:]
+    after, unfinished = _progress(run, epochs)
+    # each trial asked for exists once, and the searcher's history survived: exactly `trials` trials
+    assert len(trial_dirs(run)) == trials and len(after) == trials and not unfinished, sorted(after)
+    for name, content in before.items():  # finished trials were not re-run: byte for byte what they were
         assert after[name] == content
     # every trial reported each epoch exactly once, in order: a list, not a set (a trial restarted
     # from scratch, or one that ran an epoch twice, would pass a comparison of sets)
-    for name in after:
-        epochs_seen = [json.loads(ln)["epoch"] for ln in (run / name / "result.json").read_text().splitlines() if ln.strip()]
-        assert epochs_seen == list(range(1, epochs + 1)), (name, epochs_seen)
+    for trial in trial_dirs(run):
+        assert trial_epochs(trial) == list(range(1, epochs + 1)), (trial.name, trial_epochs(trial))
+    for name, seen in killed.items():  # the killed trial went on from its checkpoint, not from epoch 1
+        attempts = trial_attempts(run / name)
+        # one attempt per driver that ran it: the resumed one started from scratch or from an
+        # earlier checkpoint, the last one from the checkpoint of the epoch the kill left
+        assert len(attempts) == attempts_at_interrupt.get(name, 0) + 2, attempts
+        assert attempts[-1]["checkpoint"] is not None, attempts
+        assert result_rows(run / name)[-1]["iterations_since_restore"] == epochs - len(seen)
+    view = load_sweep(str(run))
+    assert len(view.trials) == trials and all(t.status == "TERMINATED" for t in view.trials)
+    assert all([int(r["epoch"]) for r in t.history] == list(range(1, epochs + 1)) for t in view.trials)
+    ranked = pq.read_table(run / "ranking.parquet").to_pylist()
+    assert len(ranked) == trials and {r["epochs"] for r in ranked} == {epochs}
     table = subprocess.run([*BOXTUNE, "report", str(run), "--format", "json"], capture_output=True, text=True,
                            env=env, cwd=tmp_path, timeout=120)
     assert table.returncode == 0, table.stderr
-    ranked = json.loads(table.stdout)["trials"]
-    assert len(ranked) == trials and all(t["status"] == "TERMINATED" for t in ranked)
+    reported = json.loads(table.stdout)["trials"]
+    assert len(reported) == trials and all(t["status"] == "TERMINATED" for t in reported)
