@@ -328,6 +328,57 @@ def test_bad_input_names_file_and_record(tmp_path, case):
     assert _load_truncated_images() is False
 
 
+def test_voc_two_xml_files_for_one_image_is_an_error(tmp_path):
+    # labelImg: annots/raccoon-5.xml copied to raccoon-5-copy.xml; the copy finds the image by its
+    # <filename>, so the one photo would be in the dataset twice (and maybe in train and val)
+    for stem in ("raccoon-5", "raccoon-6"):
+        _image(tmp_path / "images" / f"{stem}.jpg")
+        _voc(tmp_path / "annots" / f"{stem}.xml", f"{stem}.jpg", (64, 48), [("raccoon", 1, 1, 30, 40)])
+    copy = tmp_path / "annots" / "raccoon-5-copy.xml"
+    copy.write_text((tmp_path / "annots" / "raccoon-5.xml").read_text())
+    with pytest.raises(DataError) as info:
+        build_manifest(tmp_path)
+    annots = tmp_path.resolve() / "annots"
+    assert str(info.value) == (
+        f"1 problem in dataset {tmp_path.resolve()}:\n"
+        f"  - {annots / 'raccoon-5.xml'}: image 'raccoon-5.jpg': also annotated by {annots / 'raccoon-5-copy.xml'} "
+        "(the same image file); an image needs one annotation file"
+    )
+    copy.unlink()
+    assert len(build_manifest(tmp_path).records()) == 2
+
+
+def test_coco_one_file_under_two_image_ids_is_an_error(tmp_path):
+    images = [(1, "a.jpg", 64, 48), (2, "b.jpg", 64, 48), (7, "a.jpg", 64, 48)]
+    annotations = [_ann(1, 1, 1, [0, 0, 8, 8]), _ann(2, 2, 1, [0, 0, 8, 8]), _ann(3, 7, 1, [4, 4, 8, 8])]
+    path = _coco(tmp_path, images, annotations, [(1, "x")])
+    with pytest.raises(DataError) as info:
+        build_manifest(path)
+    assert str(info.value) == (
+        f"1 problem in dataset {path.resolve()}:\n"
+        f"  - {path}: image id 7 (a.jpg): the same image file as image id 1 (a.jpg); "
+        "an image needs one entry, with all its annotations"
+    )
+
+
+@pytest.mark.parametrize(
+    "bbox, clipped",
+    [
+        ([10, 10, 54.004, 38.004], 0),  # past by 0.004 px: 2-decimal rounding, clipped without a count
+        ([-0.004, 10, 20, 20], 0),
+        ([10, 10, 54.5, 20], 1),  # past by 0.5 px: a repair
+        ([-0.5, 10, 20, 20], 1),
+    ],
+)
+def test_box_past_the_edge_by_rounding_is_not_counted(tmp_path, bbox, clipped):
+    path = _coco(tmp_path, [(1, "a.jpg", 64, 48)], [_ann(1, 1, 1, bbox)], [(1, "x")])
+    m = build_manifest(path, val_fraction=0)
+    x, y, w, h = bbox
+    expected = [max(x, 0), max(y, 0), min(x + w, 64), min(y + h, 48)]
+    assert m.records()[0].boxes.tolist() == [expected]
+    assert m.summary.repairs.get("box clipped to the image edge", 0) == clipped
+
+
 def _load_truncated_images() -> bool:
     from PIL import ImageFile
 

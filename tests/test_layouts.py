@@ -398,3 +398,105 @@ def test_split_keys_that_would_do_nothing_are_config_errors(tmp_path):
     _yolo_images(tmp_path / "yolo", ".", 1, {0: "0 0.5 0.5 0.1 0.1\n"})
     with pytest.raises(ConfigError, match="images_dir: not used for YOLO datasets"):
         build_manifest(tmp_path / "yolo", images_dir=tmp_path)
+
+
+# --- YOLO: every label file has its image, boxes at the edge, a broken data.yaml -----------------
+
+
+def _ultralytics(root: Path, counts: dict[str, int], line="0 0.5 0.5 0.5 0.5\n") -> None:
+    """data.yaml + images/<split>/raccoon-<i>.jpg + labels/<split>/raccoon-<i>.txt."""
+    (root / "data.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\nnames:\n  0: raccoon\n")
+    for split, n in counts.items():
+        for i in range(1, n + 1):
+            _image(root / "images" / split / f"raccoon-{i}.jpg")
+            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+            (root / "labels" / split / f"raccoon-{i}.txt").write_text(line)
+
+
+def test_yolo_label_file_without_its_image_is_an_error(tmp_path):
+    _ultralytics(tmp_path, {"train": 3, "val": 1})
+    (tmp_path / "labels" / "train" / "classes.txt").write_text("raccoon\n")  # labelImg writes it: not a label
+    (tmp_path / "images" / "train" / "raccoon-2.jpg").unlink()
+    with pytest.raises(DataError) as info:
+        build_manifest(tmp_path)
+    root = tmp_path.resolve()
+    assert str(info.value) == (
+        f"1 problem in dataset {root / 'data.yaml'}:\n"
+        f"  - {root / 'labels' / 'train' / 'raccoon-2.txt'}: file: label file without its image "
+        f"(no image file {root / 'images' / 'train' / 'raccoon-2'}.*)"
+    )
+    (tmp_path / "labels" / "train" / "raccoon-2.txt").unlink()
+    assert _splits(build_manifest(tmp_path)) == {"train": 2, "val": 1, "test": 0}
+
+
+def test_yolo_subset_lists_and_labels_beside_images_have_no_orphan_check(tmp_path):
+    # a .txt list is a chosen subset of images/train: the other label files are not orphans
+    _ultralytics(tmp_path / "lists", {"train": 3, "val": 1})
+    (tmp_path / "lists" / "train.txt").write_text("images/train/raccoon-1.jpg\nimages/train/raccoon-3.jpg\n")
+    (tmp_path / "lists" / "data.yaml").write_text("train: train.txt\nval: images/val\nnames: [raccoon]\n")
+    assert _splits(build_manifest(tmp_path / "lists")) == {"train": 2, "val": 1, "test": 0}
+    # labels beside the images (no images/ folder): other .txt files there are not label files
+    (tmp_path / "flat" / "data.yaml").parent.mkdir()
+    (tmp_path / "flat" / "data.yaml").write_text("train: pics\nnames: [raccoon]\n")
+    _image(tmp_path / "flat" / "pics" / "a.jpg")
+    (tmp_path / "flat" / "pics" / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (tmp_path / "flat" / "pics" / "notes.txt").write_text("shot in 2019\n")
+    assert len(build_manifest(tmp_path / "flat").records()) == 1
+
+
+def test_yolo_image_listed_twice_is_an_error(tmp_path):
+    _ultralytics(tmp_path, {"train": 2, "val": 1})
+    (tmp_path / "train.txt").write_text("images/train/raccoon-1.jpg\nimages/train/raccoon-2.jpg\n")
+    (tmp_path / "val.txt").write_text("images/val/raccoon-1.jpg\n./images/train/raccoon-1.jpg\n")
+    (tmp_path / "data.yaml").write_text("train: train.txt\nval: val.txt\nnames: [raccoon]\n")
+    with pytest.raises(DataError) as info:
+        build_manifest(tmp_path)
+    image = tmp_path.resolve() / "images" / "train" / "raccoon-1.jpg"
+    train, val = tmp_path.resolve() / "train.txt", tmp_path.resolve() / "val.txt"
+    assert f"  - {image}: image: in two parts of the dataset ({train} and {val})" in str(info.value)
+    (tmp_path / "val.txt").write_text("images/val/raccoon-1.jpg\n")
+    (tmp_path / "train.txt").write_text(
+        "images/train/raccoon-1.jpg\nimages/train/raccoon-2.jpg\nimages/train/raccoon-1.jpg\n"
+    )
+    with pytest.raises(DataError) as info:
+        build_manifest(tmp_path)
+    assert str(info.value).endswith(f"  - {train}: line 3: {image} is listed twice (also line 1)")
+
+
+@pytest.mark.parametrize(
+    "line, box, clipped",
+    [
+        # raccoon-118 as a 6-decimal YOLO line: (0.552189 + 0.895623 / 2) * 297 = 297.00015 px
+        ("0 0.552189 0.5 0.895623 0.5", [297 * (0.552189 - 0.895623 / 2), 50, 297, 150], 0),
+        ("0 0.447811 0.5 0.895623 0.5", [0, 50, 297 * (0.447811 + 0.895623 / 2), 150], 0),
+        ("0 0.9 0.5 0.4 0.2", [297 * 0.7, 80, 297, 120], 1),  # past by 29.7 px: a repair
+        ("0 0.5 0.999 0.5 0.01", [74.25, 198.8, 222.75, 200], 1),  # past by 0.8 px: a repair
+    ],
+)
+def test_yolo_box_at_the_edge_is_a_repair_only_past_the_rounding(tmp_path, line, box, clipped):
+    (tmp_path / "data.yaml").write_text("train: images\nnames: [raccoon]\n")
+    _image(tmp_path / "images" / "0.jpg", size=(297, 200))
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "0.txt").write_text(line + "\n")
+    m = build_manifest(tmp_path, val_fraction=0)
+    np.testing.assert_allclose(m.records()[0].boxes, [box], atol=1e-9)
+    assert m.summary.repairs.get("box clipped to the image edge", 0) == clipped
+
+
+def test_malformed_data_yaml_in_a_folder_says_where_it_breaks(tmp_path):
+    _ultralytics(tmp_path, {"train": 1})
+    (tmp_path / "data.yaml").write_text(
+        "path: .\ntrain: images/train\nval: images/val\n\nnames:\n  0: raccoon\n- dog\n"
+    )
+    data_yaml = tmp_path.resolve() / "data.yaml"
+    for source in (tmp_path, data_yaml):  # the folder says what naming the file says
+        with pytest.raises(DataError) as info:
+            build_manifest(source)
+        assert str(info.value) == (
+            f"1 problem in YOLO dataset {data_yaml}:\n"
+            f"  - {data_yaml}: file: malformed YAML at line 7, column 1: expected <block end>, but found '-'"
+        )
+    # beside another layout a broken YAML is not taken for YOLO: the COCO dataset is read
+    _coco_json(tmp_path / "annotations.json", ["a.jpg"])
+    assert build_manifest(tmp_path).format == "coco"

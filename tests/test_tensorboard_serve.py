@@ -169,7 +169,8 @@ def test_a_busy_port_is_reported(sweep):
             start_tensorboard(sweep, port=busy.getsockname()[1])
 
 
-def test_serve_blocks_until_interrupted(sweep):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_serve_blocks_until_interrupted_and_stops_tensorboard(sweep, stop):
     port = _free_port()
     code = f"from tune.tensorboard import serve; raise SystemExit(serve({sweep!r}, host='127.0.0.1', port={port}))"
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -177,7 +178,7 @@ def test_serve_blocks_until_interrupted(sweep):
         line = process.stdout.readline()
         assert f"at http://127.0.0.1:{port}/" in line, line + process.stderr.read()
         assert _get(f"http://127.0.0.1:{port}/data/plugin/scalars/tags") is not None
-        process.send_signal(signal.SIGINT)  # Ctrl-C
+        process.send_signal(stop)  # Ctrl-C, or `kill PID`
         assert process.wait(timeout=30) == 0
     finally:
         if process.poll() is None:

@@ -9,11 +9,12 @@ fine-tuning, and a sweep with ``model.weights`` pointing at the file runs end to
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 from conftest import TINY_MODEL
-from torchvision.models import get_model
+from torchvision.models import get_model, get_model_weights
 
 from trainables.config import ModelConfig
 from trainables.data import build_manifest
@@ -21,7 +22,7 @@ from trainables.data.demo import SOURCE_SPEC, TARGET_SPEC, make_shapes_dataset
 from trainables.freeze import apply_freeze
 from trainables.heads import coco_label
 from trainables.loop import TrialResources, run_trial
-from trainables.model import COCO_NUM_CLASSES, build_model
+from trainables.model import COCO_NUM_CLASSES, build_model, cache_weights
 from trainables.reporting import LocalReporter
 from tune.config import SweepConfig
 from tune.sweep import run_sweep
@@ -94,6 +95,27 @@ def test_pruned_head_rows_are_the_sources(source_weights):
     # the rest of the network is the file's, exactly
     body = {k: v for k, v in model.state_dict().items() if not k.startswith("roi_heads.box_predictor")}
     assert all(torch.equal(v, state[k]) for k, v in body.items())
+
+
+def test_named_weights_load_from_torchs_cache_as_the_file_does(source_weights, tmp_path, monkeypatch):
+    # torchvision's COCO weights by name, on a machine whose torch cache already holds the file (as
+    # the driver's download leaves it): nothing is fetched, and the model is the file's
+    _, path = source_weights
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for var in ("HTTPS_PROXY", "https_proxy"):  # a download would be refused, not reach the network
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    named = ModelConfig.model_validate({**_model_section(path), "weights": "DEFAULT"})
+    url = get_model_weights(ARCH)["DEFAULT"].url
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
+    cached.parent.mkdir(parents=True)
+    shutil.copy(path, cached)
+    assert cache_weights(named) == cached
+    torch.manual_seed(0)  # the fresh rows of "cross" are drawn the same in both
+    from_name = build_model(named, list(CLASS_MAP)).state_dict()
+    torch.manual_seed(0)
+    from_file = build_model(ModelConfig.model_validate(_model_section(path)), list(CLASS_MAP)).state_dict()
+    assert from_name.keys() == from_file.keys()
+    assert all(torch.equal(from_name[k], from_file[k]) for k in from_file)
 
 
 def test_frozen_stages_keep_the_sources_values(source_weights, target_data, tmp_path):

@@ -95,7 +95,7 @@ def test_checkpoint_is_weights_only_and_complete(tmp_path, tiny_manifest):
 def test_resume_with_another_config_is_refused(tmp_path, tiny_manifest):
     reporter = LocalReporter(tmp_path / "out")
     run_trial(_config(1), manifest=tiny_manifest, reporter=reporter, resources=TrialResources(cpus=1, device="cpu"))
-    with pytest.raises(TrainingError, match="another config"):
+    with pytest.raises(TrainingError, match=r"another config \(training\.epochs: 1 -> 2\); refusing to resume"):
         run_trial(_config(2), manifest=tiny_manifest, reporter=reporter, resources=TrialResources(cpus=1, device="cpu"))
 
 

@@ -317,7 +317,8 @@ def run_trial(
                 raise TrainingError(f"{resume_dir}: the checkpoint of a finished trial holds its weights only "
                                     "(optimiser state removed to save disk); it cannot be resumed")
             if state.config != cfg.resolved():
-                raise TrainingError(f"{resume_dir}: checkpoint was written with another config; refusing to resume")
+                raise TrainingError(f"{resume_dir}: checkpoint was written with another config "
+                                    f"({_config_difference(state.config, cfg.resolved())}); refusing to resume")
             model.load_state_dict(state.model)
             optimizer.load_state_dict(state.optimizer)
             scheduler.load_state_dict(state.scheduler)
@@ -385,3 +386,12 @@ def run_trial(
         finally:
             writer.close()
     return metrics
+
+
+def _config_difference(saved: Any, now: Any, prefix: str = "") -> str:
+    """The first keys whose values differ between two resolved configs, as ``key: saved -> now``."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        parts = [_config_difference(saved.get(k), now.get(k), f"{prefix}{k}.")
+                 for k in sorted(set(saved) | set(now), key=str) if saved.get(k) != now.get(k)]
+        return "; ".join(parts[:3]) + (f"; and {len(parts) - 3} more" if len(parts) > 3 else "")
+    return f"{prefix.rstrip('.')}: {saved!r} -> {now!r}"

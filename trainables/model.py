@@ -30,6 +30,7 @@ import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -41,7 +42,8 @@ from trainables.freeze import freeze_batchnorm
 from trainables.heads import check_predictor, coco_label, prune_box_predictor
 from trainables.onestage_heads import check_class_head, prune_class_head
 
-__all__ = ["COCO_NUM_CLASSES", "build_model", "build_inference_model", "check_head", "model_kwargs"]
+__all__ = ["COCO_NUM_CLASSES", "build_model", "build_inference_model", "cache_weights", "check_head", "check_model",
+           "model_kwargs"]
 
 COCO_NUM_CLASSES = 91  # rows of torchvision's COCO head, background and "N/A" placeholders included
 
@@ -109,6 +111,54 @@ def build_model(model_cfg: ModelConfig, class_names: Sequence[str]) -> nn.Module
     return model
 
 
+def check_model(model_cfg: ModelConfig, class_names: Sequence[str], *, files: bool = True) -> None:
+    """What ``build_model`` would refuse, found without building or reading anything large: the
+    architecture, ``model.class_map`` against the dataset's classes and COCO's, a weights name for
+    the architecture and, with ``files``, that a weights path is a file (a sweep checks this on the
+    driver before Ray starts; on a cluster the file is the workers' to have)."""
+    _check_architecture(model_cfg.architecture)
+    _source_rows(model_cfg.class_map, class_names)
+    weights = model_cfg.weights
+    if weights is None:
+        return
+    if _is_checkpoint_path(weights):
+        if files:
+            _check_checkpoint_file(Path(weights).expanduser())
+    else:
+        _resolve_weights(model_cfg.architecture, weights)
+
+
+def cache_weights(model_cfg: ModelConfig) -> Path | None:
+    """Download a torchvision weights name into torch's cache (``torch.hub.get_dir()/checkpoints``)
+    unless it is there already, as torchvision would on first use; the cached file, or None for a
+    weights file or random weights. A download that fails is a ConfigError saying where to put the
+    file instead. A local sweep calls this once on the driver, so its trials find the file cached
+    rather than each downloading it (or each failing) on its own."""
+    arch, weights = model_cfg.architecture, model_cfg.weights
+    if weights is None or _is_checkpoint_path(weights):
+        return None
+    member = _resolve_weights(arch, weights)
+    path = _cached_weights_path(member.url)
+    if path.is_file():
+        return path
+    try:  # torch says where it downloads to
+        torch.hub.load_state_dict_from_url(member.url, progress=True, check_hash=True, map_location="cpu")
+    except (OSError, RuntimeError) as err:  # urllib's URLError is an OSError; a bad hash a RuntimeError
+        raise ConfigError(_download_error(arch, weights, member.url, err)) from None
+    return path
+
+
+def _cached_weights_path(url: str) -> Path:
+    """Where ``torch.hub.load_state_dict_from_url`` keeps ``url``'s file."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+def _download_error(arch: str, weights: str, url: str, err: BaseException) -> str:
+    reason = getattr(err, "reason", None) or (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return (f"model.weights: cannot download the {weights} weights of {arch} from {url} ({reason}); put the file "
+            f"at {_cached_weights_path(url)}, or set model.weights to a local .pth file, or to null for random weights")
+
+
 def build_inference_model(
     architecture: str, num_classes: int, model_kwargs: Mapping[str, Any], *, pretrained: bool = False
 ) -> nn.Module:
@@ -171,12 +221,11 @@ def _build_coco_model(model_cfg: ModelConfig) -> nn.Module:
         _to_pretrained_structure(model, arch)
         _load_strict(model, state_dict, path, arch)
         return model
-    return get_model(
-        arch,
-        weights=_resolve_weights(arch, weights),
-        trainable_backbone_layers=_ALL_BACKBONE_LAYERS[arch],
-        **common,
-    )
+    member = _resolve_weights(arch, weights)
+    try:  # torchvision downloads the file unless torch's cache has it
+        return get_model(arch, weights=member, trainable_backbone_layers=_ALL_BACKBONE_LAYERS[arch], **common)
+    except OSError as err:  # urllib's URLError and socket errors, not a traceback in every trial
+        raise ConfigError(_download_error(arch, weights, member.url, err)) from None
 
 
 def _resolve_weights(architecture: str, name: str):
@@ -197,9 +246,15 @@ def _is_checkpoint_path(weights: str) -> bool:
     )
 
 
-def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+def _check_checkpoint_file(path: Path) -> None:
+    if path.is_dir():
+        raise ConfigError(f"model.weights: {path} is a folder; give the checkpoint file (a .pth or .pt state_dict)")
     if not path.is_file():
         raise ConfigError(f"model.weights: checkpoint file not found: {path}")
+
+
+def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    _check_checkpoint_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and weights_only refusals all land here

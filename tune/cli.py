@@ -43,6 +43,16 @@ def _cmd_data_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be 1 or more")
+    return number
+
+
 def _check_device(value: str | None) -> None:
     """``--device``, before any work: a device this machine does not have is a user error, not a traceback."""
     if value is None:
@@ -71,6 +81,7 @@ def _check_device(value: str | None) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     _check_device(args.device)
     from trainables.loop import TrialResources, run_trial
+    from trainables.model import cache_weights, check_model
     from trainables.reporting import LocalReporter, format_best_summary
     from tune.config import TrainConfig, load_config
     from tune.data_source import prepare_manifest  # not tune.sweep: a trial needs neither Ray nor Optuna
@@ -84,8 +95,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     resources = TrialResources(cpus=args.threads or cfg.threads, device=args.device, gpu_memory_fraction=fraction)
     out = Path(args.out)
     manifest = prepare_manifest(cfg)
-    print(f"{len(manifest.records('train'))} train / {len(manifest.records('val'))} val images, "
-          f"classes: {', '.join(manifest.class_names)}; output in {out}")
+    n_test = len(manifest.records("test"))
+    print(f"{len(manifest.records('train'))} train / {len(manifest.records('val'))} val"
+          f"{f' / {n_test} test' if n_test else ''} images, classes: {', '.join(manifest.class_names)}; output in {out}")
+    check_model(cfg.model, manifest.class_names)  # before --out is made: a class_map typo, a missing file
+    cache_weights(cfg.model)  # a weights name: downloaded once, or one line saying where to put the file
     reporter = LocalReporter(out, echo=lambda line: print(line, flush=True))
     if reporter.latest_checkpoint() is not None and not args.resume:
         raise BoxtuneError(f"{out} already holds checkpoints; pass --resume to continue, or choose another --out")
@@ -140,7 +154,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     view = load_sweep(run)
     print(format_ranking(rows, top=args.top, importances=param_importances(view), notes=_notes(view)))
     _print_best_per_class(view, rows)
-    return 0
+    return _failed_sweep_status(rows)
+
+
+def _failed_sweep_status(rows) -> int:
+    """1 when no trial finished (every one errored, each listed with its error above), else 0."""
+    if not rows or any(r["status"] != "ERROR" for r in rows):
+        return 0
+    print(f"boxtune: error: all {len(rows)} trials failed; the first: {rows[0].get('error') or 'see its error.txt'}",
+          file=sys.stderr)
+    return 1
 
 
 def _notes(view) -> list[str]:
@@ -167,7 +190,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     view = load_sweep(args.run)
     print(format_ranking(rows, importances=param_importances(view), notes=_notes(view)))
     _print_best_per_class(view, rows)
-    return 0
+    return _failed_sweep_status(rows)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -339,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. search.num_trials=8")
     w.add_argument("--name", default=None, help="experiment name (config key name)")
     w.add_argument("--address", default=None, help="Ray cluster: auto, ray://host:10001 (default: RAY_ADDRESS, else a local Ray)")
-    w.add_argument("--top", type=int, default=None)
+    w.add_argument("--top", type=_positive_int, default=None, help="show the N best trials")
     w.set_defaults(func=_cmd_sweep)
 
     r = sub.add_parser("resume", help="continue an interrupted sweep")
@@ -349,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="rank a sweep's trials by search.metric of their best epoch, then AR100")
     rp.add_argument("run")
-    rp.add_argument("--top", type=int, default=None)
+    rp.add_argument("--top", type=_positive_int, default=None, help="show the N best trials")
     rp.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
     rp.add_argument("--output", "-o", default=None, help="write to a file instead of the terminal")
     rp.add_argument("--plot", default=None, metavar="DIR", help="also write PNG plots into DIR")
@@ -393,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+")
     pr.add_argument("--out", required=True, help="COCO results JSON")
     pr.add_argument("--draw", default=None, metavar="DIR", help="write copies of the images with boxes drawn")
-    pr.add_argument("--score-threshold", type=float, default=0.3)
+    pr.add_argument("--score-threshold", type=float, default=0.3,
+                    help="keep detections scoring at least this (default 0.3)")
     pr.add_argument("--batch-size", type=int, default=4)
     pr.add_argument("--device", default=None)
     pr.set_defaults(func=_cmd_predict)

@@ -377,5 +377,9 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else (f"{value:.4f}" if abs(value) < 1 else f"{value:.4g}")
+        if math.isnan(value):
+            return "nan"
+        if value and abs(value) < 0.01:  # a learning rate or an eps: significant figures, not 0.0000
+            return f"{value:.3g}"
+        return f"{value:.4f}" if abs(value) < 1 else f"{value:.4g}"
     return str(value)

@@ -41,7 +41,7 @@ from trainables.objective import check_measurable, parse_objective
 from tune.config import SweepConfig
 from tune.data_source import prepare_manifest
 from tune.gpu_preflight import gpu_memory_preflight
-from tune.holdout import OPTIMISTIC_NOTE, evaluate_sweep_on_test, test_records
+from tune.holdout import evaluate_sweep_on_test
 from tune.ray_session import ray_session, require_resources
 from tune.resume_logs import truncate_to_checkpoints
 from tune.space_check import check_sampled_space
@@ -276,6 +276,7 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) -> li
     drawn: list[dict[str, Any]] = []
     check_space(cfg, n_train=n_train, drawn=drawn)  # before Ray: a space that can produce a rejected config fails now
     check_objective(cfg, manifest)
+    check_models(drawn, manifest.class_names, local=address is None)
     n_test = splits.count("test")  # held out: evaluated once when the sweep ends (tune.holdout)
     echo(f"  {n_train} train / {n_val} val{f' / {n_test} test' if n_test else ''} images, "
          f"classes: {', '.join(manifest.class_names)}")
@@ -292,7 +293,8 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) -> li
         scheduler = cfg.scheduler.name
         if scheduler == "asha":
             scheduler += f" (grace period {grace_period(cfg)}, reduction factor {cfg.scheduler.reduction_factor:g})"
-        echo(f"sweep {cfg.name}: {cfg.search.num_trials} trials, {cfg.search.sampler} sampler, "
+        trials = cfg.search.num_trials
+        echo(f"sweep {cfg.name}: {trials} trial{'s' if trials != 1 else ''}, {cfg.search.sampler} sampler, "
              f"{scheduler} scheduler, results in {storage.uri}")
         with _tune_environment():
             _tuner(cfg, storage, manifest, restore=False).fit()
@@ -344,6 +346,22 @@ def resume_sweep(run: str, *, address: str | None = None, echo=print) -> list[di
     return write_ranking(storage.uri)
 
 
+def check_models(configs: list[dict[str, Any]], class_names: list[str], *, local: bool) -> None:
+    """Each distinct model section among ``configs`` (the space check's draws, one per architecture
+    the space can pick) through ``trainables.model.check_model``, before Ray starts: a class_map
+    typo, an unknown weights name or a missing weights file fails here with one line, not in every
+    trial. A local sweep also downloads named weights here, once, for its trials to find cached; on
+    a cluster the files are the workers' to have, so only names are checked."""
+    from trainables.config import ModelConfig
+    from trainables.model import cache_weights, check_model
+
+    for section in {json.dumps(c["model"], sort_keys=True): c["model"] for c in configs}.values():
+        model_cfg = ModelConfig.model_validate(section)
+        check_model(model_cfg, class_names, files=local)
+        if local:
+            cache_weights(model_cfg)
+
+
 def check_objective(cfg: SweepConfig, manifest: Manifest) -> None:
     """``search.metric`` names the manifest's classes and can be measured on its val split (ConfigError if not)."""
     check_measurable(parse_objective(cfg.search.metric), manifest.records("val"), manifest.classes)
@@ -351,8 +369,6 @@ def check_objective(cfg: SweepConfig, manifest: Manifest) -> None:
 
 def _evaluate_on_test(cfg: SweepConfig, storage: RunStorage, manifest: Manifest, echo) -> None:
     """The top trials' best epochs, once on the test split (after the sweep: test never picks or ranks)."""
-    results = evaluate_sweep_on_test(storage, manifest, top=cfg.report.test_top,
-                                     metric_label=parse_objective(cfg.search.metric).label,
-                                     gpu=cfg.resources.gpu, echo=echo)
-    if results is None and not test_records(manifest):
-        echo(OPTIMISTIC_NOTE)
+    # without a test split the ranking's notes say that val AP is optimistic (tune.report.sweep_notes)
+    evaluate_sweep_on_test(storage, manifest, top=cfg.report.test_top,
+                           metric_label=parse_objective(cfg.search.metric).label, gpu=cfg.resources.gpu, echo=echo)

@@ -11,6 +11,11 @@ with the marker appended in memory, and listed as repaired; an image that does n
 is left out and listed. With ``strict`` both are errors. A missing image file is always an error
 (the paths are wrong, not the image).
 
+Each image file is one record: the same file under two records (two VOC XML files, two COCO image
+ids, two parts) is an error naming both, as it could be split into train and val at once. A box
+past the image edge is clipped and counted, unless it is past by no more than the rounding of the
+file's numbers (``EDGE_SLACK_PX``, ``EDGE_SLACK_OF_SIDE``): then it is clipped without a count.
+
 Split, in order of precedence (``splits.py``; test never trains, picks an epoch or ranks a trial):
 
 1. what the dataset says: the parts of an export (``train/``, ``valid/``, ``test/``; data.yaml's
@@ -63,6 +68,14 @@ TAIL_RESTORED = "JPEG cut short before its end marker, decoded with the marker r
 UNDECODABLE = "image that cannot be decoded, left out"
 UNANNOTATED = "image file that no .xml names, not used"
 PLACEHOLDER = "placeholder category, not a class (no annotations; the supercategory of the others)"
+
+# A box past the image edge by no more than this is the rounding of the file's numbers, not an
+# annotation past the edge: it is clipped but not counted as a repair. 0.01 px covers pixel
+# coordinates written to 2 decimals (COCO, VOC: x and w each off by up to 0.005 px); 1e-6 of the
+# image side covers YOLO's normalised cx +- w/2 written to 6 decimals (labelImg, CVAT), each off
+# by up to half a unit: 7.5e-7 of the side, 2.2e-4 px on a 297 px image.
+EDGE_SLACK_PX = 0.01
+EDGE_SLACK_OF_SIDE = 1e-6
 
 
 def _to_rgb_reason(mode: str) -> str:
@@ -174,9 +187,12 @@ def _to_record(
     if rotate and len(chosen):
         boxes = transpose_boxes(boxes, probe.orientation, probe.raw_size)
         repairs.add(EXIF_ROTATED, name, len(chosen))
-    clipped = np.clip(boxes, 0.0, [width, height, width, height])
+    side = np.array([width, height, width, height], dtype=np.float64)
+    clipped = np.clip(boxes, 0.0, side)
     valid = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
-    repairs.add(CLIPPED, name, int(np.count_nonzero(valid & (clipped != boxes).any(axis=1))))
+    slack = np.maximum(EDGE_SLACK_PX, EDGE_SLACK_OF_SIDE * side)  # the file's rounding: clipped, not counted
+    past = ((boxes < -slack) | (boxes > side + slack)).any(axis=1)
+    repairs.add(CLIPPED, name, int(np.count_nonzero(valid & past)))
     repairs.add(DEGENERATE, name, int(np.count_nonzero(~valid)))
     trained = [b for b, ok in zip(chosen, valid, strict=True) if ok]
     boxes = clipped[valid]
@@ -267,15 +283,30 @@ def _check_classes(raws: list[RawDataset], categories: list[tuple[int, str]], pr
 
 
 def _check_unique(parts: list[tuple[str, list[tuple[RawImage, str | None]]]], problems: Problems) -> None:
-    seen: dict[Path, tuple[int, str]] = {}  # image path -> (part, origin)
-    for index, (_, pairs) in enumerate(parts):
+    """Each image file once: under two records it would be in the dataset twice, and could be
+    split into both train and val (a leak)."""
+    seen: dict[Path, tuple[int, RawImage]] = {}  # image path -> (part, its first record)
+    for index, (fmt, pairs) in enumerate(parts):
         for image, _split in pairs:
             if image.path is None:
                 continue
-            part, origin = seen.setdefault(image.path, (index, image.origin))
+            part, first = seen.setdefault(image.path, (index, image))
             if part != index:
                 problems.add(
-                    image.path, "image", f"in two parts of the dataset ({origin} and {image.origin})"
+                    image.path, "image", f"in two parts of the dataset ({first.origin} and {image.origin})"
+                )
+            elif first is not image and fmt == "coco":
+                problems.add(
+                    image.origin,
+                    f"image id {image.image_id} ({image.file_name})",
+                    f"the same image file as image id {first.image_id} ({first.file_name}); "
+                    "an image needs one entry, with all its annotations",
+                )
+            elif first is not image:  # VOC: two XML files; YOLO lists repeat none (see yolo.py)
+                problems.add(
+                    image.origin,
+                    f"image {image.file_name!r}",
+                    f"also annotated by {first.origin} (the same image file); an image needs one annotation file",
                 )
 
 

@@ -11,7 +11,8 @@ annotations boxtune reads:
   any one subfolder (VOC2007's ``Annotations/``, labelImg's ``annots/``), with the images in any
   sibling folder (see ``voc.py``).
 * YOLO: a ``.yaml`` with ``names`` (Ultralytics' and Roboflow's ``data.yaml``), in the folder or
-  one level down; its ``train``/``val``/``test`` entries are the parts (see ``yolo.py``).
+  one level down; its ``train``/``val``/``test`` entries are the parts (see ``yolo.py``). When no
+  layout fits and a ``.yaml`` there is malformed, the error is where its YAML breaks.
 
 Splits that the layout itself states become parts with a split: several COCO JSONs or VOC XML
 folders are told apart by a split word in the file name, else in the folder name (``train``,
@@ -262,9 +263,10 @@ def find_layout(source: str | os.PathLike, format: str = "auto") -> Layout:
     folders = _survey(root)
     coco = [j for f in folders for j in f.json if format in ("auto", "coco") and _is_coco(j)]
     voc = [f.path for f in folders if format in ("auto", "voc") and f.xml and _is_voc_xml(f.xml[0])]
-    yolo = [
-        y for f in folders if f.depth <= 1 and format in ("auto", "yolo") for y in f.yaml if yaml_has_names(y)
-    ]
+    yamls = {
+        y: yaml_has_names(y) for f in folders if f.depth <= 1 and format in ("auto", "yolo") for y in f.yaml
+    }
+    yolo = [y for y, has_names in yamls.items() if has_names]
     kinds = {"YOLO data.yaml": yolo, "COCO JSON": coco, "VOC XML folders": voc}
     found = {k: v for k, v in kinds.items() if v}
     if len(found) > 1:
@@ -280,5 +282,11 @@ def find_layout(source: str | os.PathLike, format: str = "auto") -> Layout:
         return _coco_layout(root, coco, folders)
     if voc:
         return _voc_layout(root, voc)
+    broken = [y for y, has_names in yamls.items() if has_names is None]
+    if broken:  # nothing else fits: say where the YAML breaks, as when the file is named
+        problems = Problems()
+        for path in broken:
+            read_data_yaml(path, problems)
+        problems.raise_if_any(f"YOLO dataset {broken[0] if len(broken) == 1 else root}")
     wanted = {"auto": "a dataset layout", "coco": "a COCO JSON", "voc": "VOC XML", "yolo": "a YOLO data.yaml"}
     raise DataError(f"{root}: cannot find {wanted[format]}: found {_seen(root, folders, coco, voc)}. {_HINT}")

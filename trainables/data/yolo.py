@@ -11,6 +11,10 @@ export's ``train: ../train/images`` (written for a yolov5 checkout beside the da
 Each image's label file is its path with the last ``images`` folder replaced by ``labels`` and
 the suffix by ``.txt`` (Ultralytics' rule); without an ``images`` folder in the path, the .txt
 beside the image. A missing label file is an image without objects (counted); so is an empty one.
+A label file without its image, under the ``labels`` folder of an image folder (``images/train``
+-> ``labels/train``), is an error naming it (labelImg's ``classes.txt`` excepted); a .txt list of
+images is a chosen subset, and labels beside their images are not checked. A list naming an image
+twice is an error.
 
 A label line is ``class cx cy w h``: a class index into ``names`` and the box centre and size,
 normalised to the image as displayed (EXIF orientation applied, as Ultralytics reads it). A line
@@ -70,12 +74,13 @@ class _YamlError(Exception):
     pass
 
 
-def yaml_has_names(path: Path) -> bool:
-    """Whether ``path`` is a YAML mapping with a ``names`` key (a YOLO data.yaml)."""
+def yaml_has_names(path: Path) -> bool | None:
+    """Whether ``path`` is a YAML mapping with a ``names`` key (a YOLO data.yaml); None when it
+    cannot be read or is malformed (``read_data_yaml`` says where)."""
     try:
         data = _load_yaml(path)
     except _YamlError:
-        return False
+        return None
     return isinstance(data, dict) and "names" in data
 
 
@@ -158,7 +163,7 @@ def list_images(source: Path, problems: Problems) -> list[Path]:
     if source.is_dir():
         files = [f for f in source.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()]
         return sorted(f.resolve() for f in files)
-    images = []
+    listed: dict[Path, int] = {}  # image -> the line that lists it
     for line_no, line in enumerate(source.read_text(encoding="utf-8").splitlines(), start=1):
         entry = line.strip()
         if not entry:
@@ -166,9 +171,11 @@ def list_images(source: Path, problems: Problems) -> list[Path]:
         image = (source.parent / entry).resolve()
         if not image.is_file():
             problems.add(source, f"line {line_no}", f"image file not found: {image}")
+        elif image in listed:
+            problems.add(source, f"line {line_no}", f"{image} is listed twice (also line {listed[image]})")
         else:
-            images.append(image)
-    return images
+            listed[image] = line_no
+    return list(listed)
 
 
 def find_label_file(image: Path) -> Path:
@@ -178,6 +185,28 @@ def find_label_file(image: Path) -> Path:
         i = len(parts) - 2 - parts[:-1][::-1].index("images")
         return Path(*parts[:i], "labels", *parts[i + 1 : -1], image.stem + ".txt")
     return image.with_suffix(".txt")
+
+
+def _orphan_labels(source: Path, problems: Problems) -> None:
+    """Label files without their image, under the ``labels`` folder of an image folder ``source``.
+
+    Only a folder with ``images`` in its path has labels of its own to check (``images/train`` ->
+    ``labels/train``): a .txt list is a chosen subset, and labels beside their images are not told
+    apart from other .txt files. labelImg's ``classes.txt`` is not a label file.
+    """
+    if not source.is_dir() or "images" not in source.parts:
+        return
+    parts = source.parts
+    i = len(parts) - 1 - parts[::-1].index("images")  # the last one, as ``find_label_file`` takes
+    labels = Path(*parts[:i], "labels", *parts[i + 1 :])
+    if not labels.is_dir():
+        return
+    # compared as paths below the two folders, so that relative and symlinked folders agree
+    stems = {f.relative_to(source).with_suffix("") for f in source.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS}
+    for label in sorted(labels.rglob("*.txt")):
+        stem = label.relative_to(labels).with_suffix("")
+        if label.name != "classes.txt" and label.is_file() and stem not in stems:
+            problems.add(label, "file", f"label file without its image (no image file {source / stem}.*)")
 
 
 def _displayed_size(image: Path) -> tuple[int, int] | None:
@@ -262,7 +291,9 @@ def parse_yolo(
     """
     by_index = dict(names)
     images, unlabelled = [], []
-    for path in list_images(source, problems):
+    paths = list_images(source, problems)
+    _orphan_labels(source, problems)
+    for path in paths:
         try:
             file_name = str(path.relative_to(base))
         except ValueError:
