@@ -138,6 +138,17 @@ def test_weights_name_is_not_a_path(tmp_path):
     assert cfg.model.weights == "DEFAULT"
 
 
+def test_split_keys_beside_a_manifest_are_refused_not_ignored(capsys, tmp_path, tiny_manifest):
+    config = _write(tmp_path / "train.yaml", {"data": {"path": str(tiny_manifest), "seed": 3}, "model": TINY_MODEL,
+                                               "training": {"epochs": 1}})
+    argv = ["train", str(config), "--out", str(tmp_path / "out"), "--set", "data.val_fraction=0.5",
+            "--set", "data.test_fraction=0.1"]
+    assert _one_line_error(capsys, argv) == (
+        f"data.test_fraction, data.val_fraction: data.path {tiny_manifest} is a manifest, whose records and split "
+        "are fixed, so these keys do nothing; remove them, or set data.path to the dataset itself")
+    assert not (tmp_path / "out").exists()
+
+
 # --- joining a cluster that refuses ------------------------------------------------------------
 
 

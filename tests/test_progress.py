@@ -88,3 +88,17 @@ def test_status_reads_peak_gpu_memory_from_the_history():
     assert _peak_gpu_mib([{"epoch": 1, "AP": 0.1}]) is None  # a CPU trial
     # result tables fill epochs that lack a column with NaN
     assert _peak_gpu_mib([{"gpu_reserved_mib": float("nan")}, {"gpu_reserved_mib": 812.0}, {"gpu_reserved_mib": 640}]) == 812.0
+
+
+def test_a_trials_end_line_gives_the_score_it_ranks_by(capsys):
+    from types import SimpleNamespace
+
+    for by_score, expected in ((False, "-- a_00000 finished after epoch 2/2: best AP 0.300 (sweep best 0.300, a_00000)"),
+                               (True, "-- a_00000 finished after epoch 2/2: best AP 0.300, score 0.120 "
+                                      "(sweep best score 0.120, a_00000)")):
+        table = ProgressTable(max_epochs=2, by_score=by_score)
+        trial = SimpleNamespace(trial_id="a_00000", config={"lr": 0.01})
+        table.on_trial_result(0, [], trial, {"epoch": 2, "AP": 0.3, "AR100": 0.4, "best_AP": 0.3, "best_score": 0.12})
+        capsys.readouterr()
+        table.on_trial_complete(0, [], trial)
+        assert capsys.readouterr().out.splitlines()[-1] == expected

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from trainables.data import Manifest, build_manifest, read_manifest
+from trainables.errors import ConfigError
 from tune.config import DataConfig
 
 __all__ = ["prepare_manifest"]
@@ -23,6 +24,13 @@ def prepare_manifest(cfg: _HasData) -> Manifest:
     """Read and validate ``cfg.data`` once (or load a prebuilt manifest)."""
     d = cfg.data
     if d.path.endswith(".parquet"):
+        # the manifest fixes records and split; its seed is kept only as a record (`--best-config` writes it)
+        ignored = sorted(d.model_fields_set - {"path", "seed"})
+        if ignored:
+            keys = ", ".join(f"data.{k}" for k in ignored)
+            raise ConfigError(f"{keys}: data.path {d.path} is a manifest, whose records and split are fixed, so "
+                              f"{'this key does' if len(ignored) == 1 else 'these keys do'} nothing; remove "
+                              f"{'it' if len(ignored) == 1 else 'them'}, or set data.path to the dataset itself")
         return read_manifest(d.path)
     return build_manifest(d.path, format=d.format, images_dir=d.images_dir, val_source=d.val_path,
                           val_fraction=d.val_fraction, test_source=d.test_path, test_fraction=d.test_fraction,

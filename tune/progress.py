@@ -73,8 +73,9 @@ def _mib(value: Any) -> str:
 class ProgressTable(tune.Callback):
     """Prints the sweep's live table on the driver (see the module docstring)."""
 
-    def __init__(self, *, max_epochs: int):
+    def __init__(self, *, max_epochs: int, by_score: bool = False):
         self.max_epochs = max_epochs
+        self._by_score = by_score  # the objective is not plain AP: a trial's end line gives its score too
         self._rows = 0
         self._best: dict[str, dict[str, Any]] = {}  # trial id -> its latest result
         self._score = False  # the objective's score column, once a trial reports one
@@ -108,9 +109,13 @@ class ProgressTable(tune.Callback):
         if how == "complete":
             how = "finished" if epochs >= self.max_epochs else "stopped by ASHA"
         line = f"-- {trial.trial_id} {how} after epoch {epochs}/{self.max_epochs}: best AP {_metric(result.get('best_AP')).strip()}"
+        # trials rank by the objective: where it is not plain AP, the score is shown and the sweep's best is by it
+        if self._by_score:
+            line += f", score {_metric(result.get('best_score')).strip()}"
         best = self._sweep_best()
         if best is not None:
-            line += f" (sweep best {_metric(best[1].get('best_AP')).strip()}, {best[0]})"
+            shown, key = ("score ", "best_score") if self._by_score else ("", "best_AP")
+            line += f" (sweep best {shown}{_metric(best[1].get(key)).strip()}, {best[0]})"
         self._echo(line)
 
     # -- tune.Callback ------------------------------------------------------------------------------
