@@ -16,6 +16,7 @@ refused rather than started on every interface.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -63,6 +64,12 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
         ray.shutdown()
 
 
+def _token_default_notice(record: logging.LogRecord) -> bool:
+    """False for Ray's notice (2.60) that a new local Ray turned token authentication on by default:
+    a local sweep is on loopback and keeps the default, so every sweep would print it for nothing."""
+    return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
 def _start_local(num_cpus: int | None) -> None:
     """An embedded Ray on loopback only; the switch is set for the start and then restored.
 
@@ -81,7 +88,12 @@ def _start_local(num_cpus: int | None) -> None:
                 f"{LOOPBACK_SWITCH}=0 in the environment before importing ray, or start Ray yourself "
                 f"(ray.init) before the sweep, or pass an address to join a cluster."
             )
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        auth_log.addFilter(_token_default_notice)
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        finally:
+            auth_log.removeFilter(_token_default_notice)
     finally:
         if before is None:
             os.environ.pop(LOOPBACK_SWITCH, None)
