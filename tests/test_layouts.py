@@ -428,6 +428,15 @@ def test_yolo_label_file_without_its_image_is_an_error(tmp_path):
     )
     (tmp_path / "labels" / "train" / "raccoon-2.txt").unlink()
     assert _splits(build_manifest(tmp_path)) == {"train": 2, "val": 1, "test": 0}
+    # an image of a kind boxtune does not read is still its label's image, and a symlinked folder of
+    # images is followed: neither label is an orphan
+    (tmp_path / "images" / "train" / "raccoon-9.heic").write_bytes(b"not read")
+    (tmp_path / "labels" / "train" / "raccoon-9.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    _image(tmp_path / "elsewhere" / "raccoon-8.jpg")
+    (tmp_path / "images" / "train" / "more").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "labels" / "train" / "more").mkdir()
+    (tmp_path / "labels" / "train" / "more" / "raccoon-8.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    assert _splits(build_manifest(tmp_path)) == {"train": 2, "val": 1, "test": 0}
 
 
 def test_yolo_subset_lists_and_labels_beside_images_have_no_orphan_check(tmp_path):

@@ -98,7 +98,23 @@ def test_a_sweep_whose_every_trial_failed_exits_1(capsys):
     rows = [{"trial": "a", "status": "ERROR", "error": "NonFiniteLossError: non-finite loss at epoch 1, step 3"},
             {"trial": "b", "status": "ERROR", "error": "ConfigError: model.weights: ..."}]
     assert _failed_sweep_status(rows) == 1
-    assert capsys.readouterr().err == ("boxtune: error: all 2 trials failed; the first: NonFiniteLossError: "
+    assert capsys.readouterr().err == ("boxtune: error: all 2 trials failed; trial a: NonFiniteLossError: "
                                        "non-finite loss at epoch 1, step 3\n")
+    assert _failed_sweep_status(rows[1:]) == 1
+    assert capsys.readouterr().err == "boxtune: error: the one trial failed; trial b: ConfigError: model.weights: ...\n"
     assert _failed_sweep_status([{**rows[0], "status": "TERMINATED"}, rows[1]]) == 0  # one finished: listed, exit 0
     assert _failed_sweep_status([]) == 0
+
+
+def test_train_checks_the_model_section_its_trial_builds(tmp_path, tiny_demo, capsys):
+    # the shared weights name a file that is not there, but this architecture's own section says
+    # random weights: the trial needs no file, so nothing is refused and it trains
+    from tune.cli import main
+
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"path": str(tiny_demo), "val_fraction": 0.25, "seed": 0},
+        "model": {**TINY_MODEL, "weights": str(tmp_path / "shared.pth"), "by_architecture": {ARCH: {"weights": None}}},
+        "training": {"epochs": 1, "seed": 0}, "hparams": {"batch_size": 4}}))
+    assert main(["train", str(config), "--out", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "checkpoints").is_dir()

@@ -104,3 +104,17 @@ def test_a_trials_end_line_gives_the_score_it_ranks_by(capsys):
         capsys.readouterr()
         table.on_trial_complete(0, [], trial)
         assert capsys.readouterr().out.splitlines()[-1] == expected
+
+
+def test_a_table_pickled_before_by_score_existed_still_ends_trials(capsys):
+    # `boxtune resume` unpickles the callbacks of the run's tuner.pkl, which older runs wrote
+    import pickle
+    from types import SimpleNamespace
+
+    table = ProgressTable(max_epochs=2)
+    del table.__dict__["_by_score"]
+    table = pickle.loads(pickle.dumps(table))
+    trial = SimpleNamespace(trial_id="a_00000", config={"lr": 0.01})
+    table.on_trial_result(0, [], trial, {"epoch": 2, "AP": 0.3, "AR100": 0.4, "best_AP": 0.3, "best_score": 0.3})
+    table.on_trial_complete(0, [], trial)
+    assert capsys.readouterr().out.splitlines()[-1].startswith("-- a_00000 finished after epoch 2/2: best AP 0.300")

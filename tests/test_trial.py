@@ -99,6 +99,14 @@ def test_resume_with_another_config_is_refused(tmp_path, tiny_manifest):
         run_trial(_config(2), manifest=tiny_manifest, reporter=reporter, resources=TrialResources(cpus=1, device="cpu"))
 
 
+def test_a_refused_resume_names_a_key_one_side_lacks():
+    from trainables.loop import _config_difference
+
+    assert _config_difference({"training": {"epochs": 2}}, {"training": {"epochs": 2, "grad_clip_norm": None}}) == (
+        "training.grad_clip_norm: <missing> -> None")
+    assert _config_difference({"a": 1, "b": {"c": 2}}, {"a": 3, "b": {"c": 2}}) == "a: 1 -> 3"
+
+
 def test_non_finite_loss_names_epoch_and_step(tmp_path, tiny_manifest):
     cfg = _config(2, lr=10.0, warmup_iters=0, hflip_p=0.0, jitter_p=0.0, crop_p=0.0)
     with pytest.raises(NonFiniteLossError) as err:

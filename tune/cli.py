@@ -80,6 +80,7 @@ def _check_device(value: str | None) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     _check_device(args.device)
+    from trainables.config import parse_trial_config
     from trainables.loop import TrialResources, run_trial
     from trainables.model import cache_weights, check_model
     from trainables.reporting import LocalReporter, format_best_summary
@@ -98,13 +99,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     n_test = len(manifest.records("test"))
     print(f"{len(manifest.records('train'))} train / {len(manifest.records('val'))} val"
           f"{f' / {n_test} test' if n_test else ''} images, classes: {', '.join(manifest.class_names)}; output in {out}")
-    check_model(cfg.model, manifest.class_names)  # before --out is made: a class_map typo, a missing file
-    cache_weights(cfg.model)  # a weights name: downloaded once, or one line saying where to put the file
+    trial_cfg = {"model": cfg.model.model_dump(), "training": cfg.training.model_dump(),
+                 "hparams": cfg.hparams.model_dump(exclude_unset=True), "metric": cfg.metric}
+    # before --out is made, on the model section the trial builds (by_architecture applied): a
+    # class_map typo or a missing file is one line; a weights name is downloaded once, or one line
+    # says where to put the file
+    model_cfg = parse_trial_config(trial_cfg).model
+    check_model(model_cfg, manifest.class_names)
+    cache_weights(model_cfg)
     reporter = LocalReporter(out, echo=lambda line: print(line, flush=True))
     if reporter.latest_checkpoint() is not None and not args.resume:
         raise BoxtuneError(f"{out} already holds checkpoints; pass --resume to continue, or choose another --out")
-    trial_cfg = {"model": cfg.model.model_dump(), "training": cfg.training.model_dump(),
-                 "hparams": cfg.hparams.model_dump(exclude_unset=True), "metric": cfg.metric}
     run_trial(trial_cfg, manifest=manifest, reporter=reporter,
               resources=resources)
     print(format_best_summary(out, epochs=cfg.training.epochs))
@@ -161,7 +166,8 @@ def _failed_sweep_status(rows) -> int:
     """1 when no trial finished (every one errored, each listed with its error above), else 0."""
     if not rows or any(r["status"] != "ERROR" for r in rows):
         return 0
-    print(f"boxtune: error: all {len(rows)} trials failed; the first: {rows[0].get('error') or 'see its error.txt'}",
+    what = f"all {len(rows)} trials" if len(rows) > 1 else "the one trial"
+    print(f"boxtune: error: {what} failed; trial {rows[0]['trial']}: {rows[0].get('error') or 'see its error.txt'}",
           file=sys.stderr)
     return 1
 

@@ -25,7 +25,9 @@ def prepare_manifest(cfg: _HasData) -> Manifest:
     d = cfg.data
     if d.path.endswith(".parquet"):
         # the manifest fixes records and split; its seed is kept only as a record (`--best-config` writes it)
-        ignored = sorted(d.model_fields_set - {"path", "seed"})
+        # keys at their defaults do nothing either way: a full dump of a config (as a run's sweep.yaml) still loads
+        ignored = sorted(k for k in d.model_fields_set - {"path", "seed"}
+                         if getattr(d, k) != type(d).model_fields[k].get_default(call_default_factory=True))
         if ignored:
             keys = ", ".join(f"data.{k}" for k in ignored)
             raise ConfigError(f"{keys}: data.path {d.path} is a manifest, whose records and split are fixed, so "

@@ -73,6 +73,8 @@ def _mib(value: Any) -> str:
 class ProgressTable(tune.Callback):
     """Prints the sweep's live table on the driver (see the module docstring)."""
 
+    _by_score = False  # a table pickled by a run from before this attribute (resumed) has none
+
     def __init__(self, *, max_epochs: int, by_score: bool = False):
         self.max_epochs = max_epochs
         self._by_score = by_score  # the objective is not plain AP: a trial's end line gives its score too

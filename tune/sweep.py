@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -42,7 +43,7 @@ from tune.config import SweepConfig
 from tune.data_source import prepare_manifest
 from tune.gpu_preflight import gpu_memory_preflight
 from tune.holdout import evaluate_sweep_on_test
-from tune.ray_session import ray_session, require_resources
+from tune.ray_session import is_local, ray_session, require_resources
 from tune.resume_logs import truncate_to_checkpoints
 from tune.space_check import check_sampled_space
 from tune.storage import RunStorage
@@ -276,7 +277,7 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) -> li
     drawn: list[dict[str, Any]] = []
     check_space(cfg, n_train=n_train, drawn=drawn)  # before Ray: a space that can produce a rejected config fails now
     check_objective(cfg, manifest)
-    check_models(drawn, manifest.class_names, local=address is None)
+    check_models(drawn, manifest.class_names, local=_trials_run_here(address))
     n_test = splits.count("test")  # held out: evaluated once when the sweep ends (tune.holdout)
     echo(f"  {n_train} train / {n_val} val{f' / {n_test} test' if n_test else ''} images, "
          f"classes: {', '.join(manifest.class_names)}")
@@ -360,6 +361,18 @@ def check_models(configs: list[dict[str, Any]], class_names: list[str], *, local
         check_model(model_cfg, class_names, files=local)
         if local:
             cache_weights(model_cfg)
+
+
+def _trials_run_here(address: str | None) -> bool:
+    """Whether every trial runs on this machine, so a weights path here is the one they read: a
+    local Ray, or an already started Ray whose every node is this one; not a join (``--address``,
+    ``RAY_ADDRESS``)."""
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        import ray
+
+        here = ray.util.get_node_ip_address()
+        return all(node["NodeManagerAddress"] == here for node in ray.nodes() if node["Alive"])
+    return is_local(address)
 
 
 def check_objective(cfg: SweepConfig, manifest: Manifest) -> None:

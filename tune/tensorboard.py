@@ -197,18 +197,22 @@ def serve(run: str, *, host: str = "127.0.0.1", port: int = 6006) -> int:
         log.warning("%s; serving without an HParams experiment", err)
     if not _port_free(host, port):
         raise BoxtuneError(f"port {port} on {host} is in use (another TensorBoard?); choose one with --port")
-    process, url = start_tensorboard(run, host=host, port=port)
-    print(f"TensorBoard for {run} at {url} (Ctrl-C to stop)", flush=True)
     # `kill PID` and a closed terminal stop TensorBoard too, as Ctrl-C does: by default they would
     # end this process at once and leave TensorBoard running, orphaned, on its port
     main = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)} if main else {}
+    process = None
     try:
+        process, url = start_tensorboard(run, host=host, port=port)
+        print(f"TensorBoard for {run} at {url} (Ctrl-C to stop)", flush=True)
         status = process.wait()
     except KeyboardInterrupt:
         return 0
     finally:
-        _stop(process)
+        for sig in previous:  # a second signal while TensorBoard stops must not cut the stop short
+            signal.signal(sig, signal.SIG_IGN)
+        if process is not None:
+            _stop(process)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if status in (0, -signal.SIGINT, -signal.SIGTERM):  # Ctrl-C in a terminal reaches TensorBoard too

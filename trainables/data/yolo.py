@@ -26,6 +26,7 @@ Boxes are in pixels here, from the image size its header gives; repairs (clippin
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,8 +202,10 @@ def _orphan_labels(source: Path, problems: Problems) -> None:
     labels = Path(*parts[:i], "labels", *parts[i + 1 :])
     if not labels.is_dir():
         return
-    # compared as paths below the two folders, so that relative and symlinked folders agree
-    stems = {f.relative_to(source).with_suffix("") for f in source.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS}
+    # compared as paths below the two folders, so that relative and symlinked folders agree; any
+    # file there counts, an image of a kind boxtune does not read (.heic) included: not an orphan
+    stems = {(Path(top) / name).relative_to(source).with_suffix("")
+             for top, _, names in os.walk(source, followlinks=True) for name in names}
     for label in sorted(labels.rglob("*.txt")):
         stem = label.relative_to(labels).with_suffix("")
         if label.name != "classes.txt" and label.is_file() and stem not in stems:
