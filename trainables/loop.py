@@ -395,9 +395,8 @@ def _config_difference(saved: Any, now: Any, prefix: str = "") -> str:
     """The first keys whose values differ between two resolved configs, as ``key: saved -> now``
     (``<missing>`` for a key one side lacks, as after an upgrade adds one)."""
     if isinstance(saved, dict) and isinstance(now, dict):
-        keys = [k for k in sorted(set(saved) | set(now), key=str)
-                if k not in saved or k not in now or saved[k] != now[k]]
-        parts = [_config_difference(saved.get(k, _MISSING), now.get(k, _MISSING), f"{prefix}{k}.") for k in keys]
+        pairs = [(k, saved.get(k, _MISSING), now.get(k, _MISSING)) for k in sorted(set(saved) | set(now), key=str)]
+        parts = [_config_difference(old, new, f"{prefix}{k}.") for k, old, new in pairs if old != new]
         return "; ".join(parts[:3]) + (f"; and {len(parts) - 3} more" if len(parts) > 3 else "")
     shown = [v if v is _MISSING else repr(v) for v in (saved, now)]
     return f"{prefix.rstrip('.')}: {shown[0]} -> {shown[1]}"

@@ -183,7 +183,8 @@ def _callbacks(cfg: SweepConfig, storage: RunStorage) -> list:
     from tune.retention import CheckpointRetention
 
     # saved with the run config in tuner.pkl: nothing unpicklable in them (the table prints to stdout)
-    return [JsonLoggerCallback(), CSVLoggerCallback(), ProgressTable(max_epochs=cfg.training.epochs, by_score=cfg.search.metric != "AP"),
+    table = ProgressTable(max_epochs=cfg.training.epochs, by_score=cfg.search.metric != "AP")
+    return [JsonLoggerCallback(), CSVLoggerCallback(), table,
             CheckpointRetention(storage, keep_trials=cfg.checkpoints.keep_trials)]
 
 
