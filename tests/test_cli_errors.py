@@ -90,6 +90,17 @@ def _write(path: Path, data: dict) -> Path:
     return path
 
 
+@pytest.mark.parametrize("name", ["off", "no", "123"])
+def test_a_name_that_yaml_reads_as_another_type_stays_a_name(capsys, tmp_path, tiny_demo, name):
+    # the run folder exists already, so the sweep stops at its name, before Ray: the name it used shows
+    (tmp_path / "runs" / name).mkdir(parents=True)
+    (tmp_path / "runs" / name / "sweep.yaml").write_text("name: x\n")
+    config = _write(tmp_path / "sweep.yaml", {"data": {"path": str(tiny_demo)}, "storage": str(tmp_path / "runs")})
+    assert _one_line_error(capsys, ["sweep", str(config), "--name", name]) == (
+        f"name: a sweep {name!r} already exists in {tmp_path / 'runs' / name}; run `boxtune resume "
+        f"{tmp_path / 'runs' / name}` or choose another name")
+
+
 def test_tilde_in_config_paths_is_the_home_folder(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))

@@ -7,6 +7,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -149,7 +150,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from tune.report import format_ranking, load_sweep, param_importances
     from tune.sweep import run_sweep
 
-    overrides = list(args.set) + ([f"name={args.name}"] if args.name else [])
+    # quoted: an override's value is YAML, where a bare off, no or 123 would not be a name
+    overrides = list(args.set) + ([f"name={json.dumps(args.name)}"] if args.name else [])
     cfg = load_config(args.config, SweepConfig, overrides=overrides)
     rows = run_sweep(cfg, address=args.address)
     run = f"{rows[0]['path'].rsplit('/', 1)[0]}" if rows else cfg.storage
