@@ -192,3 +192,14 @@ def test_tune_environment_restores_what_was_there(monkeypatch, preset):
         assert os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1"
         assert os.environ[threshold] == (preset or "0")  # a threshold the user set is kept
     assert os.environ.get(threshold) == preset and "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ
+
+
+def test_ranking_table_keeps_small_hyperparameters_significant():
+    from tune.report import format_ranking
+
+    rows = [{"rank": 1, "trial": "a", "status": "TERMINATED", "AP": 0.00012, "test_AP": 0.0042, "lr_adam": 0.000123,
+             "eps": 3.42e-09, "hflip_p": 0.5}]
+    header, cells = [line.split() for line in format_ranking(rows).splitlines()[:2]]
+    assert dict(zip(header, cells, strict=True)) == {
+        "rank": "1", "trial": "a", "status": "TERMINATED", "AP": "0.0001", "test_AP": "0.0042", "lr_adam": "0.000123",
+        "eps": "3.42e-09", "hflip_p": "0.5000"}

@@ -356,7 +356,7 @@ def format_ranking(rows: list[dict[str, Any]], *, fmt: str = "table", top: int |
         return buf.getvalue()
     if fmt != "table":
         raise ConfigError(f"--format: expected one of table, csv, json, parquet, got {fmt!r}")
-    cells = [[_cell(r.get(k)) for k in shown if k != "error"] for r in rows]
+    cells = [[_cell(r.get(k), figures=not _is_metric(k)) for k in shown if k != "error"] for r in rows]
     header = [k for k in shown if k != "error"]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
@@ -373,13 +373,19 @@ def format_ranking(rows: list[dict[str, Any]], *, fmt: str = "table", top: int |
     return "\n".join(lines)
 
 
-def _cell(value: Any) -> str:
+def _is_metric(key: str) -> bool:
+    return key in METRIC_COLUMNS or key in ("objective", "score") or key.startswith(TEST_PREFIX)
+
+
+def _cell(value: Any, *, figures: bool = False) -> str:
+    """A table cell: metrics to 4 decimals; with ``figures`` (a hyperparameter), a value under 0.01
+    to 3 significant figures, so that a learning rate or an eps does not show as 0.0000."""
     if value is None:
         return "-"
     if isinstance(value, float):
         if math.isnan(value):
             return "nan"
-        if value and abs(value) < 0.01:  # a learning rate or an eps: significant figures, not 0.0000
+        if figures and value and abs(value) < 0.01:
             return f"{value:.3g}"
         return f"{value:.4f}" if abs(value) < 1 else f"{value:.4g}"
     return str(value)
