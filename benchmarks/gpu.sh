@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu.sh                       # from the repo root, on the GPU machine
 #   bash benchmarks/gpu.sh --parts packing,data  # rerun chosen parts; the others' rows are kept
-#   bash benchmarks/gpu.sh --device cpu --tiny   # the CPU smoke test (tests/test_gpu_script.py)
+#   bash benchmarks/gpu.sh --device cpu --tiny   # the CPU smoke test (tests/benchmarks/test_gpu_script.py)
 #
 # Writes gpu_results.json to $OUT if set, else to the current folder (or --out DIR), and prints
 # one table with the targets judged. Beside it, gpu_memory.json: the packing preflight's measured

@@ -1,6 +1,6 @@
 """Multi-node Ray scenarios on one machine, run as a script inside a private network namespace.
 
-``tests/test_cluster.py`` and ``benchmarks/bench_scaling.py`` start this file through
+``tests/tune/launch/test_cluster.py`` and ``benchmarks/bench_scaling.py`` start this file through
 ``namespace_command`` (``unshare -rn``: a user and network namespace holding only a loopback
 interface, plus a PID namespace where permitted, so nothing the scenario starts can outlive it).
 Every Ray port therefore listens on 127.0.0.1 of a network nobody else can reach, and the nodes

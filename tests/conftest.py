@@ -9,7 +9,7 @@ import pytest
 
 # Ray reads this once, when any test or fixture first imports it: every local Ray the suite starts
 # then listens on 127.0.0.1 only. Scenarios that start `ray start` nodes take it out of their
-# environment (joins abort under it); tests/test_exposure.py runs the CLI without it.
+# environment (joins abort under it); tests/tune/launch/test_exposure.py runs the CLI without it.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 REPO = Path(__file__).resolve().parents[1]

@@ -71,7 +71,7 @@ def sweep_config(data: Path, storage: Path, model: dict[str, Any]) -> dict[str, 
         "max_concurrent": 2,
         "storage": str(storage),
         "retries": RETRIES,
-        # fewer than the trials that report, so tests/test_retention.py sees checkpoints deleted
+        # fewer than the trials that report, so tests/tune/launch/test_retention.py sees checkpoints deleted
         "checkpoints": {"keep_trials": KEEP_TRIALS},
     }
 

@@ -312,7 +312,7 @@ BAD_INPUTS = {f.__name__.removeprefix("_case_"): f for f in [
 ]}  # fmt: skip
 
 
-# without data.strict these images are repaired or left out and listed (tests/test_decode.py)
+# without data.strict these images are repaired or left out and listed (tests/trainables/data/test_decode.py)
 STRICT_CASES = {"unreadable_image", "truncated_jpeg"}
 
 

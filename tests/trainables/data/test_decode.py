@@ -18,7 +18,7 @@ from PIL import Image, ImageFile
 from trainables.data import DetectionDataset, build_manifest, load_image, read_manifest, summarize
 from trainables.errors import DataError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 TAIL = "JPEG cut short before its end marker, decoded with the marker restored (file unchanged)"
 UNDECODABLE = "image that cannot be decoded, left out"
 

@@ -8,7 +8,7 @@ import pytest
 
 from trainables.data import DetectionDataset, build_manifest, read_manifest, summarize
 
-RACCOON = Path(__file__).parents[1] / ".." / "shared" / "data" / "raccoon"
+RACCOON = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "raccoon"
 
 
 @pytest.fixture(scope="module")
