@@ -50,7 +50,8 @@ def _sync(device) -> None:
 def bench(arch: str, args) -> dict:
     import torch
 
-    from trainables.config import FAMILIES, ModelConfig
+    from trainables.architectures import FAMILIES
+    from trainables.config import ModelConfig
     from trainables.model import build_model
 
     sizes = {} if FAMILIES[arch] == "ssd" else {"min_size": args.size, "max_size": args.size}
@@ -95,7 +96,7 @@ def bench(arch: str, args) -> dict:
 
 
 def main() -> None:
-    from trainables.config import ARCHITECTURES
+    from trainables.architectures import ARCHITECTURES
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")

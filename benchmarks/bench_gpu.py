@@ -74,7 +74,8 @@ def _sizes(args) -> dict:
         return {"images": 12, "image_px": 64, "model_px": {"MobileNet-320": 64}, "batch": 2, "epochs": 1,
                 "rois": 64, "demo_images": 12, "demo_px": 64, "demo_epochs": 1, "concurrency": [1, 2],
                 "memory_archs": [ARCHS["MobileNet-320"]], "memory_size": [64, 96], "memory_steps": 1}
-    from trainables.config import ARCHITECTURES, ModelConfig
+    from trainables.architectures import ARCHITECTURES
+    from trainables.config import ModelConfig
 
     default = ModelConfig()  # the image size a sweep trains at unless model.min_size/max_size say otherwise
     # memory_steps 2: the model and optimiser carry over between an architecture's points, and the
@@ -288,7 +289,7 @@ def _plain_loop(setup_: dict, arch: str, *, dtype: str, device, workers: int, ch
 def part_train(args, setup_: dict, rows: _Rows) -> None:
     import torch
 
-    from trainables.loop import _num_workers  # the trial's own sizing, for the plain loop too
+    from trainables.loaders import _num_workers  # the trial's own sizing, for the plain loop too
 
     device = torch.device(args.device)
     cpus = None if device.type == "cuda" else min(2, len(_cores()))
@@ -414,7 +415,7 @@ def part_data(args, setup_: dict, rows: _Rows) -> None:
     from trainables.config import HParams
     from trainables.data import DetectionDataset, read_manifest
     from trainables.data.cache import DecodedImageCache
-    from trainables.loop import _loader, _num_workers  # the trial's own loader settings
+    from trainables.loaders import _loader, _num_workers  # the trial's own loader settings
 
     device = torch.device(args.device)
     cpus = None if device.type == "cuda" else min(2, len(_cores()))
@@ -460,7 +461,8 @@ def _memory_of(arch: str, args, setup_: dict, rows: _Rows) -> None:
     """One architecture's rows; its model, optimiser and data die with this call."""
     import torch
 
-    from trainables.config import FAMILIES, HParams, ModelConfig
+    from trainables.architectures import FAMILIES
+    from trainables.config import HParams, ModelConfig
     from trainables.freeze import apply_freeze
     from trainables.gpu_memory import canvas_megapixels
     from trainables.loop import LOSS_NAMES, _amp_dtype, _train_one_epoch

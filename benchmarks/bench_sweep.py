@@ -59,7 +59,7 @@ def _results(run: Path) -> list[dict]:
 def overhead(args, tmp: Path, data: Path) -> dict:
     import ray
 
-    from tune.sweep import run_sweep
+    from tune.workflow import run_sweep
 
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -96,7 +96,7 @@ def _epochs_to_reach(rows: list[dict], target: float) -> int | None:
 def asha(args, tmp: Path, data: Path) -> dict:
     import ray
 
-    from tune.sweep import run_sweep
+    from tune.workflow import run_sweep
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     out = {}

@@ -208,7 +208,7 @@ def _sampled(rows: list[dict]) -> dict:
 
 
 def _run(cfg) -> tuple[dict[str, list[dict]], float]:
-    from tune.sweep import run_sweep
+    from tune.workflow import run_sweep
 
     t0 = time.perf_counter()
     run_sweep(cfg, echo=lambda *_: None)

@@ -25,7 +25,7 @@ searcher with the space). :func:`first_trials` gives the configs a sweep evaluat
 samples (``default``: the `seed` SGD recipe).
 
 Learning rates are searched under one name per optimiser, ``lr_sgd`` (SGD) and ``lr_adam`` (Adam
-and AdamW), and :func:`to_hparams` maps both back to ``HParams.lr`` (``tune.trainable`` applies it
+and AdamW), and :func:`to_hparams` maps both back to ``HParams.lr`` (``tune.trial_config`` applies it
 to every sampled config). Under one shared name, Optuna's TPESampler, which models each parameter
 on its own and builds its density from every trial that has the name, whatever its range, would
 put SGD's rates (1e-3..5e-2) and Adam's (1e-5..1e-3) into one density: good SGD trials would pull

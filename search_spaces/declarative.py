@@ -34,7 +34,8 @@ from typing import Annotated, Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from trainables.config import _BRANCH_KEYS, ARCHITECTURES, HParams  # the schema the space must produce
+from trainables.architectures import ARCHITECTURES
+from trainables.config import _BRANCH_KEYS, HParams  # the schema the space must produce
 from trainables.errors import ConfigError
 
 __all__ = ["KINDS", "DeclarativeSpace", "parse_space"]

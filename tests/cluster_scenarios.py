@@ -249,8 +249,8 @@ def scenario_ray_start(work: Path) -> dict[str, Any]:
     import ray
 
     from trainables.errors import ConfigError
-    from tune.gpu_preflight import card_memory_mib, gpu_memory_preflight
-    from tune.ray_session import ray_session, require_resources
+    from tune.launch.gpu_preflight import card_memory_mib, gpu_memory_preflight
+    from tune.launch.ray_session import ray_session, require_resources
 
     sweep_cmd = [sys.executable, "-m", "tune.cli", "sweep", str(work / "sweep.yaml"), "--address", address]
     try:
@@ -369,7 +369,7 @@ def _kill_after_checkpoint(cluster, node, run: Path, epochs: int, record: dict[s
 
 def scenario_node_loss(work: Path) -> dict[str, Any]:
     """Two 1-CPU nodes; the second is killed mid-trial; the sweep must still account for every trial."""
-    from tune.sweep import run_sweep
+    from tune.workflow import run_sweep
 
     cfg = _sweep_config(work)
     run = Path(cfg.storage) / cfg.name
@@ -398,7 +398,7 @@ def scenario_scaling(work: Path) -> dict[str, Any]:
     import yaml
 
     from tune.config import SweepConfig
-    from tune.sweep import run_sweep
+    from tune.workflow import run_sweep
 
     base = yaml.safe_load((work / "sweep.yaml").read_text())
     out = {}

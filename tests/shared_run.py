@@ -112,7 +112,7 @@ def trial_epochs(trial_dir: Path) -> list[int]:
 
 def trial_attempts(trial_dir: Path) -> list[dict[str, Any]]:
     """One row per process that ran the trial (its pid, the checkpoint it started from, a refusal)."""
-    from tune.trial_record import ATTEMPTS_FILE
+    from tune.run.layout import ATTEMPTS_FILE
 
     path = trial_dir / ATTEMPTS_FILE
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []

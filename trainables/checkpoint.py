@@ -20,10 +20,10 @@ import torch
 
 from trainables.atomic import atomic_path
 from trainables.errors import TrainingError
+from trainables.files import CHECKPOINT_FILE
 
 __all__ = ["CHECKPOINT_FILE", "FORMAT_VERSION", "TrialState", "save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng"]
 
-CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 1
 
 

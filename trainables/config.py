@@ -9,7 +9,8 @@ A trial config has three parts:
 
 Hyperparameters that belong to one branch of another (momentum only for SGD, ``step_size`` only
 for the step schedule) are errors when set on another branch: in a sweep, a knob that silently
-does nothing wastes trials.
+does nothing wastes trials. Which architectures exist, and which model keys each family uses, is
+``trainables.architectures``' catalogue, which the validators here check against.
 """
 
 from __future__ import annotations
@@ -19,14 +20,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trainables.architectures import ARCHITECTURES, FAMILIES, FAMILY_MODEL_KEYS, SIZED_KEYS
 from trainables.errors import ConfigError
 from trainables.objective import parse_objective
 
 __all__ = [
-    "ARCHITECTURES",
-    "FAMILIES",
-    "FAMILY_MODEL_KEYS",
-    "family_of",
     "resolve_model_section",
     "OPTIMIZERS",
     "SCHEDULES",
@@ -38,39 +36,7 @@ __all__ = [
     "parse_trial_config",
 ]
 
-ARCHITECTURES = (
-    "fasterrcnn_resnet50_fpn",
-    "fasterrcnn_resnet50_fpn_v2",
-    "fasterrcnn_mobilenet_v3_large_fpn",
-    "fasterrcnn_mobilenet_v3_large_320_fpn",
-    "retinanet_resnet50_fpn",
-    "retinanet_resnet50_fpn_v2",
-    "fcos_resnet50_fpn",
-    "ssdlite320_mobilenet_v3_large",
-)
-# architecture -> family: the detector class torchvision builds, which decides the head layout,
-# the loss names and which model keys apply
-FAMILIES: dict[str, str] = {
-    "fasterrcnn_resnet50_fpn": "fasterrcnn",
-    "fasterrcnn_resnet50_fpn_v2": "fasterrcnn",
-    "fasterrcnn_mobilenet_v3_large_fpn": "fasterrcnn",
-    "fasterrcnn_mobilenet_v3_large_320_fpn": "fasterrcnn",
-    "retinanet_resnet50_fpn": "retinanet",
-    "retinanet_resnet50_fpn_v2": "retinanet",
-    "fcos_resnet50_fpn": "fcos",
-    "ssdlite320_mobilenet_v3_large": "ssd",
-}
-# The model keys each family's builder uses besides architecture, weights and class_map. SSDlite
-# resizes every image to a fixed 320x320 (its builder takes no min_size/max_size), and only the
-# Faster R-CNN box head samples RoIs.
-FAMILY_MODEL_KEYS: dict[str, tuple[str, ...]] = {
-    "fasterrcnn": ("min_size", "max_size", "box_batch_size_per_image"),
-    "retinanet": ("min_size", "max_size"),
-    "fcos": ("min_size", "max_size"),
-    "ssd": (),
-}
-_SIZED_KEYS = ("min_size", "max_size", "box_batch_size_per_image")
-_OVERRIDABLE_KEYS = ("weights", *_SIZED_KEYS)  # what by_architecture may set per architecture
+_OVERRIDABLE_KEYS = ("weights", *SIZED_KEYS)  # what by_architecture may set per architecture
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "exponential", "cosine", "onecycle")
 
@@ -95,16 +61,6 @@ _BRANCH_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, validate_assignment=False)
-
-
-def family_of(architecture: str) -> str:
-    """The family ("fasterrcnn", "retinanet", "fcos", "ssd") of a known architecture."""
-    try:
-        return FAMILIES[architecture]
-    except KeyError:
-        raise ConfigError(
-            f"model.architecture: unknown architecture {architecture!r}; accepted: {', '.join(ARCHITECTURES)}"
-        ) from None
 
 
 class ModelConfig(_Strict):
@@ -172,7 +128,7 @@ def _family_problems(architecture: str, keys_set: set[str], where: str) -> list[
     family = FAMILIES[architecture]
     allowed = FAMILY_MODEL_KEYS[family]
     problems = []
-    for key in sorted((set(keys_set) & set(_SIZED_KEYS)) - set(allowed)):
+    for key in sorted((set(keys_set) & set(SIZED_KEYS)) - set(allowed)):
         if family == "ssd":
             why = "SSDlite resizes every image to 320x320, fixed by torchvision's builder"
         else:

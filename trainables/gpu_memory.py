@@ -1,4 +1,4 @@
-"""How much GPU memory a trial needs, from measurements on a card: the estimate the packing preflight uses.
+"""A trial's GPU memory: the estimate the packing preflight uses, and the cap and peak a trial runs with.
 
 A trial's peak GPU memory (what its CUDA allocator holds, ``gpu_reserved_mib``) grows with the
 pixels it trains on at once. For each architecture and precision, ``benchmarks/gpu.sh`` (its
@@ -27,10 +27,15 @@ The fit is kept in ``gpu_memory.json`` beside this module, with the card, the ve
 CUDA context size it was measured with (``load_table``; ``BOXTUNE_GPU_MEMORY_TABLE`` names
 another file, such as a table measured on your own card). Without a table there is no estimate
 and the preflight says so.
+
+A running trial holds its allocator to its share of the card (``limit_gpu_memory``), reports its
+peak (``peak_gpu_memory``), and when it outgrows the share fails with ``gpu_out_of_memory``'s
+error (``OutOfMemoryGuard``), which says how much it had and what shrinks it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -38,11 +43,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trainables.config import FAMILIES, TrialConfig
-from trainables.errors import ConfigError
+import torch
+
+from trainables.architectures import FAMILIES
+from trainables.config import TrialConfig
+from trainables.errors import ConfigError, OutOfMemoryError
 
 __all__ = ["TABLE_FILE", "TABLE_ENV", "canvas_megapixels", "fit_table", "load_table", "estimate_mib",
-           "measured_context_mib", "share_limit_mib"]
+           "measured_context_mib", "share_limit_mib", "limit_gpu_memory", "peak_gpu_memory", "gpu_out_of_memory", "OutOfMemoryGuard"]
 
 TABLE_FILE = Path(__file__).with_name("gpu_memory.json")
 TABLE_ENV = "BOXTUNE_GPU_MEMORY_TABLE"  # a table file to use instead
@@ -179,7 +187,65 @@ def share_limit_mib(fraction: float, card_mib: float, context_mib: float) -> flo
 
     The context lives outside the allocator, so trials packed at ``1 / n`` each fill the card
     together, contexts included, only if each allocator stops one context short of its share.
-    The trial's cap (``trainables.loop``) and the sweep's preflight (``tune.gpu_preflight``) both
+    The trial's cap (``limit_gpu_memory``) and the sweep's preflight (``tune.launch.gpu_preflight``) both
     use this. Never below 5% of the share.
     """
     return max(fraction * card_mib - context_mib, 0.05 * fraction * card_mib)
+
+
+def limit_gpu_memory(device: torch.device, fraction: float | None, context_mib: float) -> None:
+    """Hold this process's CUDA allocator to ``fraction`` of the card less its context; start its peak count afresh."""
+    if device.type != "cuda":
+        return
+    if fraction is not None:
+        card_mib = torch.cuda.get_device_properties(device).total_memory / 2**20
+        torch.cuda.set_per_process_memory_fraction(share_limit_mib(fraction, card_mib, context_mib) / card_mib, device)
+    torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gpu_memory(device: torch.device) -> dict[str, float]:
+    """Peak GPU memory of the trial so far, MiB: allocated by tensors, and held by the allocator (what packing must fit)."""
+    if device.type != "cuda":
+        return {}
+    return {"gpu_mem_mib": torch.cuda.max_memory_allocated(device) / 2**20,
+            "gpu_reserved_mib": torch.cuda.max_memory_reserved(device) / 2**20}
+
+
+def gpu_out_of_memory(epoch: int, *, fraction: float | None, card_mib: float, held_mib: float,
+                      context_mib: float = 0.0) -> OutOfMemoryError:
+    """The error for a trial that ran out of GPU memory in ``epoch``: how much it had, what shrinks it.
+
+    ``card_mib`` is the card's memory, ``fraction`` the trial's share of it (``resources.gpu``
+    below 1; None: the whole card), ``context_mib`` the CUDA context its share leaves out
+    (``share_limit_mib``) and ``held_mib`` the most its allocator held.
+    """
+    if fraction:
+        limit = share_limit_mib(fraction, card_mib, context_mib)
+        share = f"resources.gpu {fraction:g} of a {card_mib:.0f} MiB card" + (
+            f", less {context_mib:.0f} MiB for the CUDA context" if context_mib else "")
+    else:
+        limit, share = card_mib, f"a whole {card_mib:.0f} MiB card"
+    more = "give each trial a larger resources.gpu (fewer trials per GPU)" if fraction else "use a larger GPU"
+    return OutOfMemoryError(
+        f"out of GPU memory in epoch {epoch}: the trial may hold {limit:.0f} MiB ({share}) and its allocator "
+        f"held {held_mib:.0f} MiB at peak; {more}, or lower hparams.batch_size (the space's batch_size "
+        "choices) or model.max_size")
+
+
+class OutOfMemoryGuard(contextlib.AbstractContextManager):
+    """Turns CUDA running out of memory inside it into ``gpu_out_of_memory``'s error for ``epoch``.
+
+    ``epoch`` (1-based) is the trial loop's to keep current. The same config in the same share
+    runs out again: no retry can mend it, so the error says how much the trial had and what
+    shrinks it. Off the GPU every error passes through as it is.
+    """
+
+    def __init__(self, device: torch.device, fraction: float | None, context_mib: float, *, epoch: int) -> None:
+        self.device, self.fraction, self.context_mib, self.epoch = device, fraction, context_mib, epoch
+
+    def __exit__(self, kind, err, traceback) -> None:
+        if isinstance(err, torch.cuda.OutOfMemoryError) and self.device.type == "cuda":
+            raise gpu_out_of_memory(self.epoch, fraction=self.fraction,
+                                    card_mib=torch.cuda.get_device_properties(self.device).total_memory / 2**20,
+                                    held_mib=peak_gpu_memory(self.device)["gpu_reserved_mib"],
+                                    context_mib=self.context_mib) from err

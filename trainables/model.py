@@ -36,7 +36,8 @@ import torch
 from torch import nn
 from torchvision.models import get_model, get_model_weights
 
-from trainables.config import ARCHITECTURES, FAMILIES, FAMILY_MODEL_KEYS, ModelConfig
+from trainables.architectures import ARCHITECTURES, FAMILIES, FAMILY_MODEL_KEYS
+from trainables.config import ModelConfig
 from trainables.errors import ConfigError
 from trainables.freeze import freeze_batchnorm
 from trainables.heads import check_predictor, coco_label, prune_box_predictor

@@ -40,6 +40,8 @@ __all__ = [
     "METRICS",
     "CLASS_METRICS",
     "NAN_SCORE",
+    "SCORE",
+    "BEST_SCORE",
     "OBJECTIVE_DIGITS",
     "TIEBREAK_SCALE",
     "AREA_RANGES",
@@ -61,6 +63,11 @@ NAN_SCORE = -1.0  # the score of an epoch whose objective is NaN; measured objec
 OBJECTIVE_DIGITS = 6  # the objective's resolution in the score: 1e-6
 TIEBREAK_SCALE = 1e-7  # AR100 in [0, 1] adds at most 1e-7, below one objective step
 # COCOeval's area ranges (px^2, bounds inclusive): a box outside its stat's range is ignored there
+# The result keys that rank. Every epoch reports both (``epoch_summary``): Ray's ASHA rungs and its
+# checkpoint keeping compare an epoch's SCORE; the searcher, retention, the live table, the
+# ranking and the export compare a trial's BEST_SCORE (its best epoch's score).
+SCORE = "score"
+BEST_SCORE = "best_score"
 AREA_RANGES = {"APs": (0.0, 32.0**2), "APm": (32.0**2, 96.0**2), "APl": (96.0**2, 1e5**2)}
 
 _TERM = re.compile(r"^\s*([A-Za-z0-9]+)\s*(?:\[(.+)\])?\s*$")
@@ -146,7 +153,7 @@ def fold_score(objective: Any, ar100: Any) -> float:
 
 def score_of(row: Mapping[str, Any], objective: Objective | None = None) -> float:
     """An epoch's reported ``score``, or (for results from before scores were reported) the one computed."""
-    v = _number(row.get("score"))
+    v = _number(row.get(SCORE))
     if not math.isnan(v):
         return v
     return (objective or _DEFAULT).score(row)
@@ -171,8 +178,8 @@ def epoch_summary(objective: Objective, metrics: Mapping[str, Any], history: Seq
     assert best is not None, "history includes the current epoch"
     return {
         "objective": objective.value(metrics),
-        "score": objective.score(metrics),
-        "best_score": score_of(best, objective),
+        SCORE: objective.score(metrics),
+        BEST_SCORE: score_of(best, objective),
         "best_objective": objective.value(best),
         "best_epoch": int(best["epoch"]),
         "best_AP": float(best["AP"]),

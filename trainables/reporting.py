@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from trainables.atomic import atomic_write_text
+from trainables.files import BEST_FILE, CHECKPOINT_FILE, CHECKPOINTS_DIR, METRICS_FILE, epoch_checkpoint_dir
 from trainables.objective import best_epoch
 
 __all__ = ["Reporter", "LocalReporter", "format_epoch_line", "format_best_summary", "sort_score", "hparam_value"]
@@ -65,7 +66,7 @@ class LocalReporter:
     def __init__(self, out_dir: str | Path, *, echo: Callable[[str], None] | None = None):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._ckpt_root = self.out_dir / "checkpoints"
+        self._ckpt_root = self.out_dir / CHECKPOINTS_DIR
         self._echo = echo
 
     @property
@@ -73,28 +74,28 @@ class LocalReporter:
         return self.out_dir
 
     def latest_checkpoint(self) -> Path | None:
-        done = sorted(p for p in self._ckpt_root.glob("epoch_*") if (p / "checkpoint.pt").is_file())
+        done = sorted(p for p in self._ckpt_root.glob("epoch_*") if (p / CHECKPOINT_FILE).is_file())
         return done[-1] if done else None
 
     def history(self) -> list[dict[str, float]]:
-        path = self.out_dir / "metrics.jsonl"
+        path = self.out_dir / METRICS_FILE
         if not path.is_file():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path) -> None:
         epoch = int(metrics["epoch"])
-        target = self._ckpt_root / f"epoch_{epoch:04d}"
+        target = self.out_dir / epoch_checkpoint_dir(epoch)
         if target.exists():
             shutil.rmtree(target)
         self._ckpt_root.mkdir(parents=True, exist_ok=True)
         shutil.copytree(checkpoint_dir, target)
         # metrics of epochs after this one belong to a run that is being replaced by a resume
         kept = [m for m in self.history() if int(m["epoch"]) < epoch] + [dict(metrics)]
-        atomic_write_text(self.out_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
+        atomic_write_text(self.out_dir / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in kept))
         best = best_epoch(kept)  # by the reported score: the objective, then AR100
-        atomic_write_text(self.out_dir / "best.json", json.dumps({"epoch": int(best["epoch"]), "metrics": best}, indent=2))
-        keep = {target.name, f"epoch_{int(best['epoch']):04d}"}
+        atomic_write_text(self.out_dir / BEST_FILE, json.dumps({"epoch": int(best["epoch"]), "metrics": best}, indent=2))
+        keep = {target.name, Path(epoch_checkpoint_dir(best["epoch"])).name}
         for old in self._ckpt_root.glob("epoch_*"):
             if old.name not in keep:
                 shutil.rmtree(old, ignore_errors=True)
@@ -105,7 +106,7 @@ class LocalReporter:
 def format_best_summary(out_dir: str | Path, *, epochs: int | None = None) -> str:
     """The end of ``boxtune train``: the best epoch, its 12 COCO numbers (val split) and its checkpoint."""
     out_dir = Path(out_dir)
-    best = json.loads((out_dir / "best.json").read_text())
+    best = json.loads((out_dir / BEST_FILE).read_text())
     epoch, metrics = int(best["epoch"]), best["metrics"]
     names = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
     of = f" of {epochs}" if epochs else ""
@@ -113,7 +114,7 @@ def format_best_summary(out_dir: str | Path, *, epochs: int | None = None) -> st
     for row in (names[:6], names[6:]):
         lines.append("  " + " ".join(f"{k:>6}" for k in row))
         lines.append("  " + " ".join(f"{_fmt(float(metrics.get(k, float('nan')))):>6}" for k in row))
-    lines.append(f"checkpoint: {out_dir / 'checkpoints' / f'epoch_{epoch:04d}'}")
+    lines.append(f"checkpoint: {out_dir / epoch_checkpoint_dir(epoch)}")
     return "\n".join(lines)
 
 

@@ -86,7 +86,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from trainables.model import cache_weights, check_model
     from trainables.reporting import LocalReporter, format_best_summary
     from tune.config import TrainConfig, load_config
-    from tune.data_source import prepare_manifest  # not tune.sweep: a trial needs neither Ray nor Optuna
+    from tune.launch.data_source import (
+        prepare_manifest,  # not tune.launch.sweep: a trial needs neither Ray nor Optuna
+    )
+    from tune.trial_config import train_trial_config
 
     # --epochs is --set training.epochs=N: a best-config from `report --best-config` becomes a longer run
     overrides = list(args.set) + ([f"training.epochs={args.epochs}"] if args.epochs is not None else [])
@@ -100,8 +103,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     n_test = len(manifest.records("test"))
     print(f"{len(manifest.records('train'))} train / {len(manifest.records('val'))} val"
           f"{f' / {n_test} test' if n_test else ''} images, classes: {', '.join(manifest.class_names)}; output in {out}")
-    trial_cfg = {"model": cfg.model.model_dump(), "training": cfg.training.model_dump(),
-                 "hparams": cfg.hparams.model_dump(exclude_unset=True), "metric": cfg.metric}
+    trial_cfg = train_trial_config(cfg)
     # before --out is made, on the model section the trial builds (by_architecture applied): a
     # class_map typo or a missing file is one line; a weights name is downloaded once, or one line
     # says where to put the file
@@ -120,7 +122,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _train_test_summary(out: Path, manifest, *, device: str | None) -> None:
     """Evaluate the best epoch once on the test split (if any) and print its numbers beside val's."""
-    from tune.holdout import OPTIMISTIC_TRAIN_NOTE, TEST_RESULTS_FILE, evaluate_train_on_test
+    from tune.results.holdout import OPTIMISTIC_TRAIN_NOTE, evaluate_train_on_test
+    from tune.run.folder import TrainFolder
 
     test = evaluate_train_on_test(out, manifest, device=device)
     if test is None:
@@ -129,14 +132,14 @@ def _train_test_summary(out: Path, manifest, *, device: str | None) -> None:
     m = test["metrics"]
     print(f"test split ({test['images']} images), epoch {test['epoch']}: "
           + "  ".join(f"test_{k} {m[k]:.4f}" for k in ("AP", "AP50", "AP75", "AR100"))
-          + f"  (in {out / TEST_RESULTS_FILE})")
+          + f"  (in {TrainFolder(out).test_results_path()})")
 
 
 def _prepare_ray(address: str | None) -> None:
     """``sweep``, ``demo`` and ``resume``, before any work: without an address they start a local Ray,
     confined to loopback before anything imports ray (Ray reads the switch once, at import); with one,
     an address where no Ray cluster answers fails now, not after the dataset is read."""
-    from tune.ray_session import check_address, confine_local_ray, is_local
+    from tune.launch.ray_session import check_address, confine_local_ray, is_local
 
     if is_local(address):
         confine_local_ray()
@@ -147,21 +150,15 @@ def _prepare_ray(address: str | None) -> None:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     _prepare_ray(args.address)
     from tune.config import SweepConfig, load_config
-    from tune.report import format_ranking, load_sweep, param_importances
-    from tune.sweep import run_sweep
+    from tune.results.report import sweep_summary
+    from tune.workflow import sweep
 
     # quoted: an override's value is YAML, where a bare off, no or 123 would not be a name
     overrides = list(args.set) + ([f"name={json.dumps(args.name)}"] if args.name else [])
     cfg = load_config(args.config, SweepConfig, overrides=overrides)
-    rows = run_sweep(cfg, address=args.address)
-    run = f"{rows[0]['path'].rsplit('/', 1)[0]}" if rows else cfg.storage
-    if not rows:
-        print(format_ranking(rows, top=args.top))
-        return 0
-    view = load_sweep(run)
-    print(format_ranking(rows, top=args.top, importances=param_importances(view), notes=_notes(view)))
-    _print_best_per_class(view, rows)
-    return _failed_sweep_status(rows)
+    result = sweep(cfg, address=args.address)
+    print(sweep_summary(result.view, result.rows, top=args.top))
+    return _failed_sweep_status(result.rows)
 
 
 def _failed_sweep_status(rows) -> int:
@@ -174,47 +171,30 @@ def _failed_sweep_status(rows) -> int:
     return 1
 
 
-def _notes(view) -> list[str]:
-    from tune.report import sweep_notes
-
-    return sweep_notes(view)
-
-
-def _print_best_per_class(view, rows) -> None:
-    """The end-of-sweep summary's per-class AP/AR100 of the best trial."""
-    from tune.report import best_per_class
-
-    text = best_per_class(view, rows)
-    if text:
-        print(f"\n{text}")
-
-
 def _cmd_resume(args: argparse.Namespace) -> int:
     _prepare_ray(args.address)
-    from tune.report import format_ranking, load_sweep, param_importances
-    from tune.sweep import resume_sweep
+    from tune.results.report import sweep_summary
+    from tune.workflow import resume
 
-    rows = resume_sweep(args.run, address=args.address)
-    view = load_sweep(args.run)
-    print(format_ranking(rows, importances=param_importances(view), notes=_notes(view)))
-    _print_best_per_class(view, rows)
-    return _failed_sweep_status(rows)
+    result = resume(args.run, address=args.address)
+    print(sweep_summary(result.view, result.rows))
+    return _failed_sweep_status(result.rows)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from tune.report import (
+    from tune.results.report import (
         format_per_class,
         format_ranking,
-        load_sweep,
         param_importances,
         per_class_rows,
-        rank_trials,
+        sweep_notes,
     )
+    from tune.run import load_sweep, rank_trials
 
     view = load_sweep(args.run)
     rows = rank_trials(view)
     out = format_ranking(rows, fmt=args.format, top=args.top, importances=param_importances(view),
-                         notes=_notes(view))
+                         notes=sweep_notes(view))
     if args.per_class:
         # per-class AP/AR100 of the top trials' best epochs (--top, default the best one)
         lines = per_class_rows(view, rows, top=args.top or 1)
@@ -223,12 +203,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
         else:
             out = format_ranking(lines, fmt=args.format)
     if args.plot:
-        from tune.plots import write_plots
+        from tune.results.plots import write_plots
 
         for path in write_plots(view, rows, args.plot):
             print(f"wrote {path}", file=sys.stderr)
     if args.best_config:
-        from tune.best_config import write_best_config
+        from tune.results.best_config import write_best_config
 
         path = write_best_config(view, args.best_config, trial=args.trial)
         print(f"wrote {path}: boxtune train {path} --out DIR reproduces the trial; add --epochs N for a longer run",
@@ -256,7 +236,7 @@ def _peak_gpu_mib(history: list[dict]) -> float | None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from tune.report import load_sweep, rank_trials
+    from tune.run import load_sweep, rank_trials
 
     view = load_sweep(args.run)
     counts: dict[str, int] = {}
@@ -293,13 +273,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_tensorboard(args: argparse.Namespace) -> int:
-    from tune.tensorboard import serve
+    from tune.results.tensorboard import serve
 
     return serve(args.run, host=args.host, port=args.port)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from tune.export import export_best
+    from tune.ship.export import export_best
 
     path = export_best(args.run, args.out, trial=args.trial, fmt=args.format)
     print(f"exported {path}")
@@ -308,7 +288,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     _check_device(args.device)
-    from tune.predict import predict_files
+    from tune.ship.predict import predict_files
 
     n = predict_files(args.model, args.images, out=args.out, draw=args.draw, score_threshold=args.score_threshold,
                       batch_size=args.batch_size, device=args.device)
@@ -327,7 +307,8 @@ def _env_float(name: str) -> float | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="boxtune", description="Hyperparameter sweeps for fine-tuning pruned Faster R-CNN detectors with Ray Tune and Optuna.")
+    p = argparse.ArgumentParser(prog="boxtune", description="Hyperparameter sweeps with Ray Tune and Optuna for fine-tuning COCO-pretrained torchvision "
+                                "detectors (Faster R-CNN, RetinaNet, FCOS, SSDlite), their class heads pruned to your classes.")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -80,13 +80,13 @@ class SchedulerConfig(_Strict):
     name: Literal["asha", "fifo"] = "asha"
     # epochs every trial gets before ASHA may stop it; None: 2 when the trials start from a trained
     # detector (model.weights), half of training.epochs from random weights, whose first epochs'
-    # AP is near 0 for every trial and ranks nothing (tune.sweep.grace_period)
+    # AP is near 0 for every trial and ranks nothing (tune.launch.sweep.grace_period)
     grace_period: int | None = Field(default=None, ge=1)
     reduction_factor: float = Field(default=2.0, gt=1)
 
 
 class ResourcesConfig(_Strict):
-    cpu: float = Field(default=1.0, gt=0)  # per trial; also the trial's torch threads (rounded up)
+    cpu: float = Field(default=1.0, gt=0)  # per trial; also the trial's torch threads (rounded to the nearest, at least 1)
     gpu: float = Field(default=0.0, ge=0)  # per trial; 0.5 puts two trials on one GPU
 
     @field_validator("gpu")
@@ -100,7 +100,7 @@ class ResourcesConfig(_Strict):
 
 
 class CheckpointsConfig(_Strict):
-    """How much of a sweep's checkpoints stay on disk (see tune.retention)."""
+    """How much of a sweep's checkpoints stay on disk (see tune.launch.retention)."""
 
     # trials that keep a checkpoint once they end, best first by the objective; the rest keep
     # metrics, events and config only. A finished trial keeps one checkpoint, without optimiser state.
@@ -120,7 +120,7 @@ class SweepConfig(_Strict):
     max_concurrent: int = Field(default=2, ge=1, le=10_000)
     storage: str = "boxtune_runs"  # a local folder, or a URI Ray storage accepts (s3://, gs://, ...)
     # re-runs of a crashed trial (or one on a lost node), from its last checkpoint; a ConfigError,
-    # DataError or non-finite loss repeats on every try and is not re-run (tune.trial_record)
+    # DataError or non-finite loss repeats on every try and is not re-run (tune.launch.trial_record)
     retries: int = Field(default=1, ge=0, le=100)
     checkpoints: CheckpointsConfig = Field(default_factory=CheckpointsConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
@@ -158,7 +158,7 @@ class TrainConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     hparams: HParams = Field(default_factory=HParams)
     metric: str | dict[str, float] = "AP"  # picks the best epoch, as search.metric does in a sweep
-    # torch intra-op threads; a sweep trial uses resources.cpu (rounded up). CPU float sums depend
+    # torch intra-op threads; a sweep trial uses resources.cpu (rounded to the nearest, at least 1). CPU float sums depend
     # on it, so a sweep trial's best-config records it. ``--threads`` wins; None keeps torch's default
     threads: int | None = Field(default=None, ge=1, le=1024)
 

@@ -36,8 +36,8 @@ def run_demo(out: Path, *, num_trials: int = 4, epochs: int = 4, address: str | 
              num_images: int = 240, image_size: int = 160) -> list[dict]:
     """Generate the demo data (once per ``out``) and sweep it; ``num_images`` and ``image_size`` shrink it for a smoke test."""
     from trainables.data import make_demo_dataset
-    from tune.report import best_per_class, format_ranking, load_sweep, param_importances, sweep_notes
-    from tune.sweep import run_sweep
+    from tune.results.report import sweep_summary
+    from tune.workflow import sweep
 
     out = out.resolve()
     if not (out / "data" / "annotations.json").is_file():
@@ -46,13 +46,10 @@ def run_demo(out: Path, *, num_trials: int = 4, epochs: int = 4, address: str | 
     # a fresh experiment name per run, so `make demo` can be run again
     name = next(n for n in (f"demo-{i}" if i else "demo" for i in itertools.count()) if not (out / "runs" / n).exists())
     cfg = demo_config(out, num_trials=num_trials, epochs=epochs, name=name, image_size=image_size)
-    rows = run_sweep(cfg, address=address)
-    run = str(out / "runs" / name)
+    result = sweep(cfg, address=address)
+    run = result.view.uri
     print()
-    view = load_sweep(run)
-    print(format_ranking(rows, importances=param_importances(view), notes=sweep_notes(view)))
-    if rows:
-        print(f"\n{best_per_class(view, rows)}")
+    print(sweep_summary(result.view, result.rows))
     print(f"\nnext: boxtune report {run} --plot {out / 'plots'}   |   boxtune tensorboard {run}   |   "
           f"boxtune export {run} --out {out / 'best.pt'}")
-    return rows
+    return result.rows

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from trainables.config import ARCHITECTURES, FAMILIES, ModelConfig
+from trainables.architectures import ARCHITECTURES, FAMILIES
+from trainables.config import ModelConfig
 from trainables.errors import ConfigError
 from trainables.freeze import (
     STAGES,

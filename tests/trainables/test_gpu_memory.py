@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from conftest import tiny_sweep
 
-from trainables.config import ARCHITECTURES, TrialConfig
+from trainables.architectures import ARCHITECTURES
+from trainables.config import TrialConfig
 from trainables.errors import ConfigError
 from trainables.gpu_memory import (
     TABLE_ENV,
@@ -20,8 +21,8 @@ from trainables.gpu_memory import (
     load_table,
 )
 from tune.config import SweepConfig
-from tune.gpu_preflight import check_gpu_memory, parse_nvidia_smi
-from tune.sweep import check_space
+from tune.launch.gpu_preflight import check_gpu_memory, parse_nvidia_smi
+from tune.launch.sweep import check_space
 
 MOBILE = "fasterrcnn_mobilenet_v3_large_320_fpn"
 PARAMS = 18_959_754  # trainable parameters of a 2-class MobileNet-320 at freeze depth 0

@@ -159,7 +159,7 @@ def test_measurable_on_val():
 def test_unmeasurable_objective_fails_before_ray(tmp_path, tiny_demo, metric, message):
     from conftest import TINY_MODEL
 
-    from tune.sweep import run_sweep
+    from tune.workflow import run_sweep
 
     cfg = SweepConfig.model_validate({
         "name": "unmeasurable", "data": {"path": str(tiny_demo), "val_fraction": 0.25}, "model": TINY_MODEL,

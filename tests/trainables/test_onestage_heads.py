@@ -13,7 +13,8 @@ import pytest
 import torch
 from torchvision.models import get_model
 
-from trainables.config import FAMILIES, ModelConfig, parse_trial_config
+from trainables.architectures import FAMILIES
+from trainables.config import ModelConfig, parse_trial_config
 from trainables.errors import ConfigError, TrainingError
 from trainables.freeze import STAGES, apply_freeze, trainable_parameters
 from trainables.heads import coco_label

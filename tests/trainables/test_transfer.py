@@ -25,7 +25,7 @@ from trainables.loop import TrialResources, run_trial
 from trainables.model import COCO_NUM_CLASSES, build_model, cache_weights
 from trainables.reporting import LocalReporter
 from tune.config import SweepConfig
-from tune.sweep import run_sweep
+from tune.workflow import run_sweep
 
 ARCH = TINY_MODEL["architecture"]
 # target classes: three the source knows (at their own COCO rows) and one it never saw

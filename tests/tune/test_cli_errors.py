@@ -159,7 +159,7 @@ def test_split_keys_beside_a_manifest_are_refused_not_ignored(capsys, tmp_path, 
         "are fixed, so these keys do nothing; remove them, or set data.path to the dataset itself")
     assert not (tmp_path / "out").exists()
     # a full dump (as a run's sweep.yaml is) sets every key, each at its default: nothing to refuse
-    from tune.data_source import prepare_manifest
+    from tune.launch.data_source import prepare_manifest
 
     dump = _write(tmp_path / "dump.yaml", SweepConfig.model_validate({"data": {"path": str(tiny_manifest)}}).model_dump(mode="json"))
     assert len(prepare_manifest(load_config(dump, SweepConfig)).records()) == 24

@@ -40,8 +40,8 @@ def test_boxtune_train_imports_neither_ray_nor_optuna(tmp_path, tiny_demo):
     assert [m["epoch"] for m in metrics] == [1] and metrics[0]["AP"] >= 0
 
 
-def test_sweep_module_still_exports_prepare_manifest():
-    from tune import data_source, sweep
+def test_the_sweep_and_train_read_data_through_one_function():
+    from tune.launch import data_source, sweep
 
     assert sweep.prepare_manifest is data_source.prepare_manifest
 

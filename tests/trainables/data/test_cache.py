@@ -16,7 +16,8 @@ from trainables.config import HParams, parse_trial_config
 from trainables.data import DetectionDataset, build_manifest, collate_detection, load_image
 from trainables.data.cache import DecodedImageCache
 from trainables.errors import ConfigError, DataError
-from trainables.loop import TrialResources, _num_workers, run_trial
+from trainables.loaders import _num_workers
+from trainables.loop import TrialResources, run_trial
 from trainables.reporting import LocalReporter
 
 _PX = 3 * 96 * 96  # bytes of one decoded 96 px demo image

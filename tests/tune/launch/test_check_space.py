@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 from search_spaces import first_trials
 from trainables.errors import ConfigError
 from tune.config import SweepConfig
-from tune.space_check import iterations_per_epoch
-from tune.sweep import check_space, grace_period, make_searcher, pretrained_start
+from tune.launch.space_check import iterations_per_epoch
+from tune.launch.sweep import check_space, grace_period, make_searcher, pretrained_start
 
 N_TRAIN = 18  # the tiny demo's train split: 24 images, val_fraction 0.25
 

@@ -165,8 +165,8 @@ def test_cli_sweep_listens_on_loopback_only(tiny_demo, tmp_path):
 
 _API_SCRIPT = textwrap.dedent("""
     import os, sys
-    import tune.sweep  # the Python API, as a notebook would import it: ray is not imported yet
-    from tune.ray_session import ray_session
+    import tune.workflow  # the Python API, as a notebook would import it: ray is not imported yet
+    from tune.launch.ray_session import ray_session
     assert "ray" not in sys.modules
     with ray_session(num_cpus=1) as where:
         import ray
@@ -208,7 +208,7 @@ def test_local_session_refused_when_ray_was_imported_without_the_switch(tmp_path
     script = textwrap.dedent("""
         import ray  # imported first, as a notebook might: Ray has read the switch (unset) already
         from trainables.errors import ConfigError
-        from tune.ray_session import ray_session
+        from tune.launch.ray_session import ray_session
         try:
             with ray_session(num_cpus=1):
                 raise SystemExit("a local Ray started on every interface")

@@ -18,7 +18,7 @@ import pytest
 from conftest import tiny_sweep
 from shared_run import RETRIES, result_rows, trial_attempts, trial_dirs, trial_epochs
 
-from tune.trial_record import FAILURE_FILE
+from tune.run.layout import FAILURE_FILE
 
 # ---- a deterministic failure is recorded once and re-raised by every retry ---------------------
 
@@ -59,7 +59,7 @@ def _kill_worker_after_first_epoch(run: Path, epochs: int, record: dict, stop: t
 
 def test_worker_sigkill_continues_from_the_last_checkpoint(tmp_path, tiny_demo, ray_local):
     from tune.config import SweepConfig
-    from tune.sweep import run_sweep
+    from tune.workflow import run_sweep
 
     epochs = 3
     cfg = SweepConfig.model_validate(tiny_sweep(
@@ -92,7 +92,7 @@ def test_worker_sigkill_continues_from_the_last_checkpoint(tmp_path, tiny_demo, 
 
 
 def test_reports_keep_one_row_per_epoch_the_latest():
-    from tune.report import _one_row_per_epoch
+    from tune.run.view import _one_row_per_epoch
 
     rows = [{"epoch": 1, "AP": 0.1}, {"epoch": 2, "AP": 0.2}, {"epoch": 3, "AP": 0.3},
             {"epoch": 2, "AP": 0.25}, {"epoch": 3, "AP": 0.35}]
@@ -100,7 +100,7 @@ def test_reports_keep_one_row_per_epoch_the_latest():
 
 
 def test_result_files_are_cut_back_to_the_checkpoint_epoch():
-    from tune.resume_logs import _cut_csv, _cut_json
+    from tune.launch.resume_logs import _cut_csv, _cut_json
 
     rows = [{"epoch": e, "AP": e / 10, "training_iteration": e} for e in (1, 2, 3)]
     kept, dropped = _cut_json("".join(json.dumps(r) + "\n" for r in rows), 2)
@@ -111,7 +111,7 @@ def test_result_files_are_cut_back_to_the_checkpoint_epoch():
 
 
 def test_gpu_out_of_memory_names_the_share_and_what_shrinks_it():
-    from trainables.loop import gpu_out_of_memory
+    from trainables.gpu_memory import gpu_out_of_memory
 
     packed = gpu_out_of_memory(3, fraction=0.25, card_mib=81559, held_mib=20390.4)
     assert str(packed) == (
@@ -137,8 +137,8 @@ def test_packed_trials_and_their_contexts_fill_the_card_exactly():
 @pytest.mark.parametrize("error", ["config", "data", "nonfinite", "gpu_memory"])
 def test_a_recorded_failure_comes_back_as_the_same_error(tmp_path, error):
     from trainables.errors import ConfigError, DataError, NonFiniteLossError
-    from trainables.loop import gpu_out_of_memory
-    from tune.trial_record import TrialRecord
+    from trainables.gpu_memory import gpu_out_of_memory
+    from tune.launch.trial_record import TrialRecord
 
     original = {"config": ConfigError("hparams.step_size: 5 never acts in a run of 2 epochs"),
                 "data": DataError("a.json: image 3: missing file"),

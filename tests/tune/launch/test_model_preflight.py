@@ -21,7 +21,8 @@ from torchvision.models import get_model_weights
 from trainables.errors import ConfigError
 from tune.cli import _failed_sweep_status
 from tune.config import SweepConfig
-from tune.sweep import check_models, run_sweep
+from tune.launch.sweep import check_models
+from tune.workflow import run_sweep
 
 ARCH = TINY_MODEL["architecture"]
 CLASSES = ["circle", "square", "triangle"]  # the tiny demo's

@@ -14,7 +14,7 @@ import sys
 import pyarrow.parquet as pq
 from shared_run import EPOCHS, result_rows, trial_dirs
 
-from tune.sweep import METRIC
+from trainables.objective import SCORE as METRIC
 
 
 def test_asha_stopped_a_trial_at_its_rung(shared_run):

@@ -24,7 +24,7 @@ import yaml
 from conftest import tiny_sweep
 from shared_run import result_rows, trial_attempts, trial_dirs, trial_epochs
 
-from tune.report import load_sweep
+from tune.run import load_sweep
 
 BOXTUNE = [sys.executable, "-m", "tune.cli"]
 

@@ -14,8 +14,9 @@ from shared_run import KEEP_TRIALS, result_rows, trial_dirs
 from trainables.checkpoint import TrialState, load_checkpoint, save_checkpoint
 from trainables.errors import BoxtuneError
 from tune.cli import main
-from tune.export import export_best
-from tune.retention import RETENTION_FILE, strip_checkpoint
+from tune.launch.retention import strip_checkpoint
+from tune.run.layout import RETENTION_FILE
+from tune.ship.export import export_best
 
 
 def _checkpoints(trial_dir):
@@ -76,7 +77,7 @@ def test_exporting_a_deleted_trial_says_why(shared_run, tmp_path, capsys):
 
 
 def test_resume_of_a_finished_sweep_keeps_the_record(shared_run, tmp_path, ray_local, monkeypatch):
-    from tune.sweep import resume_sweep
+    from tune.workflow import resume_sweep
 
     monkeypatch.syspath_prepend(str(shared_run.run.parents[1]))  # the shared run's search space module
     run = tmp_path / "shared"

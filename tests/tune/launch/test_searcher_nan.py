@@ -14,8 +14,9 @@ import math
 import optuna
 import pytest
 
+from trainables.objective import BEST_SCORE as SEARCH_METRIC
 from trainables.objective import NAN_SCORE, epoch_summary, parse_objective
-from tune.sweep import SEARCH_METRIC, make_sampler
+from tune.launch.sweep import make_sampler
 
 _EPOCHS = 2
 

@@ -14,8 +14,9 @@ from conftest import tiny_sweep
 from trainables.errors import ConfigError
 from trainables.objective import fold_score
 from tune.config import SweepConfig
-from tune.report import format_ranking, load_sweep, rank_trials
-from tune.sweep import run_sweep
+from tune.results.report import format_ranking
+from tune.run import load_sweep, rank_trials
+from tune.workflow import run_sweep
 
 # conditional parameters under their branch: momentum/nesterov only for sgd, beta1 only for adam
 SPACE = {
@@ -180,7 +181,7 @@ def test_tune_settings_hold_during_the_fit_and_do_not_leak(finished_sweep):
 
 @pytest.mark.parametrize("preset", [None, "7"])
 def test_tune_environment_restores_what_was_there(monkeypatch, preset):
-    from tune.sweep import _tune_environment
+    from tune.launch.sweep import _tune_environment
 
     threshold = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
     monkeypatch.delenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", raising=False)
@@ -195,7 +196,7 @@ def test_tune_environment_restores_what_was_there(monkeypatch, preset):
 
 
 def test_ranking_table_keeps_small_hyperparameters_significant():
-    from tune.report import format_ranking
+    from tune.results.report import format_ranking
 
     rows = [{"rank": 1, "trial": "a", "status": "TERMINATED", "AP": 0.00012, "test_AP": 0.0042, "lr_adam": 0.000123,
              "eps": 3.42e-09, "hflip_p": 0.5}]

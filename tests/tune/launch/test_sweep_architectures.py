@@ -8,9 +8,10 @@ from conftest import tiny_sweep
 
 from trainables.errors import ConfigError
 from tune.config import SweepConfig
-from tune.export import export_best
-from tune.predict import load_export
-from tune.sweep import check_space, run_sweep
+from tune.launch.sweep import check_space
+from tune.ship.export import export_best
+from tune.ship.predict import load_export
+from tune.workflow import run_sweep
 
 ARCHS = ["ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_fpn"]
 SPACE = {"architecture": {"choice": ARCHS}, "lr": {"loguniform": [0.002, 0.02]}, "batch_size": 4}

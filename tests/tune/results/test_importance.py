@@ -7,15 +7,9 @@ import random
 
 import pytest
 
-from tune.report import (
-    MIN_TRIALS_FOR_IMPORTANCE,
-    Importances,
-    SweepView,
-    TrialView,
-    format_ranking,
-    param_importances,
-    rank_trials,
-)
+from tune.results.report import MIN_TRIALS_FOR_IMPORTANCE, Importances, format_ranking, param_importances
+from tune.run.ranking import rank_trials
+from tune.run.view import SweepView, TrialView
 
 
 def _view(n: int, tmp_path) -> SweepView:

@@ -7,8 +7,9 @@ import math
 import pytest
 from PIL import Image
 
-from tune.plots import ap_per_epoch_figure, hparam_figure, searched_hparams, write_plots
-from tune.report import SweepView, TrialView, rank_trials
+from tune.results.plots import ap_per_epoch_figure, hparam_figure, searched_hparams, write_plots
+from tune.run.ranking import rank_trials
+from tune.run.view import SweepView, TrialView
 
 EPOCHS = 4  # training.epochs of the sweep
 

@@ -20,7 +20,9 @@ from tensorboard.plugins.hparams import metadata as hp_metadata
 
 from trainables.errors import BoxtuneError
 from trainables.tensorboard import TrialWriter
-from tune.tensorboard import EVENTS_SUFFIX, start_tensorboard, write_hparams_experiment
+from tune.results.tensorboard import start_tensorboard, write_hparams_experiment
+from tune.run import load_sweep
+from tune.run.layout import HPARAMS_EVENTS_SUFFIX as EVENTS_SUFFIX
 
 CHROMIUM = Path("/usr/bin/chromium")
 EPOCHS = 3
@@ -99,7 +101,7 @@ def _root_experiment(run: str):
 
 
 def test_experiment_lists_every_hyperparameter_of_any_trial(sweep):
-    path = write_hparams_experiment(sweep)
+    path = write_hparams_experiment(load_sweep(sweep))
     assert Path(path).parent == Path(sweep) and path.endswith(EVENTS_SUFFIX)
     experiment = _root_experiment(sweep)
     infos = {h.name: h for h in experiment.hparam_infos}
@@ -112,8 +114,8 @@ def test_experiment_lists_every_hyperparameter_of_any_trial(sweep):
 
 
 def test_rewriting_replaces_the_experiment_file(sweep):
-    first = write_hparams_experiment(sweep)
-    second = write_hparams_experiment(sweep)
+    first = write_hparams_experiment(load_sweep(sweep))
+    second = write_hparams_experiment(load_sweep(sweep))
     assert first != second  # a new file each time (TensorBoard follows the newest event file)
     assert [p.name for p in Path(sweep).glob(f"*{EVENTS_SUFFIX}")] == [Path(second).name]
     assert {h.name for h in _root_experiment(sweep).hparam_infos} == UNION
@@ -144,7 +146,7 @@ def _wait_for_runs(url: str, count: int, seconds: float = 60.0) -> dict:
 
 
 def test_tensorboard_serves_scalars_and_the_sweep_experiment(sweep):
-    write_hparams_experiment(sweep)
+    write_hparams_experiment(load_sweep(sweep))
     process, url = start_tensorboard(sweep, host="127.0.0.1", port=_free_port())
     try:
         assert url.startswith("http://127.0.0.1:")
@@ -172,7 +174,7 @@ def test_a_busy_port_is_reported(sweep):
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
 def test_serve_blocks_until_interrupted_and_stops_tensorboard(sweep, stop):
     port = _free_port()
-    code = f"from tune.tensorboard import serve; raise SystemExit(serve({sweep!r}, host='127.0.0.1', port={port}))"
+    code = f"from tune.results.tensorboard import serve; raise SystemExit(serve({sweep!r}, host='127.0.0.1', port={port}))"
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
@@ -192,7 +194,7 @@ def test_serve_blocks_until_interrupted_and_stops_tensorboard(sweep, stop):
 def test_dashboards_render_in_a_browser(sweep, tmp_path, view):
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is not installed")
-    write_hparams_experiment(sweep)
+    write_hparams_experiment(load_sweep(sweep))
     process, url = start_tensorboard(sweep, port=_free_port())
     try:
         _wait_for_runs(url, TRAINED)

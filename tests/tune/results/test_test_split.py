@@ -25,10 +25,10 @@ from trainables.data import DetectionDataset, Manifest, build_manifest, collate_
 from trainables.objective import fold_score, parse_objective
 from tune.cli import main
 from tune.config import SweepConfig
-from tune.export import export_best
-from tune.holdout import TEST_RESULTS_FILE
-from tune.report import RANKING_FILE, load_sweep, rank_trials
-from tune.sweep import run_sweep
+from tune.run import load_sweep, rank_trials
+from tune.run.layout import RANKING_FILE, TEST_RESULTS_FILE
+from tune.ship.export import export_best
+from tune.workflow import run_sweep
 
 METRIC = {"AP": 0.9, "AP50": 0.1}
 N_TEST = 6
@@ -174,7 +174,7 @@ def test_export_is_the_ranked_epoch_and_test_numbers_are_reproducible(tested_swe
 
 
 def test_without_test_split_the_report_says_val_is_optimistic(tested_sweep, tmp_path):
-    from tune.report import sweep_notes
+    from tune.results.report import sweep_notes
 
     rows, run, _ = tested_sweep
     view = load_sweep(str(run))
@@ -188,7 +188,7 @@ def test_without_test_split_the_report_says_val_is_optimistic(tested_sweep, tmp_
 def test_train_evaluates_its_best_epoch_on_test(split_manifest, tmp_path):
     import yaml
 
-    from tune.holdout import evaluate_state
+    from tune.results.holdout import evaluate_state
 
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({"data": {"path": str(split_manifest)}, "model": TINY_MODEL,
@@ -213,23 +213,3 @@ def test_train_evaluates_its_best_epoch_on_test(split_manifest, tmp_path):
     test = [r for r in read_manifest(split_manifest).records() if r.split == "test"]
     again = evaluate_state(state, test)
     assert again["AP"] == results["metrics"]["AP"] and again["AR100"] == results["metrics"]["AR100"]
-
-
-def test_training_autocast_is_bf16_only_where_native(monkeypatch):
-    """No GPU here: torch's capability query is replaced by the answers a GPU would give."""
-    from trainables.loop import _amp_dtype
-
-    cuda = torch.device("cuda")
-    asked = []
-
-    def native_only(including_emulation=True):
-        asked.append(including_emulation)
-        return including_emulation  # an emulating GPU (before Ampere): bf16 only when emulation counts
-
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", native_only)
-    assert _amp_dtype(cuda, True) is torch.float16 and asked == [False]
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
-    assert _amp_dtype(cuda, True) is torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # a torch without the argument
-    assert _amp_dtype(cuda, True) is torch.float16
-    assert _amp_dtype(torch.device("cpu"), True) is None and _amp_dtype(cuda, False) is None

@@ -11,18 +11,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import calibrate_norms
+import yaml
+from conftest import calibrate_norms, tiny_sweep
 from torch import nn
 from torchvision.models import get_model
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-import tune.export as export_module
+import tune.ship.export as export_module
 from trainables.checkpoint import TrialState, capture_rng, save_checkpoint
 from trainables.config import TrialConfig
 from trainables.errors import BoxtuneError
 from trainables.freeze import apply_freeze
+from trainables.inference import normalize_state_dict
 from trainables.model import build_model, model_kwargs
-from tune.export import EXPORT_FORMAT, export_best, export_checkpoint, load_snippet, normalize_state_dict
+from tune.ship.export import EXPORT_FORMAT, export_best, export_checkpoint, load_snippet
 
 ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
 CLASSES = [{"label": 1, "name": "circle", "dataset_id": 5}, {"label": 2, "name": "square", "dataset_id": 17},
@@ -290,14 +292,15 @@ def test_export_best_errors(sweep, tmp_path):
         export_best(run, tmp_path / "x.pt", trial=nockpt)
     empty = tmp_path / "empty"
     empty.mkdir()
-    (empty / "sweep.yaml").write_text("search:\n  num_trials: 2\n")
+    # a sweep whose config is written and whose Tuner has not yet written its experiment state
+    (empty / "sweep.yaml").write_text(yaml.safe_dump(tiny_sweep("empty", tmp_path / "data", tmp_path)))
     with pytest.raises(BoxtuneError, match="no trials yet"):
         export_best(str(empty), tmp_path / "x.pt")
     assert not list(tmp_path.glob("*.pt"))
 
 
 def test_predict_reads_what_export_best_wrote(sweep, tmp_path):
-    from tune.predict import load_export
+    from tune.ship.predict import load_export
 
     run, rows = sweep
     model, meta = load_export(export_best(run, tmp_path / "best.pt"))

@@ -11,11 +11,12 @@ import torch
 from conftest import calibrate_norms
 from torchvision.models import get_model
 
+from trainables.architectures import FAMILIES
 from trainables.checkpoint import TrialState, capture_rng, save_checkpoint
-from trainables.config import FAMILIES, TrialConfig
+from trainables.config import TrialConfig
 from trainables.model import build_model, model_kwargs
-from tune.export import export_checkpoint
-from tune.predict import load_export
+from tune.ship.export import export_checkpoint
+from tune.ship.predict import load_export
 
 # one architecture per family; RetinaNet v2 differs from v1 in its norms only
 ARCHS = ["ssdlite320_mobilenet_v3_large", "retinanet_resnet50_fpn", "fcos_resnet50_fpn"]

@@ -16,8 +16,8 @@ from trainables.checkpoint import TrialState, save_checkpoint
 from trainables.config import TrialConfig
 from trainables.errors import BoxtuneError
 from trainables.model import build_model, model_kwargs
-from tune.export import export_checkpoint
-from tune.predict import collect_images, load_export, predict_files, read_image
+from tune.ship.export import export_checkpoint
+from tune.ship.predict import collect_images, load_export, predict_files, read_image
 
 ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
 CLASSES = [{"label": 1, "name": "cat", "dataset_id": 3}, {"label": 2, "name": "dog", "dataset_id": 18}]
@@ -147,7 +147,7 @@ def test_load_export_refuses_what_is_not_an_export(tmp_path, content, match):
 
 def test_predict_runs_without_ray(exported):
     _, path = exported
-    code = (f"import sys, tune.predict as p; model, meta = p.load_export({str(path)!r}); "
+    code = (f"import sys, tune.ship.predict as p; model, meta = p.load_export({str(path)!r}); "
             "assert 'ray' not in sys.modules, 'ray was imported'; print(meta['num_classes'])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]

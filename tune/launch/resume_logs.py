@@ -19,31 +19,16 @@ import warnings
 from typing import Any
 
 from trainables.checkpoint import load_checkpoint
-from tune.storage import RunStorage
+from tune.run.folder import RunFolder
+from tune.run.layout import PROGRESS_FILE, RESULT_FILE
 
 __all__ = ["truncate_to_checkpoints"]
-
-RESULT_FILE = "result.json"
-PROGRESS_FILE = "progress.csv"
 _FINISHED = ("TERMINATED", "ERROR")  # never run again by `boxtune resume`
 
 
 def _epoch(row: dict[str, Any]) -> int:
     value = row.get("epoch") or row.get("training_iteration") or 0
     return int(float(value))
-
-
-def _read(storage: RunStorage, path: str) -> str | None:
-    try:
-        with storage.fs.open_input_stream(path) as src:
-            return src.read().decode()
-    except FileNotFoundError:
-        return None
-
-
-def _write(storage: RunStorage, path: str, text: str) -> None:
-    with storage.fs.open_output_stream(path) as out:
-        out.write(text.encode())
 
 
 def _cut_json(text: str, epoch: int) -> tuple[str, int]:
@@ -63,13 +48,13 @@ def _cut_csv(text: str, epoch: int) -> str:
     return out.getvalue()
 
 
-def truncate_to_checkpoints(storage: RunStorage) -> dict[str, int]:
+def truncate_to_checkpoints(folder: RunFolder) -> dict[str, int]:
     """Cut the result files of every trial that will run again; return trial id -> rows dropped."""
     from ray.tune import ExperimentAnalysis
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        analysis = ExperimentAnalysis(storage.uri)
+        analysis = ExperimentAnalysis(folder.uri)
     dropped: dict[str, int] = {}
     for trial in analysis.trials:
         if str(trial.status) in _FINISHED:
@@ -80,14 +65,14 @@ def truncate_to_checkpoints(storage: RunStorage) -> dict[str, int]:
         else:
             with checkpoint.as_directory() as folder:
                 epoch = load_checkpoint(folder).epoch
-        folder = f"{storage.path}/{trial.storage.trial_dir_name}"
-        text = _read(storage, f"{folder}/{RESULT_FILE}")
+        trial_dir = trial.storage.trial_dir_name
+        text = folder.read_trial_file(trial_dir, RESULT_FILE)
         if text is not None:
             kept, n = _cut_json(text, epoch)
             if n:
-                _write(storage, f"{folder}/{RESULT_FILE}", kept)
+                folder.write_trial_file(trial_dir, RESULT_FILE, kept)
                 dropped[trial.trial_id] = n
-        text = _read(storage, f"{folder}/{PROGRESS_FILE}")
+        text = folder.read_trial_file(trial_dir, PROGRESS_FILE)
         if text is not None and trial.trial_id in dropped:
-            _write(storage, f"{folder}/{PROGRESS_FILE}", _cut_csv(text, epoch))
+            folder.write_trial_file(trial_dir, PROGRESS_FILE, _cut_csv(text, epoch))
     return dropped

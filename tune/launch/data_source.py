@@ -1,6 +1,6 @@
 """The dataset of a train or sweep config, read and validated once into a manifest.
 
-Kept apart from ``tune.sweep`` so that ``boxtune train`` imports neither Ray nor Optuna: a single
+Kept apart from ``tune.launch.sweep`` so that ``boxtune train`` imports neither Ray nor Optuna: a single
 trial then runs where only torch, torchvision, pydantic and pycocotools are installed (an offline
 GPU box, a debugger).
 """

@@ -1,4 +1,4 @@
-"""A sweep from its config to ranked trials: manifest, search space, preflight, Tuner, ranking.
+"""Launching a sweep: from its config to trials on Ray (manifest, search space, preflight, Tuner).
 
 Order of work (nothing touches Ray until the config, the data and the search space are known to
 be good):
@@ -8,14 +8,15 @@ be good):
    augmentation) on every corner of it and 64 random draws, with the run's epochs and iterations
    per epoch, so a space that can produce a config the trainable rejects fails now, not in trial 37;
 3. start (or join) Ray; check the per-trial resources fit on some node, and on a GPU that the
-   configs drawn in 2 fit in a trial's share of the smallest card (``tune.gpu_preflight``);
+   configs drawn in 2 fit in a trial's share of the smallest card (``tune.launch.gpu_preflight``);
 4. run the ``Tuner`` (OptunaSearch define-by-run + ASHA or FIFO), keeping each trial's best
    epoch by ``score`` (``search.metric`` with the AR100 tiebreak, see ``trainables.objective``)
-   plus its latest checkpoint, printing boxtune's live table (``tune.progress``) and keeping
-   checkpoints only for the top ``checkpoints.keep_trials`` trials once they end (``tune.retention``);
-5. evaluate the top ``report.test_top`` trials' best epochs once on the test split, if there is
-   one (``<run>/test_results.json``, see ``tune.holdout``);
-6. write ``<run>/ranking.parquet`` and return the ranking.
+   plus its latest checkpoint, printing boxtune's live table (``tune.launch.progress``) and keeping
+   checkpoints only for the top ``checkpoints.keep_trials`` trials once they end
+   (``tune.launch.retention``).
+
+What follows the fit (the test split, the HParams experiment, ``ranking.parquet``) is
+``tune.results.finish``; ``tune.workflow`` runs the two in turn.
 """
 
 from __future__ import annotations
@@ -31,38 +32,27 @@ from collections.abc import Iterator
 from typing import Any
 
 import optuna
-import yaml
 
 from search_spaces import first_trials, resolve_space
 from trainables.data import Manifest
 from trainables.errors import ConfigError, DataError
 from trainables.freeze import max_freeze_depth
 from trainables.gpu_memory import measured_context_mib
-from trainables.objective import check_measurable, parse_objective
+from trainables.objective import BEST_SCORE, SCORE, check_measurable, parse_objective
 from tune.config import SweepConfig
-from tune.data_source import prepare_manifest
-from tune.gpu_preflight import gpu_memory_preflight
-from tune.holdout import evaluate_sweep_on_test
-from tune.ray_session import is_local, ray_session, require_resources
-from tune.resume_logs import truncate_to_checkpoints
-from tune.space_check import check_sampled_space
-from tune.storage import RunStorage
-from tune.tensorboard import write_hparams_experiment
-from tune.trainable import merge_trial_config, sweep_trainable
+from tune.launch.data_source import prepare_manifest
+from tune.launch.gpu_preflight import gpu_memory_preflight
+from tune.launch.ray_session import is_local, ray_session, require_resources
+from tune.launch.resume_logs import truncate_to_checkpoints
+from tune.launch.space_check import check_sampled_space
+from tune.launch.trainable import sweep_trainable
+from tune.run.folder import RunFolder
+from tune.trial_config import merge_trial_config, sweep_base
 
-__all__ = ["run_sweep", "resume_sweep", "prepare_manifest", "check_space", "check_objective", "make_sampler",
-           "grace_period", "make_searcher", "pretrained_start", "SWEEP_FILE", "MANIFEST_FILE", "METRIC", "SEARCH_METRIC"]
+__all__ = ["launch_sweep", "continue_sweep", "check_space", "check_objective", "check_models", "make_sampler",
+           "grace_period", "make_searcher", "pretrained_start"]
 
 log = logging.getLogger(__name__)
-
-SWEEP_FILE = "sweep.yaml"
-MANIFEST_FILE = "manifest.parquet"
-INFO_FILE = "boxtune.json"
-# One key for everything that ranks (trainables.objective): ASHA compares the current epoch's
-# score at each rung, checkpoints are kept by it, the searcher learns from a trial's best epoch's
-# score, and the ranking and the export use the same.
-METRIC = "score"
-SEARCH_METRIC = "best_score"
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -122,7 +112,7 @@ def make_searcher(cfg: SweepConfig):
     from ray.tune.search.optuna import OptunaSearch
 
     first = first_trials(cfg.search.space, epochs=cfg.training.epochs) if isinstance(cfg.search.space, str) else []
-    return OptunaSearch(space=_define_by_run(cfg), metric=SEARCH_METRIC, mode="max",
+    return OptunaSearch(space=_define_by_run(cfg), metric=BEST_SCORE, mode="max",
                         sampler=make_sampler(cfg.search.sampler, cfg.search.seed), points_to_evaluate=first or None)
 
 
@@ -136,10 +126,10 @@ def check_space(cfg: SweepConfig, *, n_train: int, samples: int = 64, drawn: lis
     """Run a trial's config checks and builders on every corner of the space and ``samples`` random draws.
 
     ``n_train`` (the manifest's train images) fixes the iterations per epoch that one-cycle's
-    warm-up depends on, so this runs after the manifest is read. See ``tune.space_check``.
+    warm-up depends on, so this runs after the manifest is read. See ``tune.launch.space_check``.
     Returns how many configs were checked; ``drawn``, if given, receives each merged trial config.
     """
-    base = _base(cfg)
+    base = sweep_base(cfg)
 
     def merged(sampled: dict[str, Any]) -> dict[str, Any]:
         config = merge_trial_config(base, sampled)
@@ -148,16 +138,6 @@ def check_space(cfg: SweepConfig, *, n_train: int, samples: int = 64, drawn: lis
         return config
 
     return check_sampled_space(_define_by_run(cfg), merged, n_train=n_train, samples=samples, seed=cfg.search.seed)
-
-
-def _base(cfg: SweepConfig) -> dict[str, Any]:
-    return {
-        "model": cfg.model.model_dump(mode="json"),
-        "training": cfg.training.model_dump(mode="json"),
-        "hparams": dict(cfg.hparams),
-        "metric": cfg.search.metric,  # the trial reports its score by it
-        "resources": cfg.resources.model_dump(mode="json"),
-    }
 
 
 def _versions() -> dict[str, str]:
@@ -175,17 +155,17 @@ def _versions() -> dict[str, str]:
             "torchvision": torchvision.__version__, "optuna": optuna.__version__, "python": platform.python_version()}
 
 
-def _callbacks(cfg: SweepConfig, storage: RunStorage) -> list:
+def _callbacks(cfg: SweepConfig, folder: RunFolder) -> list:
     """Ray's JSON/CSV result files, boxtune's live table, and the checkpoint budget."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from tune.progress import ProgressTable
-    from tune.retention import CheckpointRetention
+    from tune.launch.progress import ProgressTable
+    from tune.launch.retention import CheckpointRetention
 
     # saved with the run config in tuner.pkl: nothing unpicklable in them (the table prints to stdout)
     table = ProgressTable(max_epochs=cfg.training.epochs, by_score=cfg.search.metric != "AP")
     return [JsonLoggerCallback(), CSVLoggerCallback(), table,
-            CheckpointRetention(storage, keep_trials=cfg.checkpoints.keep_trials)]
+            CheckpointRetention(folder.storage, keep_trials=cfg.checkpoints.keep_trials)]
 
 
 @contextlib.contextmanager
@@ -213,7 +193,7 @@ def _tune_environment() -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _tuner(cfg: SweepConfig, storage: RunStorage, manifest: Manifest, *, restore: bool):
+def _tuner(cfg: SweepConfig, folder: RunFolder, manifest: Manifest, *, restore: bool):
     """The sweep's Tuner (new, or restored from storage); fit it inside ``_tune_environment()``."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -221,7 +201,8 @@ def _tuner(cfg: SweepConfig, storage: RunStorage, manifest: Manifest, *, restore
     # the CUDA context a packed trial's allocator leaves out of its share, read here once: the
     # driver's table (BOXTUNE_GPU_MEMORY_TABLE is an environment variable of this process) is the
     # one the preflight used
-    base = {**_base(cfg), "gpu_context_mib": measured_context_mib() if cfg.resources.gpu > 0 else 0.0}
+    storage = folder.storage
+    base = {**sweep_base(cfg), "gpu_context_mib": measured_context_mib() if cfg.resources.gpu > 0 else 0.0}
     trainable = tune.with_resources(
         tune.with_parameters(sweep_trainable, manifest=manifest, base=base, run=storage.uri),
         {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu},
@@ -232,7 +213,7 @@ def _tuner(cfg: SweepConfig, storage: RunStorage, manifest: Manifest, *, restore
                                   storage_filesystem=storage.filesystem_for_ray)
     searcher = make_searcher(cfg)
     if cfg.scheduler.name == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", metric=METRIC, mode="max",
+        scheduler = ASHAScheduler(time_attr="training_iteration", metric=SCORE, mode="max",
                                   max_t=cfg.training.epochs, grace_period=grace_period(cfg),
                                   reduction_factor=cfg.scheduler.reduction_factor)
     else:
@@ -248,27 +229,25 @@ def _tuner(cfg: SweepConfig, storage: RunStorage, manifest: Manifest, *, restore
             name=cfg.name,
             storage_path=storage.parent_uri,
             storage_filesystem=storage.filesystem_for_ray,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE,
                                                     checkpoint_score_order="max"),
             failure_config=tune.FailureConfig(max_failures=cfg.retries),
             # Ray's own table shows the first numeric result keys (epoch, losses); boxtune's shows AP,
-            # AR100 and the hyperparameters (tune.progress)
+            # AR100 and the hyperparameters (tune.launch.progress)
             verbose=0,
-            callbacks=_callbacks(cfg, storage),
+            callbacks=_callbacks(cfg, folder),
             # trial TensorBoard events are written in the trial's working dir; copy them on every checkpoint
             sync_config=tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True, sync_period=10),
         ),
     )
 
 
-def run_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) -> list[dict[str, Any]]:
-    """Run a whole sweep; return the ranking rows (best first)."""
-    from tune.report import write_ranking
-
-    storage = RunStorage(cfg.storage, cfg.name)
-    if storage.exists(SWEEP_FILE):
-        raise ConfigError(f"name: a sweep {cfg.name!r} already exists in {storage.uri}; "
-                          f"run `boxtune resume {storage.uri}` or choose another name")
+def launch_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) -> tuple[RunFolder, Manifest]:
+    """Check everything, write the run folder's config and manifest, and run the sweep's trials on Ray."""
+    folder = RunFolder.create(cfg.storage, cfg.name)
+    if folder.is_sweep():
+        raise ConfigError(f"name: a sweep {cfg.name!r} already exists in {folder.uri}; "
+                          f"run `boxtune resume {folder.uri}` or choose another name")
     echo(f"reading dataset {cfg.data.path}")
     manifest = prepare_manifest(cfg)
     splits = manifest.table.column("split").to_pylist()
@@ -279,7 +258,7 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) -> li
     check_space(cfg, n_train=n_train, drawn=drawn)  # before Ray: a space that can produce a rejected config fails now
     check_objective(cfg, manifest)
     check_models(drawn, manifest.class_names, local=_trials_run_here(address))
-    n_test = splits.count("test")  # held out: evaluated once when the sweep ends (tune.holdout)
+    n_test = splits.count("test")  # held out: evaluated once when the sweep ends (tune.results.holdout)
     echo(f"  {n_train} train / {n_val} val{f' / {n_test} test' if n_test else ''} images, "
          f"classes: {', '.join(manifest.class_names)}")
     with ray_session(address) as ray_info:
@@ -288,64 +267,34 @@ def run_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) -> li
         # (each of ~200 configs goes through them all)
         gpu_memory_preflight(drawn, gpu=cfg.resources.gpu, echo=echo,
                              sizes=sorted({(r.height, r.width) for r in manifest.records("train")}))
-        storage.write_text(SWEEP_FILE, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        storage.write_manifest(MANIFEST_FILE, manifest)
-        storage.write_text(INFO_FILE, json.dumps({**_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                                  "ray_address": ray_info}, indent=2))
+        folder.write_config(cfg)
+        folder.write_manifest(manifest)
+        folder.write_info({**_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ray_address": ray_info})
         scheduler = cfg.scheduler.name
         if scheduler == "asha":
             scheduler += f" (grace period {grace_period(cfg)}, reduction factor {cfg.scheduler.reduction_factor:g})"
         trials = cfg.search.num_trials
         echo(f"sweep {cfg.name}: {trials} trial{'s' if trials != 1 else ''}, {cfg.search.sampler} sampler, "
-             f"{scheduler} scheduler, results in {storage.uri}")
+             f"{scheduler} scheduler, results in {folder.uri}")
         with _tune_environment():
-            _tuner(cfg, storage, manifest, restore=False).fit()
-    write_hparams_experiment(storage.uri)
-    _evaluate_on_test(cfg, storage, manifest, echo)
-    return write_ranking(storage.uri)
+            _tuner(cfg, folder, manifest, restore=False).fit()
+    return folder, manifest
 
 
-def _saved_config(storage: RunStorage) -> SweepConfig:
-    """The sweep's own ``sweep.yaml``; a hand-edited or damaged one is a ConfigError naming the file and key."""
-    from pydantic import ValidationError
-
-    from trainables.config import format_validation_error
-
-    where = f"{storage.uri}/{SWEEP_FILE}"
-    try:
-        data = yaml.safe_load(storage.read_text(SWEEP_FILE))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(err).split())}") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{where}: not a text file ({err.reason} at byte {err.start})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of sections at the top level, got {type(data).__name__}")
-    try:
-        return SweepConfig.model_validate(data)
-    except ValidationError as err:
-        lines = format_validation_error(err, SweepConfig)
-        raise ConfigError(f"{where}: {len(lines)} problem{'s' if len(lines) > 1 else ''}: " + "; ".join(lines)) from None
-
-
-def resume_sweep(run: str, *, address: str | None = None, echo=print) -> list[dict[str, Any]]:
+def continue_sweep(run: str, *, address: str | None = None, echo=print) -> tuple[RunFolder, Manifest]:
     """Continue an interrupted sweep: finished trials stay, unfinished ones continue from their checkpoint."""
-    from tune.report import write_ranking
-
-    storage = RunStorage.from_uri(run)
-    if not storage.exists(SWEEP_FILE):
-        raise ConfigError(f"{run}: not a boxtune sweep folder (no {SWEEP_FILE})")
-    cfg = _saved_config(storage)
-    manifest = storage.read_manifest(MANIFEST_FILE)
-    # result files may run ahead of Ray's last snapshot: no epoch is recorded twice (tune.resume_logs)
-    truncate_to_checkpoints(storage)
+    folder = RunFolder.at(run)
+    folder.require_sweep(run)
+    cfg = folder.config()
+    manifest = folder.manifest()
+    # result files may run ahead of Ray's last snapshot: no epoch is recorded twice (tune.launch.resume_logs)
+    truncate_to_checkpoints(folder)
     with ray_session(address):
         require_resources(cpu=cfg.resources.cpu, gpu=cfg.resources.gpu)
-        echo(f"resuming sweep {cfg.name} in {storage.uri}")
+        echo(f"resuming sweep {cfg.name} in {folder.uri}")
         with _tune_environment():
-            _tuner(cfg, storage, manifest, restore=True).fit()
-    write_hparams_experiment(storage.uri)
-    _evaluate_on_test(cfg, storage, manifest, echo)
-    return write_ranking(storage.uri)
+            _tuner(cfg, folder, manifest, restore=True).fit()
+    return folder, manifest
 
 
 def check_models(configs: list[dict[str, Any]], class_names: list[str], *, local: bool) -> None:
@@ -379,10 +328,3 @@ def _trials_run_here(address: str | None) -> bool:
 def check_objective(cfg: SweepConfig, manifest: Manifest) -> None:
     """``search.metric`` names the manifest's classes and can be measured on its val split (ConfigError if not)."""
     check_measurable(parse_objective(cfg.search.metric), manifest.records("val"), manifest.classes)
-
-
-def _evaluate_on_test(cfg: SweepConfig, storage: RunStorage, manifest: Manifest, echo) -> None:
-    """The top trials' best epochs, once on the test split (after the sweep: test never picks or ranks)."""
-    # without a test split the ranking's notes say that val AP is optimistic (tune.report.sweep_notes)
-    evaluate_sweep_on_test(storage, manifest, top=cfg.report.test_top,
-                           metric_label=parse_objective(cfg.search.metric).label, gpu=cfg.resources.gpu, echo=echo)

@@ -1,7 +1,7 @@
 """Before any GPU trial starts: does the trial's share of a card hold what the space can draw?
 
 ``resources.gpu`` is a share of one card (``0.25``: four trials on it, each held to a quarter of
-its memory; see ``tune.trainable``), so a config that needs more than its share stops with an
+its memory; see ``tune.launch.trainable``), so a config that needs more than its share stops with an
 out-of-memory error. This check reads the memory of the cluster's GPU cards (``nvidia-smi`` on
 each node with enough GPU, through a Ray task that takes no resources) and estimates every config
 the space check drew (``trainables.gpu_memory``, measured on a card by ``benchmarks/gpu.sh``):
@@ -27,7 +27,8 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from trainables.config import FAMILIES, TrialConfig
+from trainables.architectures import FAMILIES
+from trainables.config import TrialConfig
 from trainables.errors import ConfigError
 from trainables.gpu_memory import estimate_mib, load_table, measured_context_mib, share_limit_mib
 

@@ -21,12 +21,11 @@ import time
 from typing import Any
 
 from trainables.errors import ConfigError, DataError, NonFiniteLossError, OutOfMemoryError
-from tune.storage import RunStorage
+from tune.run.layout import ATTEMPTS_FILE, FAILURE_FILE
+from tune.run.storage import RunStorage
 
-__all__ = ["ATTEMPTS_FILE", "FAILURE_FILE", "DETERMINISTIC_ERRORS", "TrialRecord"]
+__all__ = ["DETERMINISTIC_ERRORS", "TrialRecord"]
 
-ATTEMPTS_FILE = "attempts.jsonl"
-FAILURE_FILE = "failure.json"
 # the same inputs and seed give the same error on every try
 DETERMINISTIC_ERRORS = (ConfigError, DataError, NonFiniteLossError, OutOfMemoryError)
 _BY_NAME = {cls.__name__: cls for cls in DETERMINISTIC_ERRORS}

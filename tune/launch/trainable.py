@@ -10,36 +10,14 @@ from typing import Any
 
 import torch
 
-from search_spaces.builtin import to_hparams
-from trainables.config import resolve_model_section
 from trainables.errors import TrainingError
 from trainables.loop import TrialResources, run_trial
 from trainables.ray_reporter import RayReporter
-from tune.trial_record import DETERMINISTIC_ERRORS, TrialRecord
+from tune.launch.trial_record import DETERMINISTIC_ERRORS, TrialRecord
+from tune.run.layout import RAY_LOG_FILE
+from tune.trial_config import merge_trial_config, trial_threads
 
-__all__ = ["sweep_trainable", "merge_trial_config", "trial_threads", "RAY_LOG_FILE"]
-
-
-def merge_trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]:
-    """A trial's full config: the sweep's fixed model/training sections, its hparam constants, then the sample.
-
-    A sampled ``architecture`` goes to the model section, with that architecture's
-    ``model.by_architecture`` settings over the shared ones (``resolve_model_section``). Per-optimiser
-    names (``lr_sgd``, ``lr_adam``) become their ``HParams`` field (``search_spaces.to_hparams``).
-    """
-    sampled = to_hparams(dict(sampled))
-    architecture = sampled.pop("architecture", None)
-    return {
-        "model": resolve_model_section(base["model"], architecture),
-        "training": base["training"],
-        "hparams": {**base.get("hparams", {}), **sampled},
-        "metric": base.get("metric", "AP"),  # search.metric: the trial reports its score by it
-    }
-
-
-def trial_threads(cpu: float) -> int:
-    """A trial's torch threads for its ``resources.cpu`` (rounded, at least 1)."""
-    return max(1, int(round(cpu)))
+__all__ = ["sweep_trainable"]
 
 
 def sweep_trainable(config: dict[str, Any], *, manifest, base: dict[str, Any], run: str | None = None) -> None:
@@ -47,7 +25,7 @@ def sweep_trainable(config: dict[str, Any], *, manifest, base: dict[str, Any], r
 
     With ``run`` (the sweep folder's URI), every start is logged in the trial's folder there, and
     a failure that every retry would repeat is recorded so that a retry re-raises it at once
-    (see ``tune.trial_record``).
+    (see ``tune.launch.trial_record``).
     """
     gpus = float(base["resources"]["gpu"])
     if gpus > 0 and not torch.cuda.is_available():
@@ -79,7 +57,6 @@ def sweep_trainable(config: dict[str, Any], *, manifest, base: dict[str, Any], r
 # Ray Train logs "Checkpoint successfully created at: ..." at INFO for every reported epoch from
 # the trial's process; with log_to_driver, the worker's stderr reaches the sweep's terminal.
 _RAY_TRAIN_LOGGER = "ray.train"
-RAY_LOG_FILE = "ray_train.log"
 
 
 @contextlib.contextmanager

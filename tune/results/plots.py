@@ -6,7 +6,7 @@
   (log x-axis for a positive range spanning more than 20x; categories as a strip plot). The
   best trial is ringed.
 * ``importance.png``: Optuna's fANOVA importances of the hyperparameters for the objective
-  (needs 8 finished trials; see ``tune.report.param_importances``).
+  (needs 8 finished trials; see ``tune.results.report.param_importances``).
 
 AP is COCO's AP@[.5:.95] on the validation split. Trials that errored before finishing an epoch
 have nothing to plot and are left out. Figures are built without pyplot, so plotting touches no
@@ -15,7 +15,6 @@ global matplotlib state.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import sys
@@ -25,6 +24,9 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+
+from tune.results.report import MIN_TRIALS_FOR_IMPORTANCE, param_importances
+from tune.run.ranking import varying_keys
 
 __all__ = ["AP_LABEL", "LOG_SPAN", "searched_hparams", "ap_per_epoch_figure", "hparam_figure", "importance_figure",
            "write_plots"]
@@ -46,16 +48,8 @@ def _epochs(trial) -> list[tuple[int, float]]:
 
 
 def _planned_epochs(view) -> int | None:
-    """``training.epochs`` from the sweep's saved config, or None when it cannot be read."""
-    try:
-        import yaml
-
-        from tune.storage import RunStorage
-
-        cfg = yaml.safe_load(RunStorage.from_uri(view.uri).read_text("sweep.yaml")) or {}
-        return int(cfg["training"]["epochs"])
-    except (OSError, KeyError, TypeError, ValueError, ImportError):
-        return None
+    """``training.epochs`` from the sweep's saved config, or None for a view without one."""
+    return None if view.config is None else int(view.config.training.epochs)
 
 
 def _figure(width: float = 7.0, height: float = 4.5) -> Figure:
@@ -107,13 +101,7 @@ def ap_per_epoch_figure(view, *, planned_epochs: int | None = None) -> Figure:
 
 def searched_hparams(view) -> list[str]:
     """Config keys whose value differs between trials (the searched hyperparameters), sorted."""
-    keys = sorted({k for t in view.trials for k in t.config})
-    varying = []
-    for key in keys:
-        values = {json.dumps(t.config.get(key), sort_keys=True, default=str) for t in view.trials}
-        if len(values) > 1:
-            varying.append(key)
-    return varying
+    return varying_keys(view.trials)
 
 
 def _is_number(value: Any) -> bool:
@@ -183,8 +171,6 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def write_plots(view, rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     """Write the sweep's PNG plots into ``out_dir``; return their paths."""
-    from tune.report import MIN_TRIALS_FOR_IMPORTANCE, param_importances
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [_save(ap_per_epoch_figure(view, planned_epochs=_planned_epochs(view)), out / "ap_per_epoch.png")]

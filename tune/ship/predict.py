@@ -31,7 +31,8 @@ from torch import nn
 from trainables.atomic import atomic_write_text
 from trainables.drawing import draw_detections
 from trainables.errors import BoxtuneError
-from tune.export import EXPORT_FORMAT, EXPORT_VERSION, build_export_model
+from trainables.inference import build_export_model
+from tune.ship.export import EXPORT_FORMAT, EXPORT_VERSION
 
 __all__ = ["IMAGE_SUFFIXES", "load_export", "collect_images", "read_image", "detections_to_coco", "predict_files"]
 

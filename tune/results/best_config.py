@@ -22,29 +22,23 @@ from typing import Any
 
 import yaml
 
+from trainables.atomic import atomic_write_text
 from trainables.config import TrialConfig
 from trainables.errors import BoxtuneError
-from tune.config import SweepConfig
-from tune.storage import RunStorage
+from tune.run.ranking import pick_trial
+from tune.run.view import SweepView
+from tune.trial_config import merge_trial_config, sweep_base, trial_threads
 
 __all__ = ["best_train_config", "write_best_config"]
 
-_MANIFEST = "manifest.parquet"  # tune.sweep.MANIFEST_FILE (not imported: tune.sweep pulls in Ray)
 
-
-def best_train_config(view, *, trial: str | None = None) -> tuple[str, dict[str, Any]]:
+def best_train_config(view: SweepView, *, trial: str | None = None) -> tuple[str, dict[str, Any]]:
     """The trial id and train config (a mapping ``TrainConfig`` validates) of the best trial or ``trial``."""
-    from tune.export import _pick_trial
-    from tune.trainable import merge_trial_config, trial_threads
-
-    storage = RunStorage.from_uri(view.uri)
-    sweep = SweepConfig.model_validate(yaml.safe_load(storage.read_text("sweep.yaml")))
-    chosen = _pick_trial(view, trial)
-    base = {"model": sweep.model.model_dump(mode="json"), "training": sweep.training.model_dump(mode="json"),
-            "hparams": dict(sweep.hparams)}
-    resolved = TrialConfig.model_validate(merge_trial_config(base, dict(chosen.config))).resolved()
+    sweep = view.config
+    chosen = pick_trial(view, trial)
+    resolved = TrialConfig.model_validate(merge_trial_config(sweep_base(sweep), dict(chosen.config))).resolved()
     out: dict[str, Any] = {
-        "data": {"path": f"{storage.uri}/{_MANIFEST}", "seed": sweep.data.seed},
+        "data": {"path": view.folder.manifest_uri(), "seed": sweep.data.seed},
         "model": resolved["model"],
         "training": resolved["training"],
         "threads": trial_threads(sweep.resources.cpu),
@@ -56,10 +50,8 @@ def best_train_config(view, *, trial: str | None = None) -> tuple[str, dict[str,
     return chosen.trial_id, out
 
 
-def write_best_config(view, path: str | Path, *, trial: str | None = None) -> Path:
+def write_best_config(view: SweepView, path: str | Path, *, trial: str | None = None) -> Path:
     """Write :func:`best_train_config` as YAML to ``path`` (atomically); return the path."""
-    from trainables.atomic import atomic_write_text
-
     path = Path(path)
     if path.is_dir():
         raise BoxtuneError(f"--best-config {path} is a folder; give a file name such as {path / 'best.yaml'}")

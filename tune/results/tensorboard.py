@@ -36,14 +36,14 @@ from typing import Any
 
 from trainables.errors import BoxtuneError, ConfigError
 from trainables.reporting import hparam_value
+from tune.run.layout import HPARAMS_EVENTS_SUFFIX
+from tune.run.view import SweepView, load_sweep
 
-__all__ = ["EXPERIMENT_METRICS", "EVENTS_SUFFIX", "experiment_hparams", "write_hparams_experiment",
-           "start_tensorboard", "serve"]
+__all__ = ["EXPERIMENT_METRICS", "experiment_hparams", "write_hparams_experiment", "start_tensorboard", "serve"]
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT_METRICS = ("best/score", "best/AP", "best/AR100", "coco/AP")
-EVENTS_SUFFIX = ".boxtune-hparams"  # marks the experiment event file, so a rewrite replaces only it
 _STARTUP_S = 60.0  # how long TensorBoard may take to answer its first request, s
 _LOG_LINES = 40  # TensorBoard output lines kept for an error message
 
@@ -81,30 +81,25 @@ def _experiment_summary(configs: list[dict[str, Any]]):
     return experiment
 
 
-def write_hparams_experiment(run: str) -> str | None:
-    """Write (or replace) the sweep's HParams experiment event file in ``run``; return its path.
+def write_hparams_experiment(view: SweepView) -> str | None:
+    """Write (or replace) the sweep's HParams experiment event file in its folder; return its path.
 
-    Returns None, writing nothing, while no trial has started. A folder without ``sweep.yaml``
-    is a ConfigError.
+    Returns None, writing nothing, while no trial has started.
     """
     from pyarrow import fs as pafs
     from torch.utils.tensorboard import SummaryWriter
 
-    from tune.report import load_sweep
-    from tune.storage import RunStorage
-
-    view = load_sweep(run)
     configs = [t.config for t in view.trials if t.config]
     if not configs:
         return None
-    storage = RunStorage.from_uri(run)
+    storage = view.folder.storage
     old = [info.path for info in storage.fs.get_file_info(pafs.FileSelector(storage.path))
-           if info.type == pafs.FileType.File and info.base_name.endswith(EVENTS_SUFFIX)]
+           if info.type == pafs.FileType.File and info.base_name.endswith(HPARAMS_EVENTS_SUFFIX)]
     with tempfile.TemporaryDirectory(prefix="boxtune-hparams-") as tmp:
-        writer = SummaryWriter(log_dir=tmp, filename_suffix=EVENTS_SUFFIX)
+        writer = SummaryWriter(log_dir=tmp, filename_suffix=HPARAMS_EVENTS_SUFFIX)
         writer.file_writer.add_summary(_experiment_summary(configs))
         writer.close()
-        (local,) = Path(tmp).glob(f"*{EVENTS_SUFFIX}")
+        (local,) = Path(tmp).glob(f"*{HPARAMS_EVENTS_SUFFIX}")
         target = f"{storage.path}/{local.name}"
         with storage.fs.open_output_stream(target) as sink:
             sink.write(local.read_bytes())
@@ -191,7 +186,7 @@ def _stop(process: subprocess.Popen) -> None:
 def serve(run: str, *, host: str = "127.0.0.1", port: int = 6006) -> int:
     """Write the experiment summary, start TensorBoard on ``run``, print its address, block until Ctrl-C."""
     try:
-        if write_hparams_experiment(run) is None:
+        if write_hparams_experiment(load_sweep(run)) is None:
             log.warning("no trial has started yet: restart TensorBoard later to get the HParams columns")
     except ConfigError as err:  # a plain `boxtune train` folder: scalars and images still work
         log.warning("%s; serving without an HParams experiment", err)

@@ -4,7 +4,7 @@ The val split chooses each trial's best epoch and ranks the trials, so the best 
 the maximum over epochs and trials: an optimistic estimate. When the manifest has a test split,
 the sweep's top ``report.test_top`` trials (by the objective on val) are evaluated on it once,
 each at its best epoch, in fp32, with the model an export of that checkpoint loads (so the
-numbers equal ``evaluate_detections`` run on an export). They are stored in
+numbers equal ``evaluate_detections`` run on an export: ``trainables.inference``). They are stored in
 ``<run>/test_results.json`` (written atomically)::
 
     {"split": "test", "images": 48, "metric": "AP",
@@ -16,7 +16,6 @@ the numbers as ``test_AP``, ``test_AR100``, ... beside the val numbers, which st
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,17 +27,18 @@ from trainables.atomic import atomic_write_text, strict_json
 from trainables.checkpoint import TrialState, load_checkpoint
 from trainables.coco_eval import COCO_STAT_NAMES, build_coco_gt, evaluate_detections_by_class
 from trainables.errors import BoxtuneError
+from trainables.inference import trained_model
 from trainables.objective import class_metrics
+from tune.run.checkpoints import best_checkpoint
+from tune.run.folder import TrainFolder
+from tune.run.layout import TEST_SPLIT
+from tune.run.ranking import rank_trials
+from tune.run.view import SweepView
 
-__all__ = ["TEST_SPLIT", "TEST_RESULTS_FILE", "TEST_PREFIX", "test_records", "evaluate_state", "test_columns",
-           "evaluate_sweep_on_test", "read_test_results", "evaluate_train_on_test", "OPTIMISTIC_NOTE",
-           "OPTIMISTIC_TRAIN_NOTE"]
+__all__ = ["test_records", "evaluate_state", "evaluate_sweep_on_test", "evaluate_train_on_test",
+           "OPTIMISTIC_NOTE", "OPTIMISTIC_TRAIN_NOTE"]
 
 log = logging.getLogger(__name__)
-
-TEST_SPLIT = "test"
-TEST_RESULTS_FILE = "test_results.json"
-TEST_PREFIX = "test_"  # test numbers are shown as test_AP, test_AR100, test_AP[cat], ...
 OPTIMISTIC_NOTE = ("no test split: val AP is optimistic (it chose each trial's best epoch and ranked the trials); "
                    "set data.test_fraction or data.test_path for an unbiased estimate")
 OPTIMISTIC_TRAIN_NOTE = ("no test split: the best epoch's val AP is optimistic (val chose the epoch); "
@@ -61,12 +61,11 @@ def evaluate_state(state: TrialState, records: Sequence[Any], *, device: str | t
     from trainables.augment import build_eval_transforms
     from trainables.data import DetectionDataset, collate_detection
     from trainables.loop import predict
-    from tune.export import export_model
 
     if not records:
         raise BoxtuneError("no records to evaluate")
     device = torch.device(device)
-    model = export_model(state).to(device)
+    model = trained_model(state).model.to(device)
     loader = DataLoader(DetectionDataset(list(records), transforms=build_eval_transforms()), batch_size=batch_size,
                         shuffle=False, num_workers=0, collate_fn=collate_detection)
     detections = predict(model, loader, device=device)  # amp_dtype None: fp32, as `boxtune predict`
@@ -77,41 +76,23 @@ def evaluate_state(state: TrialState, records: Sequence[Any], *, device: str | t
     return {**{k: float(stats[k]) for k in COCO_STAT_NAMES}, **class_metrics(per_class, classes)}
 
 
-def test_columns(metrics: dict[str, float]) -> dict[str, float]:
-    """Test numbers under their report names: ``AP`` -> ``test_AP``."""
-    return {f"{TEST_PREFIX}{k}": v for k, v in metrics.items()}
-
-
-def read_test_results(storage) -> dict[str, Any] | None:
-    """``test_results.json`` of a run (a ``RunStorage``), or None when there is none."""
-    from tune.storage import RunStorage
-
-    storage = storage if isinstance(storage, RunStorage) else RunStorage.from_uri(storage)
-    if not storage.exists(TEST_RESULTS_FILE):
-        return None
-    return json.loads(storage.read_text(TEST_RESULTS_FILE))
-
-
 def _device(gpu: float) -> str:
     return "cuda" if gpu > 0 and torch.cuda.is_available() else "cpu"
 
 
-def evaluate_sweep_on_test(storage, manifest, *, top: int, metric_label: str, gpu: float = 0.0,
+def evaluate_sweep_on_test(view: SweepView, manifest, *, top: int, metric_label: str, gpu: float = 0.0,
                            echo=print) -> dict[str, Any] | None:
-    """Evaluate the top ``top`` ranked trials' best epochs on the test split; write and return the results.
+    """Evaluate the top ``top`` ranked trials' best epochs on the test split; write the results,
+    set them as ``view.test_results`` and return them.
 
     A trial already evaluated at the same epoch (a resumed sweep) is not evaluated again. Returns
     None, and writes nothing, when the manifest has no test split or ``top`` is 0.
     """
-    from tune.export import best_checkpoint
-    from tune.report import load_sweep, rank_trials
-
     records = test_records(manifest)
     if not records or top <= 0:
         return None
-    view = load_sweep(storage.uri)
     ranked = [r for r in rank_trials(view) if r["best_epoch"] > 0][:top]
-    before = (read_test_results(storage) or {}).get("trials", {})
+    before = (view.test_results or {}).get("trials", {})
     by_id = {t.trial_id: t for t in view.trials}
     trials: dict[str, Any] = {}
     for row in ranked:
@@ -130,7 +111,8 @@ def evaluate_sweep_on_test(storage, manifest, *, top: int, metric_label: str, gp
         trials[row["trial"]] = {"rank": row["rank"], "epoch": int(state.epoch), "val_score": row["score"],
                                 "metrics": evaluate_state(state, records, device=_device(gpu))}
     results = {"split": TEST_SPLIT, "images": len(records), "metric": metric_label, "trials": trials}
-    storage.write_text(TEST_RESULTS_FILE, strict_json(results) + "\n")
+    view.folder.write_test_results(strict_json(results) + "\n")
+    view.test_results = results
     return results
 
 
@@ -139,13 +121,12 @@ def evaluate_train_on_test(out: str | Path, manifest, *, device: str | None = No
     records = test_records(manifest)
     if not records:
         return None
-    out = Path(out)
-    best = json.loads((out / "best.json").read_text())
-    epoch = int(best["epoch"])
-    state = load_checkpoint(out / "checkpoints" / f"epoch_{epoch:04d}")
+    folder = TrainFolder(out)
+    epoch = int(folder.best()["epoch"])
+    state = load_checkpoint(folder.checkpoint_dir(epoch))
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     results = {"split": TEST_SPLIT, "images": len(records), "epoch": epoch,
                "metrics": evaluate_state(state, records, device=dev)}
-    atomic_write_text(out / TEST_RESULTS_FILE, strict_json(results) + "\n")
+    atomic_write_text(folder.test_results_path(), strict_json(results) + "\n")
     return results
 

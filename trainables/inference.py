@@ -1,0 +1,126 @@
+"""A trial checkpoint as the plain torchvision model an export holds: what ``boxtune export`` writes,
+``boxtune predict`` runs and the test split is evaluated with (``tune.ship``, ``tune.results``).
+
+The state dict is normalised for the plain ``weights=None`` build: torchvision's pretrained
+builders (and frozen stages) use ``FrozenBatchNorm2d``, which has no ``num_batches_tracked``
+buffer and, for ``fasterrcnn_resnet50_fpn``'s COCO weights, eps 0 instead of BatchNorm2d's 1e-5.
+Missing ``num_batches_tracked`` buffers are added as 0, and an eps difference is folded into the
+layer's weight, so the plain build computes what the trained model computed in eval mode.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainables.checkpoint import TrialState
+from trainables.errors import BoxtuneError
+from trainables.model import build_inference_model
+
+__all__ = ["TrainedModel", "trained_model", "build_export_model", "normalize_state_dict", "checkpoint_classes"]
+
+_BN_COUNTER = "num_batches_tracked"
+
+
+def build_export_model(architecture: str, num_classes: int, model_kwargs: Mapping[str, Any], *,
+                       pretrained: bool = False) -> nn.Module:
+    """The untrained model an export loads into; ``num_classes`` counts background (K + 1).
+
+    ``pretrained=True`` gives instead the structure of a model trained from weights
+    (FrozenBatchNorm2d in the backbone, with torchvision's eps).
+    """
+    return build_inference_model(architecture, num_classes - 1, model_kwargs, pretrained=pretrained)
+
+
+def _norm_eps(model: nn.Module) -> dict[str, float]:
+    """eps of every BatchNorm2d / FrozenBatchNorm2d, by module name."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    return {name: float(m.eps) for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d | FrozenBatchNorm2d)}
+
+
+def normalize_state_dict(state_dict: Mapping[str, torch.Tensor], *, model: nn.Module,
+                         trained_eps: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
+    """``state_dict`` made to load strictly into ``model`` (a plain ``weights=None`` build).
+
+    Adds ``num_batches_tracked = 0`` for BatchNorm2d layers the trained model kept as
+    FrozenBatchNorm2d, drops ``num_batches_tracked`` buffers ``model`` has no place for, and folds
+    ``trained_eps[layer]`` (the trained layer's eps, when it differs from ``model``'s) into the
+    layer's weight: ``w * sqrt(var + eps_model) / sqrt(var + eps_trained)``. Any other missing or
+    unexpected key is a BoxtuneError naming it.
+    """
+    target = model.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    unexpected = []
+    for key, value in state_dict.items():
+        if key in target:
+            out[key] = value.detach().to("cpu").contiguous()
+        elif key.rpartition(".")[2] != _BN_COUNTER:
+            unexpected.append(key)
+    modules = dict(model.named_modules())
+    missing = []
+    for key in target:
+        if key in out:
+            continue
+        layer, _, attr = key.rpartition(".")
+        if attr == _BN_COUNTER and isinstance(modules.get(layer), nn.BatchNorm2d):
+            out[key] = torch.tensor(0, dtype=torch.long)
+        else:
+            missing.append(key)
+    if missing or unexpected:
+        raise BoxtuneError(f"the checkpoint's weights do not fit {type(model).__name__}: "
+                           f"missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})")
+    model_eps = _norm_eps(model)
+    for layer, eps in (trained_eps or {}).items():
+        if layer in model_eps and not math.isclose(eps, model_eps[layer], rel_tol=0, abs_tol=1e-12):
+            prefix = f"{layer}." if layer else ""
+            var = out[f"{prefix}running_var"].double()
+            scale = torch.sqrt(var + model_eps[layer]) / torch.sqrt(var + eps)
+            weight = out[f"{prefix}weight"]
+            out[f"{prefix}weight"] = (weight.double() * scale).to(weight.dtype)
+    return {key: out[key] for key in target}  # the model's own key order
+
+
+def checkpoint_classes(state: TrialState) -> list[dict[str, Any]]:
+    """The checkpoint's classes as ``{"label", "name", "dataset_id"}``, labels 1..K (a BoxtuneError otherwise)."""
+    classes = sorted((dict(c) for c in state.classes), key=lambda c: int(c["label"]))
+    labels = [int(c["label"]) for c in classes]
+    if labels != list(range(1, len(classes) + 1)):
+        raise BoxtuneError(f"checkpoint classes must have labels 1..K, got {labels}")
+    return [{"label": int(c["label"]), "name": str(c["name"]), "dataset_id": c["dataset_id"]} for c in classes]
+
+
+def _image_size(model: nn.Module) -> dict[str, int]:
+    """The resize the model applies (px): its transform's, which for SSDlite is a fixed 320x320."""
+    transform = model.transform
+    return {"min_size": int(transform.min_size[0]), "max_size": int(transform.max_size)}
+
+
+@dataclass
+class TrainedModel:
+    """A checkpoint's model in its plain build, in eval mode, and what describes it."""
+
+    model: nn.Module
+    state_dict: dict[str, torch.Tensor]  # normalised: loads strictly into the plain build
+    classes: list[dict[str, Any]]
+    num_classes: int  # K + 1: torchvision counts background as class 0
+    model_kwargs: dict[str, Any]
+    image_size: dict[str, int]  # the resize the model applies, px
+
+
+def trained_model(state: TrialState) -> TrainedModel:
+    """The plain ``weights=None`` build of ``state``'s architecture with its weights loaded strictly."""
+    classes = checkpoint_classes(state)
+    num_classes = len(classes) + 1  # + background
+    kwargs = dict(state.model_kwargs)
+    model = build_export_model(state.architecture, num_classes, kwargs)
+    pretrained = bool((state.config.get("model") or {}).get("weights"))
+    trained_eps = _norm_eps(build_export_model(state.architecture, num_classes, kwargs, pretrained=True)) if pretrained else None
+    state_dict = normalize_state_dict(state.model, model=model, trained_eps=trained_eps)
+    model.load_state_dict(state_dict)  # strict: proves an export's loading snippet will load it
+    return TrainedModel(model.eval(), state_dict, classes, num_classes, kwargs, _image_size(model))

@@ -1,0 +1,182 @@
+"""A run folder's files, each read and written in one place.
+
+``RunFolder`` wraps a sweep folder's ``RunStorage`` (local or behind a URI) and is the one reader
+and writer of each file ``tune.run.layout`` names: the saved config, the manifest, the test
+results, the retention record, the ranking. ``TrainFolder`` does the same for a ``boxtune train``
+folder, whose trial files ``trainables.reporting.LocalReporter`` writes. Everything else asks
+them, and never opens a file by a name it spelt itself.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainables.errors import ConfigError
+from tune.config import SweepConfig
+from tune.run import layout
+from tune.run.storage import RunStorage
+
+__all__ = ["RunFolder", "TrainFolder", "EMPTY_RETENTION"]
+
+# the retention record of a sweep that has deleted nothing
+EMPTY_RETENTION: dict[str, Any] = {"keep_trials": None, "deleted": {}, "kept": {}, "scores": {}, "trial_dirs": {}}
+
+
+class RunFolder:
+    """One sweep folder: ``RunFolder.at("runs/demo")`` or ``RunFolder.at("s3://bucket/runs/demo")``."""
+
+    def __init__(self, storage: RunStorage):
+        self.storage = storage
+
+    @classmethod
+    def at(cls, run: str) -> RunFolder:
+        return cls(RunStorage.from_uri(run))
+
+    @classmethod
+    def create(cls, storage_root: str, name: str) -> RunFolder:
+        """The folder a new sweep ``name`` writes under ``storage_root`` (nothing is written yet)."""
+        return cls(RunStorage(storage_root, name))
+
+    @property
+    def uri(self) -> str:
+        return self.storage.uri
+
+    # -- sweep.yaml ---------------------------------------------------------------------------------
+    def is_sweep(self) -> bool:
+        return self.storage.exists(layout.SWEEP_FILE)
+
+    def require_sweep(self, run: str | None = None) -> None:
+        """A ConfigError unless this is a sweep folder (it holds ``sweep.yaml``)."""
+        if not self.is_sweep():
+            raise ConfigError(f"{run or self.uri}: not a boxtune sweep folder (no {layout.SWEEP_FILE})")
+
+    def config(self) -> SweepConfig:
+        """The sweep's own ``sweep.yaml``; a damaged or hand-broken one is a ConfigError naming the file and key."""
+        from pydantic import ValidationError
+
+        from trainables.config import format_validation_error
+
+        self.require_sweep()
+        where = f"{self.uri}/{layout.SWEEP_FILE}"
+        try:
+            data = yaml.safe_load(self.storage.read_text(layout.SWEEP_FILE))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{where}: not valid YAML: {' '.join(str(err).split())}") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{where}: not a text file ({err.reason} at byte {err.start})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a mapping of sections at the top level, got {type(data).__name__}")
+        try:
+            return SweepConfig.model_validate(data)
+        except ValidationError as err:
+            lines = format_validation_error(err, SweepConfig)
+            raise ConfigError(f"{where}: {len(lines)} problem{'s' if len(lines) > 1 else ''}: " + "; ".join(lines)) from None
+
+    def write_config(self, cfg: SweepConfig) -> None:
+        self.storage.write_text(layout.SWEEP_FILE, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+    # -- manifest.parquet ---------------------------------------------------------------------------
+    def manifest_uri(self) -> str:
+        return f"{self.uri}/{layout.MANIFEST_FILE}"
+
+    def write_manifest(self, manifest) -> None:
+        self.storage.write_manifest(layout.MANIFEST_FILE, manifest)
+
+    def manifest(self):
+        return self.storage.read_manifest(layout.MANIFEST_FILE)
+
+    def has_test_split(self) -> bool:
+        """Whether the manifest holds test images (reads its split column only)."""
+        import pyarrow.parquet as pq
+
+        if not self.storage.exists(layout.MANIFEST_FILE):
+            return False
+        with self.storage.fs.open_input_file(f"{self.storage.path}/{layout.MANIFEST_FILE}") as src:
+            splits = pq.read_table(src, columns=["split"]).column("split")
+        return layout.TEST_SPLIT in set(splits.to_pylist())
+
+    # -- boxtune.json -------------------------------------------------------------------------------
+    def write_info(self, info: dict[str, Any]) -> None:
+        self.storage.write_text(layout.INFO_FILE, json.dumps(info, indent=2))
+
+    # -- test_results.json --------------------------------------------------------------------------
+    def test_results(self) -> dict[str, Any] | None:
+        """``test_results.json``, or None when the sweep evaluated nothing on a test split."""
+        if not self.storage.exists(layout.TEST_RESULTS_FILE):
+            return None
+        return json.loads(self.storage.read_text(layout.TEST_RESULTS_FILE))
+
+    def write_test_results(self, text: str) -> None:
+        self.storage.write_text(layout.TEST_RESULTS_FILE, text)
+
+    # -- retention.json -----------------------------------------------------------------------------
+    def retention(self) -> dict[str, Any]:
+        """``{"keep_trials", "deleted": {trial: reason}, "kept": {trial: dir}, ...}`` (empty when none)."""
+        if not self.storage.exists(layout.RETENTION_FILE):
+            return {k: (dict(v) if isinstance(v, dict) else v) for k, v in EMPTY_RETENTION.items()}
+        return json.loads(self.storage.read_text(layout.RETENTION_FILE))
+
+    def write_retention(self, record: dict[str, Any]) -> None:
+        self.storage.write_text(layout.RETENTION_FILE, json.dumps(record, indent=2, sort_keys=True))
+
+    # -- ranking.parquet ----------------------------------------------------------------------------
+    def write_ranking(self, table) -> None:
+        """Write a pyarrow table as ``ranking.parquet``."""
+        import pyarrow.parquet as pq
+
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        with self.storage.fs.open_output_stream(f"{self.storage.path}/{layout.RANKING_FILE}") as out:
+            out.write(sink.getvalue())
+
+    # -- trial folders ------------------------------------------------------------------------------
+    def trial_path(self, trial_dir_name: str) -> str:
+        """A trial folder's path on the folder's filesystem (``self.storage.fs``)."""
+        return f"{self.storage.path}/{trial_dir_name}"
+
+    def trial_uri(self, trial_dir_name: str) -> str:
+        return f"{self.uri}/{trial_dir_name}"
+
+    def read_trial_file(self, trial_dir_name: str, name: str) -> str | None:
+        """A text file in a trial folder, or None when it is not there."""
+        try:
+            with self.storage.fs.open_input_stream(f"{self.trial_path(trial_dir_name)}/{name}") as src:
+                return src.read().decode(errors="replace")
+        except (FileNotFoundError, OSError):
+            return None
+
+    def write_trial_file(self, trial_dir_name: str, name: str, text: str) -> None:
+        with self.storage.fs.open_output_stream(f"{self.trial_path(trial_dir_name)}/{name}") as out:
+            out.write(text.encode())
+
+
+class TrainFolder:
+    """A ``boxtune train`` folder (``--out``): per-epoch metrics, the best epoch, its checkpoints."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def is_train_run(self) -> bool:
+        return (self.path / layout.METRICS_FILE).is_file()
+
+    def history(self) -> list[dict[str, Any]]:
+        """One dict per epoch, in order (``metrics.jsonl``); empty before the first."""
+        path = self.path / layout.METRICS_FILE
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def best(self) -> dict[str, Any]:
+        """``best.json``: ``{"epoch": N, "metrics": {...}}``, the best epoch by score."""
+        return json.loads((self.path / layout.BEST_FILE).read_text())
+
+    def checkpoint_dir(self, epoch: int) -> Path:
+        return self.path / layout.epoch_checkpoint_dir(epoch)
+
+    def test_results_path(self) -> Path:
+        return self.path / layout.TEST_RESULTS_FILE

@@ -1,0 +1,54 @@
+"""Every file name in a run folder, in one place: what a sweep folder holds and where.
+
+A sweep folder (``<storage>/<name>``, local or behind a URI)::
+
+    sweep.yaml            the sweep's config, whole, defaults filled in (``RunFolder.config``)
+    manifest.parquet      the records and split every trial trained and was evaluated on
+    boxtune.json          versions, creation time, the Ray address
+    ranking.parquet       the ranking, written when the sweep ends (``tune.run.ranking``)
+    test_results.json     the top trials' best epochs on the test split (``tune.results.holdout``)
+    retention.json        which checkpoints were deleted and why (``tune.launch.retention``)
+    *.boxtune-hparams     the sweep's TensorBoard HParams experiment (``tune.results.tensorboard``)
+    tuner.pkl, experiment_state-*.json, basic-variant-state-*.json, searcher-state-*.pkl   Ray Tune's
+    <trial folder>/       one per trial, named by Ray:
+        result.json, progress.csv, params.json, error.txt     Ray Tune's
+        checkpoint_000003/checkpoint.pt                       Ray's checkpoint folders
+        attempts.jsonl, failure.json                          the trial's record (``tune.launch.trial_record``)
+        ray_train.log                                         Ray Train's INFO lines
+        events.out.tfevents.*                                 the trial's TensorBoard events
+
+A ``boxtune train`` folder's names are the trial's own, in ``trainables.files`` (re-exported here).
+"""
+
+from __future__ import annotations
+
+from trainables.files import BEST_FILE, CHECKPOINT_FILE, CHECKPOINTS_DIR, METRICS_FILE, epoch_checkpoint_dir
+
+__all__ = [
+    "SWEEP_FILE", "MANIFEST_FILE", "INFO_FILE", "RANKING_FILE", "TEST_RESULTS_FILE", "RETENTION_FILE",
+    "HPARAMS_EVENTS_SUFFIX", "RESULT_FILE", "PROGRESS_FILE", "ERROR_FILE", "ATTEMPTS_FILE", "FAILURE_FILE",
+    "RAY_LOG_FILE", "CHECKPOINT_FOLDER_PREFIX", "CHECKPOINT_FILE", "METRICS_FILE", "BEST_FILE", "CHECKPOINTS_DIR",
+    "epoch_checkpoint_dir", "TEST_SPLIT", "TEST_PREFIX",
+]
+
+# the sweep folder
+SWEEP_FILE = "sweep.yaml"
+MANIFEST_FILE = "manifest.parquet"
+INFO_FILE = "boxtune.json"
+RANKING_FILE = "ranking.parquet"
+TEST_RESULTS_FILE = "test_results.json"
+RETENTION_FILE = "retention.json"
+HPARAMS_EVENTS_SUFFIX = ".boxtune-hparams"  # marks the experiment event file, so a rewrite replaces only it
+
+# a trial folder in a sweep
+RESULT_FILE = "result.json"  # Ray Tune's, one JSON line per reported epoch
+PROGRESS_FILE = "progress.csv"  # Ray Tune's, the same as CSV
+ERROR_FILE = "error.txt"  # Ray Tune's, the traceback of an errored trial
+ATTEMPTS_FILE = "attempts.jsonl"
+FAILURE_FILE = "failure.json"
+RAY_LOG_FILE = "ray_train.log"
+CHECKPOINT_FOLDER_PREFIX = "checkpoint_"  # Ray's checkpoint folders: checkpoint_000003
+
+# the held-out split, and the names its numbers are shown under (test_AP, test_AR100, test_AP[cat], ...)
+TEST_SPLIT = "test"
+TEST_PREFIX = "test_"

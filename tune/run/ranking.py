@@ -1,0 +1,153 @@
+"""The ranking: one order for every place that ranks trials.
+
+A trial ranks by ``best_score``: the score (``trainables.objective``: ``search.metric`` on the val
+split, AR100 folded in as the tiebreak) of its best epoch, not its last, since ASHA stops trials
+at different epochs and a schedule can overshoot. Trials without a finished epoch come last. Equal
+scores are ordered by ``tiebreak``. The ranking table, ``ranking.parquet``, the live table
+(``tune.launch.progress``), checkpoint retention (``tune.launch.retention``), the test-split
+evaluation and export all order trials with ``rank_order``, so they name the same best trial.
+Test-split numbers (``test_AP``, ...) are shown beside the val numbers for the trials evaluated
+there and never rank.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from trainables.errors import BoxtuneError
+from trainables.objective import BEST_SCORE, fold_score, score_of
+from tune.run.layout import TEST_PREFIX
+from tune.run.view import SweepView, TrialView
+
+__all__ = ["METRIC_COLUMNS", "TEST_COLUMNS", "rank_order", "result_score", "rank_trials", "trial_row",
+           "ranking_table", "write_ranking", "pick_trial", "test_columns", "varying_keys"]
+
+METRIC_COLUMNS = ("AP", "AP50", "AP75", "AR1", "AR10", "AR100")
+TEST_COLUMNS = ("AP", "AP50", "AP75", "AR100")  # shown as test_AP, ... for trials evaluated on the test split
+
+
+def rank_order(score: float | None, tiebreak: str) -> tuple[bool, float, str]:
+    """The sort key of a trial (ascending: best first) from its best score, None before its first epoch.
+
+    A NaN score cannot occur (an unmeasurable epoch scores ``NAN_SCORE``); a missing one sorts last.
+    """
+    measured = score is not None and not math.isnan(float(score))
+    return (not measured, -float(score) if measured else 0.0, tiebreak)
+
+
+def result_score(result: dict[str, Any]) -> float | None:
+    """A trial's best score so far from its latest result; None before its first epoch.
+
+    Results without ``best_score`` (runs from before objectives were reported) score by best AP,
+    then best AR100, exactly as the AP objective folds them.
+    """
+    if BEST_SCORE in result:
+        return float(result[BEST_SCORE])
+    if "best_AP" in result:
+        return fold_score(result.get("best_AP"), result.get("best_AR100"))
+    return None
+
+
+def test_columns(metrics: dict[str, float]) -> dict[str, float]:
+    """Test numbers under their report names: ``AP`` -> ``test_AP``."""
+    return {f"{TEST_PREFIX}{k}": v for k, v in metrics.items()}
+
+
+def varying_keys(trials: list[TrialView]) -> list[str]:
+    """Config keys whose value differs between ``trials`` (the searched hyperparameters), sorted."""
+    keys = sorted({k for t in trials for k in t.config})
+    out = []
+    for key in keys:
+        values = {json.dumps(t.config.get(key), sort_keys=True, default=str) for t in trials}
+        if len(values) > 1:
+            out.append(key)
+    return out
+
+
+def _metric(best: dict[str, Any] | None, key: str) -> float:
+    value = None if best is None else best.get(key)
+    return float("nan") if value is None else float(value)
+
+
+def _row(view: SweepView, t: TrialView, varying: list[str]) -> dict[str, Any]:
+    objective = view.objective
+    best = t.best(objective)
+    row: dict[str, Any] = {"rank": 0, "trial": t.trial_id, "status": t.status}
+    for key in METRIC_COLUMNS:
+        row[key] = _metric(best, key)
+    if objective is not None and objective.label != "AP":
+        row["objective"] = objective.value(best) if best is not None else float("nan")
+    row["score"] = score_of(best, objective) if best is not None else float("nan")
+    row["best_epoch"] = int(best["epoch"]) if best is not None else 0
+    row["epochs"] = max((int(r.get("epoch", 0)) for r in t.history), default=0)
+    if view.test_results is not None:
+        tested = (view.test_results.get("trials") or {}).get(t.trial_id)
+        metrics = tested["metrics"] if tested is not None else {}
+        for key in TEST_COLUMNS:
+            row[f"{TEST_PREFIX}{key}"] = _metric(metrics, key)
+        row[f"{TEST_PREFIX}epoch"] = int(tested["epoch"]) if tested is not None else None
+    for key in varying:
+        value = t.config.get(key)
+        row[key] = None if value is None else (value if isinstance(value, bool | int | float) else str(value))
+    row["error"] = t.error
+    row["path"] = t.path
+    return row
+
+
+def rank_trials(view: SweepView) -> list[dict[str, Any]]:
+    """Rows best first (``rank_order``): rank, trial, status, AP..AR100 of the best epoch, score, best
+    epoch, epochs run, test numbers where evaluated, the varying hyperparameters, error, path."""
+    varying = varying_keys(view.trials)
+    rows = [_row(view, t, varying) for t in view.trials]
+    rows.sort(key=lambda r: rank_order(r["score"] if r["best_epoch"] else None, r["trial"]))
+    for i, row in enumerate(rows, 1):
+        row["rank"] = i
+    return rows
+
+
+def trial_row(view: SweepView, trial: TrialView) -> dict[str, Any]:
+    """One trial's ranking row (its rank unset): what ``rank_trials`` reports for it."""
+    return _row(view, trial, [])
+
+
+def pick_trial(view: SweepView, trial: str | None = None) -> TrialView:
+    """Trial ``trial`` by id, else the best-ranked one with a finished epoch (a BoxtuneError if none)."""
+    if not view.trials:
+        raise BoxtuneError(f"{view.uri}: the sweep has no trials yet")
+    by_id = {t.trial_id: t for t in view.trials}
+    if trial is not None:
+        if trial not in by_id:
+            raise BoxtuneError(f"{view.uri}: no trial {trial!r}; trials: {', '.join(sorted(by_id))}")
+        return by_id[trial]
+    ranked = [row for row in rank_trials(view) if row["best_epoch"] > 0]
+    if not ranked:
+        raise BoxtuneError(f"{view.uri}: no trial has finished an epoch yet; nothing to export")
+    return by_id[ranked[0]["trial"]]
+
+
+def ranking_table(rows: list[dict[str, Any]]):
+    """Ranking rows as a pyarrow table (mixed columns become strings; ints with floats become floats)."""
+    import pyarrow as pa
+
+    if not rows:
+        return pa.table({"rank": pa.array([], pa.int64()), "trial": pa.array([], pa.string())})
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    columns = {}
+    for key in keys:
+        values = [r.get(key) for r in rows]
+        kinds = {type(v) for v in values if v is not None}
+        if kinds - {int, float, bool} or (bool in kinds and kinds != {bool}):
+            values = [None if v is None else str(v) for v in values]
+        elif kinds == {int, float}:
+            values = [None if v is None else float(v) for v in values]
+        columns[key] = values
+    return pa.table(columns)
+
+
+def write_ranking(view: SweepView) -> list[dict[str, Any]]:
+    """Rank the sweep and write ``ranking.parquet`` into its folder; return the rows."""
+    rows = rank_trials(view)
+    view.folder.write_ranking(ranking_table(rows))
+    return rows

@@ -1,0 +1,100 @@
+"""A sweep folder loaded once: its config, and every trial with its per-epoch results.
+
+``load_sweep(run)`` reads Ray Tune's experiment state (``ray.tune.ExperimentAnalysis``) and
+boxtune's own files through ``RunFolder``, and hands out typed views: ``SweepView`` for the sweep,
+``TrialView`` per trial. Reports, plots, TensorBoard, the test-split evaluation and export all
+start from one of these.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainables.objective import Objective, best_epoch, parse_objective
+from tune.config import SweepConfig
+from tune.run import layout
+from tune.run.folder import RunFolder
+
+__all__ = ["TrialView", "SweepView", "load_sweep"]
+
+
+@dataclass
+class TrialView:
+    trial_id: str
+    status: str  # PENDING, RUNNING, TERMINATED, ERROR (Ray's names)
+    config: dict[str, Any]
+    history: list[dict[str, Any]]  # one dict per reported epoch
+    error: str | None
+    path: str
+
+    def best(self, objective: Objective | None = None) -> dict[str, Any] | None:
+        """The best epoch by score (see ``trainables.objective.best_epoch``); None before the first."""
+        return best_epoch([r for r in self.history if "AP" in r], objective)
+
+
+@dataclass
+class SweepView:
+    uri: str
+    trials: list[TrialView]
+    num_trials: int  # asked for in the config
+    analysis: Any  # ray.tune.ExperimentAnalysis
+    objective: Objective | None = None  # search.metric; None: AP
+    test_results: dict[str, Any] | None = None  # test_results.json (tune.results.holdout)
+    has_test_split: bool = False  # the run's manifest holds test images
+    config: SweepConfig | None = None  # the run's sweep.yaml
+    folder: RunFolder | None = field(default=None, repr=False)
+
+    def trial(self, trial_id: str) -> TrialView:
+        return next(t for t in self.trials if t.trial_id == trial_id)
+
+
+def load_sweep(run: str) -> SweepView:
+    """Read a sweep folder (while it runs or after). A folder with no ``sweep.yaml`` is a ConfigError;
+    one whose experiment state Ray has not written yet has no trials."""
+    from ray.tune import ExperimentAnalysis
+
+    folder = RunFolder.at(run)
+    folder.require_sweep(run)
+    cfg = folder.config()
+    extras = {"objective": parse_objective(cfg.search.metric), "test_results": folder.test_results(),
+              "has_test_split": folder.has_test_split(), "config": cfg, "folder": folder}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            analysis = ExperimentAnalysis(folder.uri)
+    except (FileNotFoundError, ValueError, RuntimeError):
+        return SweepView(folder.uri, [], cfg.search.num_trials, None, **extras)
+    frames = analysis.trial_dataframes
+    trials = []
+    for trial in analysis.trials:
+        frame = frames.get(trial.trial_id)
+        history = _one_row_per_epoch([] if frame is None or frame.empty else frame.to_dict("records"))
+        error = None
+        if str(trial.status) == "ERROR":
+            text = folder.read_trial_file(trial.storage.trial_dir_name, layout.ERROR_FILE)
+            error = "errored (no error file)" if text is None else _last_error_line(text)
+        trials.append(TrialView(trial.trial_id, str(trial.status), dict(trial.config), history, error,
+                                folder.trial_uri(trial.storage.trial_dir_name)))
+    return SweepView(folder.uri, trials, cfg.search.num_trials, analysis, **extras)
+
+
+def _one_row_per_epoch(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A trial's epochs in order, each once: where an epoch was reported twice (a resumed trial that
+    ran it again from an older checkpoint), the later report wins. ``boxtune resume`` cuts result
+    files back to the checkpoint first (``tune.launch.resume_logs``); this covers folders resumed otherwise."""
+    by_epoch: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        by_epoch.pop(row.get("epoch", row.get("training_iteration")), None)
+        by_epoch[row.get("epoch", row.get("training_iteration"))] = row
+    return list(by_epoch.values())
+
+
+def _last_error_line(text: str) -> str:
+    """The exception line of a traceback: 'NonFiniteLossError: non-finite loss at epoch 2, step 3: ...'."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if "Error" in line.split(":")[0] or "Exception" in line.split(":")[0]:
+            return line.removeprefix("ray.exceptions.RayTaskError(").strip()
+    return lines[-1] if lines else "errored"

@@ -1,0 +1,58 @@
+"""One builder for a trial's config, whoever runs the trial: a sweep's trainable, the space check,
+``report --best-config`` and ``boxtune train``.
+
+A trial's config is a mapping ``trainables.config.TrialConfig`` validates: ``model``,
+``training``, ``hparams`` and ``metric``. A sweep's trial gets the sweep's fixed sections, its
+``hparams`` constants, then its sampled values on top (``merge_trial_config``); a ``boxtune
+train`` run gets its config file's sections as they are (``train_trial_config``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from search_spaces.builtin import to_hparams
+from trainables.config import resolve_model_section
+from tune.config import SweepConfig, TrainConfig
+
+__all__ = ["sweep_base", "merge_trial_config", "train_trial_config", "trial_threads"]
+
+
+def sweep_base(cfg: SweepConfig) -> dict[str, Any]:
+    """What every trial of the sweep shares: the model and training sections, the hparams
+    constants, the objective it reports its score by, and its resources."""
+    return {
+        "model": cfg.model.model_dump(mode="json"),
+        "training": cfg.training.model_dump(mode="json"),
+        "hparams": dict(cfg.hparams),
+        "metric": cfg.search.metric,
+        "resources": cfg.resources.model_dump(mode="json"),
+    }
+
+
+def merge_trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]:
+    """A trial's full config: the sweep's fixed model/training sections, its hparam constants, then the sample.
+
+    A sampled ``architecture`` goes to the model section, with that architecture's
+    ``model.by_architecture`` settings over the shared ones (``resolve_model_section``). Per-optimiser
+    names (``lr_sgd``, ``lr_adam``) become their ``HParams`` field (``search_spaces.to_hparams``).
+    """
+    sampled = to_hparams(dict(sampled))
+    architecture = sampled.pop("architecture", None)
+    return {
+        "model": resolve_model_section(base["model"], architecture),
+        "training": base["training"],
+        "hparams": {**base.get("hparams", {}), **sampled},
+        "metric": base.get("metric", "AP"),  # search.metric: the trial reports its score by it
+    }
+
+
+def train_trial_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The trial ``boxtune train`` runs: its config's sections, the hparams it sets (defaults fill the rest)."""
+    return {"model": cfg.model.model_dump(), "training": cfg.training.model_dump(),
+            "hparams": cfg.hparams.model_dump(exclude_unset=True), "metric": cfg.metric}
+
+
+def trial_threads(cpu: float) -> int:
+    """A trial's torch threads for its ``resources.cpu`` (rounded, at least 1)."""
+    return max(1, int(round(cpu)))
