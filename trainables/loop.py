@@ -29,7 +29,9 @@ from trainables.checkpoint import TrialState, capture_rng, load_checkpoint, rest
 from trainables.coco_eval import COCO_STAT_NAMES, evaluate_detections_by_class
 from trainables.config import TrialConfig, parse_trial_config
 from trainables.data import ImageRecord, Manifest, read_manifest
+from trainables.detections import write_detections
 from trainables.errors import ConfigError, DataError, NonFiniteLossError, TrainingError
+from trainables.files import detections_file
 from trainables.freeze import FreezeReport, apply_freeze
 from trainables.gpu_memory import OutOfMemoryGuard, limit_gpu_memory, measured_context_mib, peak_gpu_memory
 from trainables.loaders import TrialData, build_trial_data
@@ -218,6 +220,8 @@ def run_trial(
                                                       device=device, amp_dtype=amp_dtype)
             history.append(metrics)
             metrics.update(epoch_summary(objective, metrics, history))  # score, best epoch by score
+            # before the report: Ray copies the trial folder to storage with the epoch's checkpoint
+            write_detections(reporter.trial_dir / detections_file(epoch + 1), detections)
             writer.epoch(metrics, model=model, val_set=data.val_set, detections=detections, device=device)
             _report(reporter, metrics, TrialState(
                 epoch=epoch + 1, model=model.state_dict(), optimizer=optimizer.state_dict(),

@@ -194,7 +194,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     view = load_sweep(args.run)
     rows = rank_trials(view)
     out = format_ranking(rows, fmt=args.format, top=args.top, importances=param_importances(view),
-                         notes=sweep_notes(view))
+                         notes=sweep_notes(view), wide=args.wide)
     if args.per_class:
         # per-class AP/AR100 of the top trials' best epochs (--top, default the best one)
         lines = per_class_rows(view, rows, top=args.top or 1)
@@ -249,7 +249,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"sweep {view.uri}")
     print(f"  trials: {view.num_trials} asked, {counts.get('TERMINATED', 0)} done, {counts.get('RUNNING', 0)} running, "
           f"{counts.get('PENDING', 0) + not_started} pending, {counts.get('ERROR', 0)} errored")
-    rows = [r for r in rank_trials(view) if r["best_epoch"]]
+    rows = [r for r in rank_trials(view, intervals=False) if r["best_epoch"]]
     if rows:
         b = rows[0]
         state = "RUNNING" if b["status"] == "PENDING" else b["status"]
@@ -363,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run")
     rp.add_argument("--top", type=_positive_int, default=None, help="show the N best trials")
     rp.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
+    rp.add_argument("--wide", action="store_true",
+                    help="every column in the table (default: what fits 120 columns: the objective, its 95%% "
+                         "interval, its standing against the leader, AR100, the epoch, then hyperparameters)")
     rp.add_argument("--output", "-o", default=None, help="write to a file instead of the terminal")
     rp.add_argument("--plot", default=None, metavar="DIR", help="also write PNG plots into DIR")
     rp.add_argument("--per-class", action="store_true",

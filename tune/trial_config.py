@@ -15,7 +15,7 @@ from search_spaces.builtin import to_hparams
 from trainables.config import resolve_model_section
 from tune.config import SweepConfig, TrainConfig
 
-__all__ = ["sweep_base", "merge_trial_config", "train_trial_config", "trial_threads"]
+__all__ = ["sweep_base", "merge_trial_config", "train_trial_config", "trial_threads", "SHORT_NAMES", "format_hparams"]
 
 
 def sweep_base(cfg: SweepConfig) -> dict[str, Any]:
@@ -56,3 +56,30 @@ def train_trial_config(cfg: TrainConfig) -> dict[str, Any]:
 def trial_threads(cpu: float) -> int:
     """A trial's torch threads for its ``resources.cpu`` (rounded, at least 1)."""
     return max(1, int(round(cpu)))
+
+
+# short column names for the hyperparameters a space samples (anything else keeps its name)
+SHORT_NAMES = {
+    "optimizer": "opt", "lr": "lr", "weight_decay": "wd", "decay_norm_and_bias": "decay_nb", "momentum": "mom",
+    "nesterov": "nest", "beta1": "b1", "beta2": "b2", "eps": "eps", "schedule": "sched", "step_size": "step",
+    "gamma": "gamma", "milestones": "miles", "eta_min_factor": "eta_min", "pct_start": "pct", "div_factor": "div",
+    "final_div_factor": "fdiv", "warmup_iters": "warmup", "warmup_factor": "warm_f", "freeze_depth": "freeze",
+    "batch_size": "bs", "hflip_p": "hflip", "vflip_p": "vflip", "jitter_p": "jitter", "brightness": "bright",
+    "contrast": "contr", "saturation": "sat", "hue": "hue", "crop_p": "crop", "zoom_out_p": "zoom",
+    "zoom_out_max": "zoom_max", "scale_jitter_p": "sjit", "scale_min": "s_min", "scale_max": "s_max",
+}
+
+
+def _round(value: Any) -> str:
+    if isinstance(value, bool):
+        return "y" if value else "n"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, list | tuple):
+        return ",".join(_round(v) for v in value)
+    return str(value)
+
+
+def format_hparams(config: dict[str, Any]) -> str:
+    """``opt=sgd lr=0.0123 mom=0.9``: sampled hyperparameters, short names, rounded, in config order."""
+    return " ".join(f"{SHORT_NAMES.get(k, k)}={_round(v)}" for k, v in config.items())

@@ -23,36 +23,13 @@ from typing import Any
 
 from ray import tune
 
+from tune.run.intervals import BEATS
 from tune.run.ranking import rank_order, result_score
+from tune.trial_config import format_hparams
 
-__all__ = ["ProgressTable", "SHORT_NAMES", "format_hparams"]
+__all__ = ["ProgressTable"]
 
-# short column names for the hyperparameters a space samples (anything else keeps its name)
-SHORT_NAMES = {
-    "optimizer": "opt", "lr": "lr", "weight_decay": "wd", "decay_norm_and_bias": "decay_nb", "momentum": "mom",
-    "nesterov": "nest", "beta1": "b1", "beta2": "b2", "eps": "eps", "schedule": "sched", "step_size": "step",
-    "gamma": "gamma", "milestones": "miles", "eta_min_factor": "eta_min", "pct_start": "pct", "div_factor": "div",
-    "final_div_factor": "fdiv", "warmup_iters": "warmup", "warmup_factor": "warm_f", "freeze_depth": "freeze",
-    "batch_size": "bs", "hflip_p": "hflip", "vflip_p": "vflip", "jitter_p": "jitter", "brightness": "bright",
-    "contrast": "contr", "saturation": "sat", "hue": "hue", "crop_p": "crop", "zoom_out_p": "zoom",
-    "zoom_out_max": "zoom_max", "scale_jitter_p": "sjit", "scale_min": "s_min", "scale_max": "s_max",
-}
 _HEADER_EVERY = 25  # rows between repeated headers, so a scrolled terminal still shows the columns
-
-
-def _round(value: Any) -> str:
-    if isinstance(value, bool):
-        return "y" if value else "n"
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    if isinstance(value, list | tuple):
-        return ",".join(_round(v) for v in value)
-    return str(value)
-
-
-def format_hparams(config: dict[str, Any]) -> str:
-    """``opt=sgd lr=0.0123 mom=0.9``: sampled hyperparameters, short names, rounded, in config order."""
-    return " ".join(f"{SHORT_NAMES.get(k, k)}={_round(v)}" for k, v in config.items())
 
 
 def _metric(value: Any) -> str:
@@ -73,11 +50,17 @@ def _mib(value: Any) -> str:
 class ProgressTable(tune.Callback):
     """Prints the sweep's live table on the driver (see the module docstring)."""
 
-    _by_score = False  # a table pickled by a run from before this attribute (resumed) has none
+    # a table pickled by an older run (and unpickled by `boxtune resume`) lacks these
+    _by_score = False
+    run: str | None = None
+    _dirs: dict[str, str] = {}
 
-    def __init__(self, *, max_epochs: int, by_score: bool = False):
+    def __init__(self, *, max_epochs: int, by_score: bool = False, run: str | None = None):
         self.max_epochs = max_epochs
         self._by_score = by_score  # the objective is not plain AP: a trial's end line gives its score too
+        self.run = run  # the sweep folder: its stored detections say whether a trial is within noise of the best
+        self._dirs = {}  # trial id -> its folder in the sweep folder
+        self._paired = None  # tune.run.intervals.PairedSamples, made on first use (not pickled)
         self._rows = 0
         self._best: dict[str, dict[str, Any]] = {}  # trial id -> its latest result
         self._score = False  # the objective's score column, once a trial reports one
@@ -117,14 +100,41 @@ class ProgressTable(tune.Callback):
         best = self._sweep_best()
         if best is not None:
             shown, key = ("score ", "best_score") if self._by_score else ("", "best_AP")
-            line += f" (sweep best {shown}{_metric(best[1].get(key)).strip()}, {best[0]})"
+            line += f" (sweep best {shown}{_metric(best[1].get(key)).strip()}, {best[0]}{self._standing(trial, best)})"
         self._echo(line)
+
+    def _standing(self, trial, best: tuple[str, dict[str, Any]]) -> str:
+        """``, ahead in 88% of paired resamples: within noise`` (the sweep best against this trial; told
+        apart from 95%), or '' (this trial is the best, or detections are not in storage yet)."""
+        best_id, best_result = best
+        if self.run is None or best_id == trial.trial_id or trial.trial_id not in self._best:
+            return ""
+        try:
+            if getattr(self, "_paired", None) is None:
+                from tune.run.intervals import PairedSamples
+
+                self._paired = PairedSamples(self.run)
+            beaten = self._paired.beaten((self._dirs[best_id], int(best_result.get("best_epoch", 0))),
+                                         (self._dirs[trial.trial_id], int(self._best[trial.trial_id].get("best_epoch", 0))))
+        except (KeyError, OSError, ValueError):  # a folder or file not there (yet): say nothing rather than guess
+            return ""
+        if beaten is None:
+            return ""
+        return f", ahead in {beaten:.0%} of paired resamples: {'told apart' if beaten >= BEATS else 'within noise'}"
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_paired"] = None  # caches of arrays, rebuilt after a resume
+        return state
 
     # -- tune.Callback ------------------------------------------------------------------------------
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "AP" not in result:
             return
         self._best[trial.trial_id] = dict(result)
+        folder = getattr(getattr(trial, "storage", None), "trial_dir_name", None)
+        if folder is not None:
+            self._dirs = {**self._dirs, trial.trial_id: folder}
         if "best_score" in result and not self._score:
             self._score = True
             self._rows = 0  # the header changes: print it again

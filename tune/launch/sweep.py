@@ -163,7 +163,7 @@ def _callbacks(cfg: SweepConfig, folder: RunFolder) -> list:
     from tune.launch.retention import CheckpointRetention
 
     # saved with the run config in tuner.pkl: nothing unpicklable in them (the table prints to stdout)
-    table = ProgressTable(max_epochs=cfg.training.epochs, by_score=cfg.search.metric != "AP")
+    table = ProgressTable(max_epochs=cfg.training.epochs, by_score=cfg.search.metric != "AP", run=folder.uri)
     return [JsonLoggerCallback(), CSVLoggerCallback(), table,
             CheckpointRetention(folder.storage, keep_trials=cfg.checkpoints.keep_trials)]
 

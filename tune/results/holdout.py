@@ -25,12 +25,19 @@ import torch
 
 from trainables.atomic import atomic_write_text, strict_json
 from trainables.checkpoint import TrialState, load_checkpoint
-from trainables.coco_eval import COCO_STAT_NAMES, build_coco_gt, evaluate_detections_by_class
+from trainables.coco_eval import (
+    COCO_STAT_NAMES,
+    build_coco_gt,
+    detections_to_coco_results,
+    evaluate_detections_by_class,
+)
 from trainables.errors import BoxtuneError
 from trainables.inference import trained_model
-from trainables.objective import class_metrics
+from trainables.intervals import ImageMatches, resample_counts
+from trainables.objective import Objective, class_metrics
 from tune.run.checkpoints import best_checkpoint
 from tune.run.folder import TrainFolder
+from tune.run.intervals import RESAMPLES, SEED, interval, objective_names, objective_samples
 from tune.run.layout import TEST_SPLIT
 from tune.run.ranking import rank_trials
 from tune.run.view import SweepView
@@ -51,8 +58,10 @@ def test_records(manifest) -> list:
 
 
 def evaluate_state(state: TrialState, records: Sequence[Any], *, device: str | torch.device = "cpu",
-                   batch_size: int = 4) -> dict[str, float]:
-    """COCO numbers and per-class AP/AR100 of a checkpoint's model on ``records``, in fp32.
+                   batch_size: int = 4, objective: Objective | None = None) -> dict[str, float]:
+    """COCO numbers and per-class AP/AR100 of a checkpoint's model on ``records``, in fp32; with
+    ``objective``, also its 95% interval over bootstrap resamples of the records (``ci_low``,
+    ``ci_high``; ``tune.run.intervals``).
 
     The model is the one ``boxtune export`` writes for this checkpoint (the plain torchvision build).
     """
@@ -71,9 +80,16 @@ def evaluate_state(state: TrialState, records: Sequence[Any], *, device: str | t
     detections = predict(model, loader, device=device)  # amp_dtype None: fp32, as `boxtune predict`
     classes = [dict(c) for c in state.classes]
     gt = build_coco_gt(records, [(c["dataset_id"], c["name"]) for c in classes])
-    stats, per_class = evaluate_detections_by_class(
-        gt, detections, label_to_dataset_id={int(c["label"]): c["dataset_id"] for c in classes})
-    return {**{k: float(stats[k]) for k in COCO_STAT_NAMES}, **class_metrics(per_class, classes)}
+    label_to_dataset_id = {int(c["label"]): c["dataset_id"] for c in classes}
+    stats, per_class = evaluate_detections_by_class(gt, detections, label_to_dataset_id=label_to_dataset_id)
+    out = {**{k: float(stats[k]) for k in COCO_STAT_NAMES}, **class_metrics(per_class, classes)}
+    if objective is not None:
+        results = detections_to_coco_results(detections, label_to_dataset_id=label_to_dataset_id)
+        counts = resample_counts(len(gt.getImgIds()), RESAMPLES, SEED)
+        names = objective_names(objective, classes)
+        samples = objective_samples(objective, ImageMatches.evaluate(gt, results).metrics(counts, names=names), classes)
+        out["ci_low"], out["ci_high"] = interval(samples)
+    return out
 
 
 def _device(gpu: float) -> str:
@@ -91,7 +107,7 @@ def evaluate_sweep_on_test(view: SweepView, manifest, *, top: int, metric_label:
     records = test_records(manifest)
     if not records or top <= 0:
         return None
-    ranked = [r for r in rank_trials(view) if r["best_epoch"] > 0][:top]
+    ranked = [r for r in rank_trials(view, intervals=False) if r["best_epoch"] > 0][:top]
     before = (view.test_results or {}).get("trials", {})
     by_id = {t.trial_id: t for t in view.trials}
     trials: dict[str, Any] = {}
@@ -109,7 +125,7 @@ def evaluate_sweep_on_test(view: SweepView, manifest, *, top: int, metric_label:
         echo(f"evaluating trial {row['trial']} (rank {row['rank']}, epoch {state.epoch}) on "
              f"{len(records)} test images")
         trials[row["trial"]] = {"rank": row["rank"], "epoch": int(state.epoch), "val_score": row["score"],
-                                "metrics": evaluate_state(state, records, device=_device(gpu))}
+                                "metrics": evaluate_state(state, records, device=_device(gpu), objective=view.objective)}
     results = {"split": TEST_SPLIT, "images": len(records), "metric": metric_label, "trials": trials}
     view.folder.write_test_results(strict_json(results) + "\n")
     view.test_results = results

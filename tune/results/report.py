@@ -21,11 +21,12 @@ from trainables.atomic import strict_json
 from trainables.errors import ConfigError
 from trainables.objective import class_key, score_of
 from tune.results.holdout import OPTIMISTIC_NOTE
+from tune.run.intervals import class_intervals
 from tune.run.layout import TEST_PREFIX
-from tune.run.ranking import METRIC_COLUMNS, ranking_table, varying_keys
+from tune.run.ranking import INTERVAL_COLUMNS, METRIC_COLUMNS, ranking_table, varying_keys
 from tune.run.view import SweepView
 
-__all__ = ["format_ranking", "param_importances", "Importances", "MIN_TRIALS_FOR_IMPORTANCE", "sweep_notes",
+__all__ = ["interval_notes", "format_ranking", "param_importances", "Importances", "MIN_TRIALS_FOR_IMPORTANCE", "sweep_notes",
            "per_class_rows", "format_per_class", "best_per_class", "sweep_summary"]
 
 
@@ -38,6 +39,8 @@ def sweep_notes(view: SweepView) -> list[str]:
     """Lines a report adds below the table: the objective, and how far to trust the val numbers."""
     label = view.objective.label if view.objective is not None else "AP"
     notes = [f"ranked by {label} of each trial's best epoch on val (ties: AR100)"]
+    if view.intervals is not None:
+        notes += interval_notes(view.intervals, label)
     if not view.has_test_split:
         notes.append(OPTIMISTIC_NOTE)
     elif view.test_results:
@@ -46,18 +49,55 @@ def sweep_notes(view: SweepView) -> list[str]:
     return notes
 
 
+def _ranks(ranks: list[int]) -> str:
+    """``1-3``, ``1, 2 and 4``."""
+    if ranks == list(range(ranks[0], ranks[-1] + 1)) and len(ranks) > 2:
+        return f"{ranks[0]}-{ranks[-1]}"
+    return ", ".join(map(str, ranks[:-1])) + f" and {ranks[-1]}" if len(ranks) > 1 else str(ranks[0])
+
+
+def interval_notes(found, label: str = "AP") -> list[str]:
+    """What the intervals say, in words: which trials cannot be told apart from the leader, and what
+    would tell them apart when none can."""
+    order = list(found.trials)
+    if len(order) < 2:
+        return [f"95%CI: {label} over {found.resamples:,} bootstrap resamples of the {found.images} val images"]
+    tied = [order.index(t) + 1 for t in found.tied_with_leader()]
+    where = f"on this val set ({found.images} images)"
+    lines = [f"95%CI: {label} over {found.resamples:,} paired bootstrap resamples of the val images; vs_leader: "
+             f"the share of them in which the leader scores higher (told apart from 95%)"]
+    if len(tied) == len(order):
+        lines.append(f"no trial can be told apart from the leader {where}: the ranking is within noise. More val "
+                     f"images, or the top configs trained again on new seeds, would separate them")
+    elif len(tied) > 1:
+        lines.append(f"trials ranked {_ranks(tied)} cannot be told apart {where}")
+    else:
+        lines.append(f"the leader is told apart from every other trial {where}")
+    return lines
+
+
 def per_class_rows(view: SweepView, rows: list[dict[str, Any]], *, top: int = 1) -> list[dict[str, Any]]:
-    """Per-class AP and AR100 of the top ``top`` ranked trials' best epochs (val, and test where evaluated)."""
+    """Per-class AP, AP50 and AR100 of the top ``top`` ranked trials' best epochs, each with its 95%
+    interval where the epoch's detections are stored (val; test AP and AR100 where evaluated)."""
     by_id = {t.trial_id: t for t in view.trials}
     out = []
     for row in [r for r in rows if r["best_epoch"] > 0][:top]:
-        best = by_id[row["trial"]].best(view.objective) or {}
+        trial = by_id[row["trial"]]
+        best = trial.best(view.objective) or {}
         tested = ((view.test_results or {}).get("trials") or {}).get(row["trial"])
         names = [k[3:-1] for k in best if isinstance(k, str) and k.startswith("AP[") and k.endswith("]")]
+        found = None if view.folder is None else class_intervals(view.folder, view.manifest(), trial.dir_name,
+                                                                 row["best_epoch"])
         for name in names:
             line: dict[str, Any] = {"rank": row["rank"], "trial": row["trial"], "epoch": row["best_epoch"], "class": name}
-            for stat in ("AP", "AR100"):
-                line[stat] = _metric(best, class_key(stat, name))
+            intervals = (found or {}).get(name)
+            for stat in ("AP", "AP50", "AR100") if intervals else ("AP", "AR100"):
+                # the reported number; AP50, which an epoch reports only for an objective that reads it,
+                # from the stored detections
+                reported = class_key(stat, name) in best or not intervals
+                line[stat] = _metric(best, class_key(stat, name)) if reported else intervals[stat][0]
+                if intervals:
+                    line[f"{stat}_ci_low"], line[f"{stat}_ci_high"] = intervals[stat][1:]
             if tested is not None:
                 for stat in ("AP", "AR100"):
                     line[f"{TEST_PREFIX}{stat}"] = _metric(tested["metrics"], class_key(stat, name))
@@ -77,11 +117,13 @@ def format_per_class(lines: list[dict[str, Any]]) -> str:
     """Per-class rows as a text table."""
     if not lines:
         return "no per-class numbers (no trial has finished an epoch)"
-    keys = list(dict.fromkeys(k for line in lines for k in line))
-    cells = [[_cell(line.get(k)) for k in keys] for line in lines]
-    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    text = ["  ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True))]
-    text += ["  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)) for cell in cells]
+    keys = [k for k in dict.fromkeys(k for line in lines for k in line) if not k.endswith("_ci_high")]
+    header = [f"{k.removesuffix('_ci_low')}_95%CI" if k.endswith("_ci_low") else k for k in keys]
+    cells = [[_interval_cell({"ci_low": line.get(k), "ci_high": line.get(k.replace("_ci_low", "_ci_high"))})
+              if k.endswith("_ci_low") else _cell(line.get(k)) for k in keys] for line in lines]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(header)]
+    text = ["  ".join(k.ljust(w) for k, w in zip(header, widths, strict=True)).rstrip()]
+    text += ["  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)).rstrip() for cell in cells]
     return "\n".join(text)
 
 
@@ -152,9 +194,19 @@ def param_importances(view: SweepView) -> Importances:
     return Importances(values, finished=len(done), left_out=left_out)
 
 
+TABLE_WIDTH = 120  # the default table's width in characters; --wide shows every column
+
+
 def format_ranking(rows: list[dict[str, Any]], *, fmt: str = "table", top: int | None = None,
-                   importances: dict[str, float] | None = None, notes: list[str] = ()) -> bytes | str:
-    """Render ranking rows as a text table, CSV, JSON or Parquet bytes; ``notes`` (``sweep_notes``) follow a table."""
+                   importances: dict[str, float] | None = None, notes: list[str] = (),
+                   wide: bool = False) -> bytes | str:
+    """Render ranking rows as a text table, CSV, JSON or Parquet bytes; ``notes`` (``sweep_notes``) follow a table.
+
+    The table shows, within ``TABLE_WIDTH`` columns: rank, trial, status, the objective of the best
+    epoch with its 95% interval and its standing against the leader, AR100, the best epoch of the
+    epochs run, test numbers where evaluated, then as many of the varying hyperparameters as fit.
+    ``wide`` shows every column.
+    """
     rows = rows[:top] if top else rows
     if fmt == "parquet":
         sink = io.BytesIO()
@@ -173,11 +225,18 @@ def format_ranking(rows: list[dict[str, Any]], *, fmt: str = "table", top: int |
         return buf.getvalue()
     if fmt != "table":
         raise ConfigError(f"--format: expected one of table, csv, json, parquet, got {fmt!r}")
-    cells = [[_cell(r.get(k), figures=not _is_metric(k)) for k in shown if k != "error"] for r in rows]
-    header = [k for k in shown if k != "error"]
+    columns = _table_columns(rows, wide=wide)
+    cells = [[render(r) for _, render in columns] for r in rows]
+    header = [name for name, _ in columns]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)) for cell in cells]
+    if not wide:  # drop trailing hyperparameter columns until the table fits
+        hidden = 0
+        while len(widths) > _FIXED_MAX and sum(widths) + 2 * (len(widths) - 1) > TABLE_WIDTH and header[-1] not in _CORE:
+            header, widths, cells, hidden = header[:-1], widths[:-1], [c[:-1] for c in cells], hidden + 1
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)).rstrip() for cell in cells]
+    if not wide and (hidden or len(shown) > len(header)):
+        lines.append("(more columns: --wide)")
     errors = [f"  {r['trial']}: {r['error']}" for r in rows if r.get("error")]
     if errors:
         lines += ["", "errored trials:", *errors]
@@ -190,18 +249,86 @@ def format_ranking(rows: list[dict[str, Any]], *, fmt: str = "table", top: int |
     return "\n".join(lines)
 
 
+NOT_TESTED = "-"  # one marker for a number that was not measured (no epoch, not evaluated on test)
+_CORE = ("rank", "trial", "status", "AP", "objective", "95%CI", "vs_leader", "AR100", "epoch")
+_FIXED_MAX = 4  # never drop below rank, trial, status and the objective
+
+
+def _interval_cell(row: dict[str, Any]) -> str:
+    low, high = row.get("ci_low"), row.get("ci_high")
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return NOT_TESTED
+    return f"{low:.3f}..{high:.3f}"
+
+
+def _standing(row: dict[str, Any]) -> str:
+    """``leader``; ``noise(71%)``: the leader beats it in 71% of paired resamples, fewer than 95%,
+    so the two cannot be told apart; ``behind(99%)``: told apart."""
+    beaten, distinct = row.get("leader_beats"), row.get("distinguishable")
+    if distinct is None:
+        return NOT_TESTED
+    if beaten is None or math.isnan(beaten):
+        return "leader"
+    return f"{'behind' if distinct else 'noise'}({beaten:.0%})"
+
+
+def _table_columns(rows: list[dict[str, Any]], *, wide: bool):
+    """(header, cell renderer) pairs of the text table."""
+    keys = list(dict.fromkeys(k for r in rows for k in r if k not in ("path", "error")))
+    has_intervals = "ci_low" in keys
+    objective = "objective" if "objective" in keys else "AP"
+
+    def value(key):
+        return lambda r: _cell(r.get(key), figures=not _is_metric(key))
+
+    def epochs(r):
+        return f"{r['best_epoch']}/{r['epochs']}" if r.get("best_epoch") else NOT_TESTED
+
+    if wide:
+        columns = []
+        for key in keys:
+            if key in ("ci_low", "leader_beats"):
+                continue
+            if key == "ci_high":
+                columns.append(("95%CI", _interval_cell))
+            elif key == "distinguishable":
+                columns.append(("vs_leader", _standing))
+            else:
+                columns.append((key, value(key)))
+        return columns
+    columns = [(k, value(k)) for k in ("rank", "trial", "status") if k in keys]
+    if objective in keys:
+        columns.append((objective, value(objective)))
+    if has_intervals:
+        columns += [("95%CI", _interval_cell), ("vs_leader", _standing)]
+    if objective != "AP" and "AP" in keys:
+        columns.append(("AP", value("AP")))
+    if "AR100" in keys:
+        columns.append(("AR100", value("AR100")))
+    if "best_epoch" in keys:
+        columns.append(("epoch", epochs))
+    test = f"{TEST_PREFIX}{'AP' if objective == 'objective' else objective}"
+    if test in keys:
+        columns.append((test, value(test)))
+    hidden = {*METRIC_COLUMNS, "objective", "score", "best_epoch", "epochs", *INTERVAL_COLUMNS}
+    columns += [(k, value(k)) for k in keys
+                if k not in hidden and not k.startswith(TEST_PREFIX) and k not in ("rank", "trial", "status")]
+    return columns
+
+
 def _is_metric(key: str) -> bool:
     return key in METRIC_COLUMNS or key in ("objective", "score") or key.startswith(TEST_PREFIX)
 
 
 def _cell(value: Any, *, figures: bool = False) -> str:
     """A table cell: metrics to 4 decimals; with ``figures`` (a hyperparameter), a value under 0.01
-    to 3 significant figures, so that a learning rate or an eps does not show as 0.0000."""
+    to 3 significant figures, so that a learning rate or an eps does not show as 0.0000. Nothing
+    measured (None, NaN) is ``NOT_TESTED``."""
     if value is None:
-        return "-"
+        return NOT_TESTED
     if isinstance(value, float):
         if math.isnan(value):
-            return "nan"
+            return NOT_TESTED
         if figures and value and abs(value) < 0.01:
             return f"{value:.3g}"
         return f"{value:.4f}" if abs(value) < 1 else f"{value:.4g}"

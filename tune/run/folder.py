@@ -150,6 +150,16 @@ class RunFolder:
         except (FileNotFoundError, OSError):
             return None
 
+    def read_detections(self, trial_dir_name: str, epoch: int):
+        """A trial epoch's stored val detections (``trainables.detections``), or None when not stored."""
+        from trainables.detections import read_detections
+
+        try:
+            with self.storage.fs.open_input_file(f"{self.trial_path(trial_dir_name)}/{layout.detections_file(epoch)}") as src:
+                return read_detections(src)
+        except (FileNotFoundError, OSError):
+            return None
+
     def write_trial_file(self, trial_dir_name: str, name: str, text: str) -> None:
         with self.storage.fs.open_output_stream(f"{self.trial_path(trial_dir_name)}/{name}") as out:
             out.write(text.encode())
@@ -177,6 +187,13 @@ class TrainFolder:
 
     def checkpoint_dir(self, epoch: int) -> Path:
         return self.path / layout.epoch_checkpoint_dir(epoch)
+
+    def read_detections(self, epoch: int):
+        """An epoch's stored val detections, or None when not stored."""
+        from trainables.detections import read_detections
+
+        path = self.path / layout.detections_file(epoch)
+        return read_detections(path) if path.is_file() else None
 
     def test_results_path(self) -> Path:
         return self.path / layout.TEST_RESULTS_FILE

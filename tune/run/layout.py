@@ -15,6 +15,7 @@ A sweep folder (``<storage>/<name>``, local or behind a URI)::
         checkpoint_000003/checkpoint.pt                       Ray's checkpoint folders
         attempts.jsonl, failure.json                          the trial's record (``tune.launch.trial_record``)
         ray_train.log                                         Ray Train's INFO lines
+        detections/epoch_0003.parquet                         each epoch's val detections (``trainables.detections``)
         events.out.tfevents.*                                 the trial's TensorBoard events
 
 A ``boxtune train`` folder's names are the trial's own, in ``trainables.files`` (re-exported here).
@@ -22,13 +23,21 @@ A ``boxtune train`` folder's names are the trial's own, in ``trainables.files`` 
 
 from __future__ import annotations
 
-from trainables.files import BEST_FILE, CHECKPOINT_FILE, CHECKPOINTS_DIR, METRICS_FILE, epoch_checkpoint_dir
+from trainables.files import (
+    BEST_FILE,
+    CHECKPOINT_FILE,
+    CHECKPOINTS_DIR,
+    DETECTIONS_DIR,
+    METRICS_FILE,
+    detections_file,
+    epoch_checkpoint_dir,
+)
 
 __all__ = [
     "SWEEP_FILE", "MANIFEST_FILE", "INFO_FILE", "RANKING_FILE", "TEST_RESULTS_FILE", "RETENTION_FILE",
     "HPARAMS_EVENTS_SUFFIX", "RESULT_FILE", "PROGRESS_FILE", "ERROR_FILE", "ATTEMPTS_FILE", "FAILURE_FILE",
     "RAY_LOG_FILE", "CHECKPOINT_FOLDER_PREFIX", "CHECKPOINT_FILE", "METRICS_FILE", "BEST_FILE", "CHECKPOINTS_DIR",
-    "epoch_checkpoint_dir", "TEST_SPLIT", "TEST_PREFIX",
+    "epoch_checkpoint_dir", "DETECTIONS_DIR", "detections_file", "TEST_SPLIT", "TEST_PREFIX",
 ]
 
 # the sweep folder

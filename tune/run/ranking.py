@@ -8,6 +8,11 @@ scores are ordered by ``tiebreak``. The ranking table, ``ranking.parquet``, the 
 evaluation and export all order trials with ``rank_order``, so they name the same best trial.
 Test-split numbers (``test_AP``, ...) are shown beside the val numbers for the trials evaluated
 there and never rank.
+
+Where the trials' best epochs have their val detections stored, each row also gets a 95% interval
+of the objective (``ci_low``, ``ci_high``), the share of paired resamples in which the leader
+beats it (``leader_beats``) and whether it can be told apart from the leader
+(``distinguishable``; see ``tune.run.intervals``).
 """
 
 from __future__ import annotations
@@ -17,15 +22,27 @@ import math
 from typing import Any
 
 from trainables.errors import BoxtuneError
-from trainables.objective import BEST_SCORE, fold_score, score_of
+from trainables.objective import BEST_SCORE, fold_score, parse_objective, score_of
+from tune.run.intervals import (
+    RESAMPLES,
+    SEED,
+    Intervals,
+    objective_names,
+    objective_samples,
+    paired_intervals,
+    trial_matches,
+    val_ground_truth,
+)
 from tune.run.layout import TEST_PREFIX
 from tune.run.view import SweepView, TrialView
 
-__all__ = ["METRIC_COLUMNS", "TEST_COLUMNS", "rank_order", "result_score", "rank_trials", "trial_row",
-           "ranking_table", "write_ranking", "pick_trial", "test_columns", "varying_keys"]
+__all__ = ["METRIC_COLUMNS", "TEST_COLUMNS", "INTERVAL_COLUMNS", "rank_order", "result_score", "rank_trials",
+           "trial_row", "ranking_table", "write_ranking", "pick_trial", "test_columns", "varying_keys",
+           "ranking_intervals"]
 
 METRIC_COLUMNS = ("AP", "AP50", "AP75", "AR1", "AR10", "AR100")
 TEST_COLUMNS = ("AP", "AP50", "AP75", "AR100")  # shown as test_AP, ... for trials evaluated on the test split
+INTERVAL_COLUMNS = ("ci_low", "ci_high", "leader_beats", "distinguishable")
 
 
 def rank_order(score: float | None, tiebreak: str) -> tuple[bool, float, str]:
@@ -87,6 +104,8 @@ def _row(view: SweepView, t: TrialView, varying: list[str]) -> dict[str, Any]:
         metrics = tested["metrics"] if tested is not None else {}
         for key in TEST_COLUMNS:
             row[f"{TEST_PREFIX}{key}"] = _metric(metrics, key)
+        if "ci_low" in metrics:  # the objective's 95% interval on the test images
+            row[f"{TEST_PREFIX}ci_low"], row[f"{TEST_PREFIX}ci_high"] = _metric(metrics, "ci_low"), _metric(metrics, "ci_high")
         row[f"{TEST_PREFIX}epoch"] = int(tested["epoch"]) if tested is not None else None
     for key in varying:
         value = t.config.get(key)
@@ -96,15 +115,60 @@ def _row(view: SweepView, t: TrialView, varying: list[str]) -> dict[str, Any]:
     return row
 
 
-def rank_trials(view: SweepView) -> list[dict[str, Any]]:
+def rank_trials(view: SweepView, *, intervals: bool = True) -> list[dict[str, Any]]:
     """Rows best first (``rank_order``): rank, trial, status, AP..AR100 of the best epoch, score, best
-    epoch, epochs run, test numbers where evaluated, the varying hyperparameters, error, path."""
+    epoch, epochs run, the interval columns (with ``intervals``, where detections are stored), test
+    numbers where evaluated, the varying hyperparameters, error, path."""
     varying = varying_keys(view.trials)
     rows = [_row(view, t, varying) for t in view.trials]
     rows.sort(key=lambda r: rank_order(r["score"] if r["best_epoch"] else None, r["trial"]))
     for i, row in enumerate(rows, 1):
         row["rank"] = i
+    if intervals:
+        found = ranking_intervals(view, rows)
+        if found is not None:
+            view.intervals = found
+            for i, row in enumerate(rows):
+                rows[i] = _with_interval(row, found)
     return rows
+
+
+def _with_interval(row: dict[str, Any], found: Intervals) -> dict[str, Any]:
+    """``row`` with the interval columns after ``epochs`` (NaN and None for a trial without stored detections)."""
+    iv = found.trials.get(row["trial"])
+    if iv is None:
+        values = (math.nan, math.nan, math.nan, None)
+    else:
+        values = (iv.low, iv.high, iv.beaten, row["trial"] == found.leader or iv.distinguishable)
+    out: dict[str, Any] = {}
+    for key, value in row.items():
+        out[key] = value
+        if key == "epochs":
+            out.update(zip(INTERVAL_COLUMNS, values, strict=True))
+    return out
+
+
+def ranking_intervals(view: SweepView, rows: list[dict[str, Any]]) -> Intervals | None:
+    """The paired bootstrap of the ranked trials' best epochs (``tune.run.intervals``); None when no
+    trial has its best epoch's detections stored (a run from before they were, or no epoch yet)."""
+    ranked = [r for r in rows if r["best_epoch"] > 0]
+    if not ranked or view.folder is None:
+        return None
+    by_id = {t.trial_id: t for t in view.trials}
+    stored = {r["trial"]: view.folder.read_detections(by_id[r["trial"]].dir_name, r["best_epoch"]) for r in ranked}
+    stored = {k: v for k, v in stored.items() if v is not None}
+    if not stored:
+        return None
+    from trainables.intervals import resample_counts
+
+    manifest = view.manifest()
+    gt = val_ground_truth(manifest)
+    counts = resample_counts(len(gt.getImgIds()), RESAMPLES, SEED)
+    objective = view.objective or parse_objective("AP")
+    names = objective_names(objective, manifest.classes)
+    samples = {trial: objective_samples(objective, trial_matches(gt, det, manifest).metrics(counts, names=names),
+                                        manifest.classes) for trial, det in stored.items()}
+    return paired_intervals(samples, [r["trial"] for r in ranked], images=len(gt.getImgIds()))
 
 
 def trial_row(view: SweepView, trial: TrialView) -> dict[str, Any]:
@@ -121,7 +185,7 @@ def pick_trial(view: SweepView, trial: str | None = None) -> TrialView:
         if trial not in by_id:
             raise BoxtuneError(f"{view.uri}: no trial {trial!r}; trials: {', '.join(sorted(by_id))}")
         return by_id[trial]
-    ranked = [row for row in rank_trials(view) if row["best_epoch"] > 0]
+    ranked = [row for row in rank_trials(view, intervals=False) if row["best_epoch"] > 0]
     if not ranked:
         raise BoxtuneError(f"{view.uri}: no trial has finished an epoch yet; nothing to export")
     return by_id[ranked[0]["trial"]]

@@ -28,6 +28,7 @@ class TrialView:
     history: list[dict[str, Any]]  # one dict per reported epoch
     error: str | None
     path: str
+    dir_name: str = ""  # the trial's folder in the sweep folder (Ray names it)
 
     def best(self, objective: Objective | None = None) -> dict[str, Any] | None:
         """The best epoch by score (see ``trainables.objective.best_epoch``); None before the first."""
@@ -46,8 +47,17 @@ class SweepView:
     config: SweepConfig | None = None  # the run's sweep.yaml
     folder: RunFolder | None = field(default=None, repr=False)
 
+    intervals: Any = None  # tune.run.intervals.Intervals, once rank_trials has computed them
+    _manifest: Any = field(default=None, repr=False)
+
     def trial(self, trial_id: str) -> TrialView:
         return next(t for t in self.trials if t.trial_id == trial_id)
+
+    def manifest(self):
+        """The run's manifest (read once)."""
+        if self._manifest is None:
+            self._manifest = self.folder.manifest()
+        return self._manifest
 
 
 def load_sweep(run: str) -> SweepView:
@@ -76,7 +86,7 @@ def load_sweep(run: str) -> SweepView:
             text = folder.read_trial_file(trial.storage.trial_dir_name, layout.ERROR_FILE)
             error = "errored (no error file)" if text is None else _last_error_line(text)
         trials.append(TrialView(trial.trial_id, str(trial.status), dict(trial.config), history, error,
-                                folder.trial_uri(trial.storage.trial_dir_name)))
+                                folder.trial_uri(trial.storage.trial_dir_name), trial.storage.trial_dir_name))
     return SweepView(folder.uri, trials, cfg.search.num_trials, analysis, **extras)
 
 

@@ -11,7 +11,9 @@ A ``.pt`` export is a ``torch.save`` dict of tensors, numbers and strings (it lo
      "classes": [{"label": 1, "name": "raccoon", "dataset_id": 1}, ...],
      "state_dict": {...}, "config": {...}, "trial_id": "...", "sweep": "...",
      "metrics": {...}, "epoch": 7,
-     "test_metrics": {"test_AP": ..., "test_AR100": ..., ...}, "test_images": 48}
+     "test_metrics": {"test_AP": ..., "test_AR100": ..., ...}, "test_images": 48,
+     "ranking": {"rank": 1, "objective": "AP", "value": ..., "ci_low": ..., "ci_high": ...,
+                 "leader_beats": NaN, "distinguishable": True, "not_distinguishable_from_leader": [...], ...}}
 
 ``metrics`` are the epoch's val numbers (the val split chose the epoch and ranked the trial);
 ``test_metrics`` are the same epoch's numbers on the held-out test split when the sweep evaluated
@@ -60,7 +62,7 @@ from trainables.checkpoint import TrialState, load_checkpoint
 from trainables.errors import BoxtuneError
 from trainables.inference import trained_model
 from tune.run.checkpoints import best_checkpoint
-from tune.run.ranking import pick_trial, test_columns, trial_row
+from tune.run.ranking import pick_trial, rank_trials, test_columns, trial_row
 from tune.run.view import load_sweep
 
 __all__ = [
@@ -119,6 +121,7 @@ def _payload_and_model(state: TrialState, *, trial_id: str | None, sweep: str | 
         "epoch": int(state.epoch),
         "test_metrics": None,
         "test_images": None,
+        "ranking": None,
     }
     return payload, trained.model
 
@@ -175,11 +178,14 @@ def _save_onnx(model: nn.Module, out: Path, *, size: int) -> None:
 
 def export_checkpoint(checkpoint_dir: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "pt",
                       trial_id: str | None = None, sweep: str | None = None,
-                      test: Mapping[str, Any] | None = None, expect_epoch: int | None = None) -> Path:
+                      test: Mapping[str, Any] | None = None, expect_epoch: int | None = None,
+                      ranking: Mapping[str, Any] | None = None) -> Path:
     """Write the trial checkpoint in ``checkpoint_dir`` as one self-contained file; return its path.
 
     ``test`` ({"epoch", "images", "metrics"}) is stored when its epoch is the checkpoint's;
     ``expect_epoch`` (the ranking's best epoch) must be the checkpoint's epoch, or nothing is written.
+    ``ranking`` (the trial's place, its objective's interval and whether it can be told apart from
+    the leader) is stored as it is.
     """
     if fmt not in FORMATS:
         raise BoxtuneError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -191,6 +197,7 @@ def export_checkpoint(checkpoint_dir: str | os.PathLike, out: str | os.PathLike,
         raise BoxtuneError(f"trial {trial_id}: the kept checkpoint is epoch {state.epoch}, but the ranking's "
                            f"best epoch is {expect_epoch}; refusing to export a model other than the ranked one")
     payload, model = _payload_and_model(state, trial_id=trial_id, sweep=sweep)
+    payload["ranking"] = None if ranking is None else dict(ranking)
     if test is not None and int(test["epoch"]) == int(state.epoch):
         payload["test_metrics"] = {k: _float(v) for k, v in test_columns(test["metrics"]).items()}
         payload["test_images"] = int(test["images"])
@@ -219,10 +226,28 @@ def export_best(run: str, out: str | os.PathLike, *, trial: str | None = None, f
     chosen = pick_trial(view, trial)
     checkpoint = best_checkpoint(view, chosen)
     expect = trial_row(view, chosen)["best_epoch"]
+    ranking = export_ranking(view, rank_trials(view), chosen.trial_id)
     results = view.test_results or {}
     tested = (results.get("trials") or {}).get(chosen.trial_id)
     test = None if tested is None else {"epoch": tested["epoch"], "images": int(results["images"]),
                                         "metrics": tested["metrics"]}
     with checkpoint.as_directory() as directory:
         return export_checkpoint(directory, out, fmt=fmt, trial_id=chosen.trial_id, sweep=view.uri,
-                                 test=test, expect_epoch=expect or None)
+                                 test=test, expect_epoch=expect or None, ranking=ranking)
+
+
+def export_ranking(view, rows: list[dict[str, Any]], trial_id: str) -> dict[str, Any]:
+    """What an export records of its trial's place: rank, objective, its 95% interval, the share of
+    paired resamples in which the leader beats it, whether the two can be told apart, and the
+    trials that cannot be told apart from the leader (NaN/None where detections were not stored)."""
+    row = next(r for r in rows if r["trial"] == trial_id)
+    objective = view.objective.label if view.objective is not None else "AP"
+    out: dict[str, Any] = {"rank": row["rank"], "trials": len(rows), "objective": objective,
+                           "value": row.get("objective", row["AP"]), "score": row["score"]}
+    found = view.intervals
+    out.update({k: row.get(k) for k in ("ci_low", "ci_high", "leader_beats", "distinguishable")})
+    out["val_images"] = None if found is None else found.images
+    out["resamples"] = None if found is None else found.resamples
+    out["leader"] = None if found is None else found.leader
+    out["not_distinguishable_from_leader"] = None if found is None else found.tied_with_leader()
+    return out

@@ -8,7 +8,8 @@ import re
 import pytest
 from shared_run import EPOCHS, result_rows, trial_dirs
 
-from tune.launch.progress import ProgressTable, format_hparams
+from tune.launch.progress import ProgressTable
+from tune.trial_config import format_hparams
 
 
 @pytest.mark.parametrize(("config", "shown"), [
