@@ -24,7 +24,7 @@ from typing import Any
 from ray import tune
 
 from tune.run.intervals import BEATS
-from tune.run.ranking import rank_order, result_score
+from tune.run.ranking import UNNUMBERED, creation_number, rank_order, result_score
 from tune.trial_config import format_hparams
 
 __all__ = ["ProgressTable"]
@@ -54,12 +54,14 @@ class ProgressTable(tune.Callback):
     _by_score = False
     run: str | None = None
     _dirs: dict[str, str] = {}
+    _numbers: dict[str, int] = {}
 
     def __init__(self, *, max_epochs: int, by_score: bool = False, run: str | None = None):
         self.max_epochs = max_epochs
         self._by_score = by_score  # the objective is not plain AP: a trial's end line gives its score too
         self.run = run  # the sweep folder: its stored detections say whether a trial is within noise of the best
         self._dirs = {}  # trial id -> its folder in the sweep folder
+        self._numbers = {}  # trial id -> its creation number: equal scores rank in creation order
         self._paired = None  # tune.run.intervals.PairedSamples, made on first use (not pickled)
         self._rows = 0
         self._best: dict[str, dict[str, Any]] = {}  # trial id -> its latest result
@@ -86,7 +88,8 @@ class ProgressTable(tune.Callback):
     def _sweep_best(self) -> tuple[str, dict[str, Any]] | None:
         if not self._best:
             return None
-        return min(self._best.items(), key=lambda kv: rank_order(result_score(kv[1]), kv[0]))
+        numbers = self._numbers
+        return min(self._best.items(), key=lambda kv: rank_order(result_score(kv[1]), numbers.get(kv[0], UNNUMBERED), kv[0]))
 
     def _ended(self, trial, how: str) -> None:
         result = self._best.get(trial.trial_id) or {}
@@ -132,6 +135,7 @@ class ProgressTable(tune.Callback):
         if "AP" not in result:
             return
         self._best[trial.trial_id] = dict(result)
+        self._numbers = {**self._numbers, trial.trial_id: creation_number(getattr(trial, "experiment_tag", None))}
         folder = getattr(getattr(trial, "storage", None), "trial_dir_name", None)
         if folder is not None:
             self._dirs = {**self._dirs, trial.trial_id: folder}

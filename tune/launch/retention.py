@@ -29,7 +29,7 @@ from ray import tune
 
 from tune.run.folder import RunFolder
 from tune.run.layout import CHECKPOINT_FILE, CHECKPOINT_FOLDER_PREFIX
-from tune.run.ranking import rank_order, result_score
+from tune.run.ranking import UNNUMBERED, creation_number, rank_order, result_score
 from tune.run.storage import RunStorage
 
 __all__ = ["CheckpointRetention", "strip_checkpoint"]
@@ -79,6 +79,7 @@ class CheckpointRetention(tune.Callback):
         self._scores: dict[str, float | None] = {k: (v[0] if isinstance(v, list) else v)
                                                   for k, v in record.get("scores", {}).items()}
         self._dirs: dict[str, str] = dict(record.get("trial_dirs", {}))
+        self._numbers: dict[str, int] = dict(record.get("numbers", {}))  # creation order: breaks exact ties
         self._ended: set[str] = set(record.get("ended", []))
         self._best_ckpt: dict[str, str] = dict(record.get("best_checkpoint", {}))
         self._ckpt_by_epoch: dict[str, dict[int, str]] = {}
@@ -93,6 +94,7 @@ class CheckpointRetention(tune.Callback):
             return
         tid = trial.trial_id
         self._scores[tid] = result_score(result)
+        self._numbers[tid] = creation_number(getattr(trial, "experiment_tag", None))
         self._dirs[tid] = trial.storage.trial_dir_name
         if result.get("checkpoint_dir_name"):
             self._ckpt_by_epoch.setdefault(tid, {})[int(result["epoch"])] = result["checkpoint_dir_name"]
@@ -111,7 +113,7 @@ class CheckpointRetention(tune.Callback):
         tid = trial.trial_id
         self._dirs.setdefault(tid, trial.storage.trial_dir_name)
         self._ended.add(tid)
-        ranked = sorted(self._scores, key=lambda t: rank_order(self._scores[t], t))
+        ranked = sorted(self._scores, key=lambda t: rank_order(self._scores[t], self._numbers.get(t, UNNUMBERED), t))
         top = set(ranked[:self.keep_trials])
         # a trial that never reported an epoch has no checkpoint to delete
         for other in sorted((self._ended & set(self._scores)) - top - set(self._deleted)):
@@ -149,5 +151,6 @@ class CheckpointRetention(tune.Callback):
             "best_checkpoint": self._best_ckpt,
             "scores": self._scores,
             "trial_dirs": self._dirs,
+            "numbers": self._numbers,
             "ended": sorted(self._ended),
         })

@@ -310,7 +310,7 @@ def _table_columns(rows: list[dict[str, Any]], *, wide: bool):
     test = f"{TEST_PREFIX}{'AP' if objective == 'objective' else objective}"
     if test in keys:
         columns.append((test, value(test)))
-    hidden = {*METRIC_COLUMNS, "objective", "score", "best_epoch", "epochs", *INTERVAL_COLUMNS}
+    hidden = {*METRIC_COLUMNS, "objective", "score", "best_epoch", "epochs", "number", *INTERVAL_COLUMNS}
     columns += [(k, value(k)) for k in keys
                 if k not in hidden and not k.startswith(TEST_PREFIX) and k not in ("rank", "trial", "status")]
     return columns

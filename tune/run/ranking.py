@@ -3,7 +3,8 @@
 A trial ranks by ``best_score``: the score (``trainables.objective``: ``search.metric`` on the val
 split, AR100 folded in as the tiebreak) of its best epoch, not its last, since ASHA stops trials
 at different epochs and a schedule can overshoot. Trials without a finished epoch come last. Equal
-scores are ordered by ``tiebreak``. The ranking table, ``ranking.parquet``, the live table
+scores are ordered by creation: the trial the search created first ranks first (never by Ray's
+random trial id). The ranking table, ``ranking.parquet``, the live table
 (``tune.launch.progress``), checkpoint retention (``tune.launch.retention``), the test-split
 evaluation and export all order trials with ``rank_order``, so they name the same best trial.
 Test-split numbers (``test_AP``, ...) are shown beside the val numbers for the trials evaluated
@@ -34,9 +35,10 @@ from tune.run.intervals import (
     val_ground_truth,
 )
 from tune.run.layout import TEST_PREFIX
-from tune.run.view import SweepView, TrialView
+from tune.run.view import UNNUMBERED, SweepView, TrialView, creation_number
 
-__all__ = ["METRIC_COLUMNS", "TEST_COLUMNS", "INTERVAL_COLUMNS", "rank_order", "result_score", "rank_trials",
+__all__ = ["METRIC_COLUMNS", "TEST_COLUMNS", "INTERVAL_COLUMNS", "UNNUMBERED", "creation_number", "rank_order",
+           "result_score", "rank_trials",
            "trial_row", "ranking_table", "write_ranking", "pick_trial", "test_columns", "varying_keys",
            "ranking_intervals"]
 
@@ -45,13 +47,14 @@ TEST_COLUMNS = ("AP", "AP50", "AP75", "AR100")  # shown as test_AP, ... for tria
 INTERVAL_COLUMNS = ("ci_low", "ci_high", "leader_beats", "distinguishable")
 
 
-def rank_order(score: float | None, tiebreak: str) -> tuple[bool, float, str]:
-    """The sort key of a trial (ascending: best first) from its best score, None before its first epoch.
+def rank_order(score: float | None, number: int, trial_id: str = "") -> tuple[bool, float, int, str]:
+    """The sort key of a trial (ascending: best first) from its best score (None before its first
+    epoch) and its creation number: equal scores rank in creation order.
 
     A NaN score cannot occur (an unmeasurable epoch scores ``NAN_SCORE``); a missing one sorts last.
     """
     measured = score is not None and not math.isnan(float(score))
-    return (not measured, -float(score) if measured else 0.0, tiebreak)
+    return (not measured, -float(score) if measured else 0.0, int(number), trial_id)
 
 
 def result_score(result: dict[str, Any]) -> float | None:
@@ -110,6 +113,7 @@ def _row(view: SweepView, t: TrialView, varying: list[str]) -> dict[str, Any]:
     for key in varying:
         value = t.config.get(key)
         row[key] = None if value is None else (value if isinstance(value, bool | int | float) else str(value))
+    row["number"] = t.number  # creation order: breaks exact ties
     row["error"] = t.error
     row["path"] = t.path
     return row
@@ -121,7 +125,7 @@ def rank_trials(view: SweepView, *, intervals: bool = True) -> list[dict[str, An
     numbers where evaluated, the varying hyperparameters, error, path."""
     varying = varying_keys(view.trials)
     rows = [_row(view, t, varying) for t in view.trials]
-    rows.sort(key=lambda r: rank_order(r["score"] if r["best_epoch"] else None, r["trial"]))
+    rows.sort(key=lambda r: rank_order(r["score"] if r["best_epoch"] else None, r["number"], r["trial"]))
     for i, row in enumerate(rows, 1):
         row["rank"] = i
     if intervals:

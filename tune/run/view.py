@@ -17,7 +17,7 @@ from tune.config import SweepConfig
 from tune.run import layout
 from tune.run.folder import RunFolder
 
-__all__ = ["TrialView", "SweepView", "load_sweep"]
+__all__ = ["TrialView", "SweepView", "load_sweep", "creation_number", "UNNUMBERED"]
 
 
 @dataclass
@@ -29,6 +29,7 @@ class TrialView:
     error: str | None
     path: str
     dir_name: str = ""  # the trial's folder in the sweep folder (Ray names it)
+    number: int = 10**9  # creation order, 1 for the first trial the search created (``creation_number``)
 
     def best(self, objective: Objective | None = None) -> dict[str, Any] | None:
         """The best epoch by score (see ``trainables.objective.best_epoch``); None before the first."""
@@ -86,8 +87,19 @@ def load_sweep(run: str) -> SweepView:
             text = folder.read_trial_file(trial.storage.trial_dir_name, layout.ERROR_FILE)
             error = "errored (no error file)" if text is None else _last_error_line(text)
         trials.append(TrialView(trial.trial_id, str(trial.status), dict(trial.config), history, error,
-                                folder.trial_uri(trial.storage.trial_dir_name), trial.storage.trial_dir_name))
+                                folder.trial_uri(trial.storage.trial_dir_name), trial.storage.trial_dir_name,
+                                creation_number(trial.experiment_tag)))
     return SweepView(folder.uri, trials, cfg.search.num_trials, analysis, **extras)
+
+
+UNNUMBERED = 10**9  # a trial whose creation number is unknown sorts after every numbered one
+
+
+def creation_number(experiment_tag: str | None) -> int:
+    """A trial's creation number (1 for the first trial the search created), from Ray's experiment
+    tag (``3_batch_size=4,...``), which also names its folder; ``UNNUMBERED`` when there is none."""
+    head = str(experiment_tag or "").split("_", 1)[0]
+    return int(head) if head.isdigit() else UNNUMBERED
 
 
 def _one_row_per_epoch(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
