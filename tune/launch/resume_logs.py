@@ -63,8 +63,8 @@ def truncate_to_checkpoints(folder: RunFolder) -> dict[str, int]:
         if checkpoint is None:
             epoch = 0
         else:
-            with checkpoint.as_directory() as folder:
-                epoch = load_checkpoint(folder).epoch
+            with checkpoint.as_directory() as checkpoint_dir:
+                epoch = load_checkpoint(checkpoint_dir).epoch
         trial_dir = trial.storage.trial_dir_name
         text = folder.read_trial_file(trial_dir, RESULT_FILE)
         if text is not None:

@@ -59,6 +59,11 @@ def strip_checkpoint(filesystem: pafs.FileSystem, checkpoint_dir: str) -> int:
     return len(raw) - len(sink.getvalue())
 
 
+def _number_in_folder(trial_id: str, folder: str) -> int:
+    """The creation number in a Ray trial folder's name (``sweep_trainable_<id>_<number>_<params>``)."""
+    return creation_number(folder.partition(f"_{trial_id}_")[2])
+
+
 class CheckpointRetention(tune.Callback):
     """Deletes and strips checkpoints as trials end (see the module docstring)."""
 
@@ -79,7 +84,10 @@ class CheckpointRetention(tune.Callback):
         self._scores: dict[str, float | None] = {k: (v[0] if isinstance(v, list) else v)
                                                   for k, v in record.get("scores", {}).items()}
         self._dirs: dict[str, str] = dict(record.get("trial_dirs", {}))
-        self._numbers: dict[str, int] = dict(record.get("numbers", {}))  # creation order: breaks exact ties
+        # creation order, which breaks exact ties; a record written by an older boxtune has none: Ray's
+        # folder name holds it (``sweep_trainable_<id>_<number>_...``)
+        self._numbers: dict[str, int] = {tid: _number_in_folder(tid, folder) for tid, folder in self._dirs.items()}
+        self._numbers.update(record.get("numbers", {}))
         self._ended: set[str] = set(record.get("ended", []))
         self._best_ckpt: dict[str, str] = dict(record.get("best_checkpoint", {}))
         self._ckpt_by_epoch: dict[str, dict[int, str]] = {}

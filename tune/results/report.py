@@ -62,8 +62,10 @@ def interval_notes(found, label: str = "AP") -> list[str]:
     order = list(found.trials)
     if len(order) < 2:
         return [f"95%CI: {label} over {found.resamples:,} bootstrap resamples of the {found.images} val images"]
-    tied = [order.index(t) + 1 for t in found.tied_with_leader()]
+    tied = [found.ranks[t] for t in found.tied_with_leader()]
     where = f"on this val set ({found.images} images)"
+    if found.ranked > len(order):
+        where += f"; {found.ranked - len(order)} of the {found.ranked} ranked trials have no stored detections"
     lines = [f"95%CI: {label} over {found.resamples:,} paired bootstrap resamples of the val images; vs_leader: "
              f"the share of them in which the leader scores higher (told apart from 95%)"]
     if len(tied) == len(order):
@@ -267,8 +269,10 @@ def _standing(row: dict[str, Any]) -> str:
     beaten, distinct = row.get("leader_beats"), row.get("distinguishable")
     if distinct is None:
         return NOT_TESTED
-    if beaten is None or math.isnan(beaten):
+    if row.get("rank") == 1:
         return "leader"
+    if beaten is None or math.isnan(beaten):
+        return "noise(-)"  # no resample measured both
     return f"{'behind' if distinct else 'noise'}({beaten:.0%})"
 
 

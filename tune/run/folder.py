@@ -143,21 +143,23 @@ class RunFolder:
         return f"{self.uri}/{trial_dir_name}"
 
     def read_trial_file(self, trial_dir_name: str, name: str) -> str | None:
-        """A text file in a trial folder, or None when it is not there."""
+        """A text file in a trial folder, or None when it is not there (any other read error is raised)."""
         try:
             with self.storage.fs.open_input_stream(f"{self.trial_path(trial_dir_name)}/{name}") as src:
                 return src.read().decode(errors="replace")
-        except (FileNotFoundError, OSError):
+        except FileNotFoundError:
             return None
 
     def read_detections(self, trial_dir_name: str, epoch: int):
         """A trial epoch's stored val detections (``trainables.detections``), or None when not stored."""
+        import pyarrow as pa
+
         from trainables.detections import read_detections
 
         try:
             with self.storage.fs.open_input_file(f"{self.trial_path(trial_dir_name)}/{layout.detections_file(epoch)}") as src:
                 return read_detections(src)
-        except (FileNotFoundError, OSError):
+        except (OSError, ValueError, pa.ArrowException):  # missing, not synced yet, or cut short: not stored
             return None
 
     def write_trial_file(self, trial_dir_name: str, name: str, text: str) -> None:

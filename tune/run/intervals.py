@@ -38,7 +38,8 @@ class TrialInterval:
 
     @property
     def distinguishable(self) -> bool:
-        """Whether the leader beats this trial in at least ``BEATS`` of the paired resamples."""
+        """Whether the leader beats this trial in at least ``BEATS`` of the paired resamples (never
+        for the leader itself)."""
         return not math.isnan(self.beaten) and self.beaten >= BEATS
 
 
@@ -49,11 +50,13 @@ class Intervals:
     images: int  # val images
     resamples: int
     leader: str | None
-    trials: dict[str, TrialInterval] = field(default_factory=dict)
+    trials: dict[str, TrialInterval] = field(default_factory=dict)  # those with stored detections, best first
+    ranks: dict[str, int] = field(default_factory=dict)  # their places in the ranking
+    ranked: int = 0  # trials ranked (with a finished epoch), with or without stored detections
 
     def tied_with_leader(self) -> list[str]:
-        """The trials (the leader first) that cannot be told apart from the leader."""
-        return [t for t, iv in self.trials.items() if t == self.leader or not iv.distinguishable]
+        """The trials with an interval (the leader first) that cannot be told apart from the leader."""
+        return [t for t, iv in self.trials.items() if not iv.distinguishable]
 
 
 def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
@@ -92,11 +95,12 @@ def paired_intervals(samples: Mapping[str, np.ndarray], order: Sequence[str], *,
     their objective's samples on the same resamples."""
     present = [t for t in order if t in samples]
     leader = present[0] if present else None
-    out = Intervals(images=images, resamples=len(next(iter(samples.values()))) if samples else 0, leader=leader)
+    out = Intervals(images=images, resamples=len(next(iter(samples.values()))) if samples else 0, leader=leader,
+                    ranks={t: order.index(t) + 1 for t in present}, ranked=len(order))
     for trial in present:
         low, high = interval(samples[trial])
         if trial == leader:
-            beaten = math.nan
+            beaten = math.nan  # not distinguishable from itself
         else:
             a, b = samples[leader], samples[trial]
             both = np.isfinite(a) & np.isfinite(b)

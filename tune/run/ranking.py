@@ -19,6 +19,7 @@ beats it (``leader_beats``) and whether it can be told apart from the leader
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any
 
@@ -41,6 +42,8 @@ __all__ = ["METRIC_COLUMNS", "TEST_COLUMNS", "INTERVAL_COLUMNS", "UNNUMBERED", "
            "result_score", "rank_trials",
            "trial_row", "ranking_table", "write_ranking", "pick_trial", "test_columns", "varying_keys",
            "ranking_intervals"]
+
+log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ("AP", "AP50", "AP75", "AR1", "AR10", "AR100")
 TEST_COLUMNS = ("AP", "AP50", "AP75", "AR100")  # shown as test_AP, ... for trials evaluated on the test split
@@ -129,7 +132,11 @@ def rank_trials(view: SweepView, *, intervals: bool = True) -> list[dict[str, An
     for i, row in enumerate(rows, 1):
         row["rank"] = i
     if intervals:
-        found = ranking_intervals(view, rows)
+        try:
+            found = ranking_intervals(view, rows)
+        except Exception as err:  # noqa: BLE001 - the ranking stands without its intervals; say why
+            log.warning("intervals not computed: %s: %s", type(err).__name__, err)
+            found = None
         if found is not None:
             view.intervals = found
             for i, row in enumerate(rows):
@@ -143,7 +150,7 @@ def _with_interval(row: dict[str, Any], found: Intervals) -> dict[str, Any]:
     if iv is None:
         values = (math.nan, math.nan, math.nan, None)
     else:
-        values = (iv.low, iv.high, iv.beaten, row["trial"] == found.leader or iv.distinguishable)
+        values = (iv.low, iv.high, iv.beaten, iv.distinguishable)  # the leader: False, as from itself
     out: dict[str, Any] = {}
     for key, value in row.items():
         out[key] = value
@@ -161,7 +168,7 @@ def ranking_intervals(view: SweepView, rows: list[dict[str, Any]]) -> Intervals 
     by_id = {t.trial_id: t for t in view.trials}
     stored = {r["trial"]: view.folder.read_detections(by_id[r["trial"]].dir_name, r["best_epoch"]) for r in ranked}
     stored = {k: v for k, v in stored.items() if v is not None}
-    if not stored:
+    if ranked[0]["trial"] not in stored:  # no leader to compare with (its detections were never stored)
         return None
     from trainables.intervals import resample_counts
 

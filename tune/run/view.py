@@ -84,7 +84,10 @@ def load_sweep(run: str) -> SweepView:
         history = _one_row_per_epoch([] if frame is None or frame.empty else frame.to_dict("records"))
         error = None
         if str(trial.status) == "ERROR":
-            text = folder.read_trial_file(trial.storage.trial_dir_name, layout.ERROR_FILE)
+            try:
+                text = folder.read_trial_file(trial.storage.trial_dir_name, layout.ERROR_FILE)
+            except OSError:
+                text = None
             error = "errored (no error file)" if text is None else _last_error_line(text)
         trials.append(TrialView(trial.trial_id, str(trial.status), dict(trial.config), history, error,
                                 folder.trial_uri(trial.storage.trial_dir_name), trial.storage.trial_dir_name,

@@ -81,7 +81,7 @@ def test_ranking_intervals_are_the_paired_bootstrap_of_the_stored_detections(sha
         assert (row["ci_low"], row["ci_high"]) == pytest.approx(interval(samples[row["trial"]]), abs=1e-12)
         assert row["ci_low"] <= row["ci_high"]
     leader = with_epoch[0]
-    assert math.isnan(leader["leader_beats"]) and leader["distinguishable"] is True
+    assert math.isnan(leader["leader_beats"]) and leader["distinguishable"] is False  # not from itself
     for row in with_epoch[1:]:
         beaten = float(np.mean(samples[leader["trial"]] > samples[row["trial"]]))
         assert row["leader_beats"] == pytest.approx(beaten, abs=1e-12)
@@ -105,9 +105,9 @@ def test_the_report_shows_intervals_and_says_which_trials_cannot_be_told_apart(s
     assert max(len(line) for line in lines[: len(rows) + 1]) <= 120
     first = lines[1].split()
     assert first[5] == "leader" and first[4] == f"{rows[0]['ci_low']:.3f}..{rows[0]['ci_high']:.3f}"
-    tied = [r["rank"] for r in rows if r["distinguishable"] is not None and (r["rank"] == 1 or not r["distinguishable"])]
+    tied = [r["rank"] for r in rows if r["distinguishable"] is False]
     images = len(view.manifest().records("val"))
-    if len(tied) == len([r for r in rows if r["distinguishable"] is not None]):
+    if len(tied) == len([r for r in rows if r["distinguishable"] is not None]):  # every trial with an interval
         assert f"no trial can be told apart from the leader on this val set ({images} images)" in text
     else:
         assert f"cannot be told apart on this val set ({images} images)" in text
@@ -127,8 +127,7 @@ def test_the_export_records_the_interval_and_the_mark(shared_run, ranked, tmp_pa
     assert (ranking["ci_low"], ranking["ci_high"]) == (row["ci_low"], row["ci_high"])
     assert ranking["distinguishable"] == row["distinguishable"]
     assert ranking["leader"] == rows[0]["trial"] and ranking["val_images"] == len(view.manifest().records("val"))
-    assert ranking["not_distinguishable_from_leader"] == [
-        r["trial"] for r in rows if r["distinguishable"] is not None and (r["rank"] == 1 or not r["distinguishable"])]
+    assert ranking["not_distinguishable_from_leader"] == [r["trial"] for r in rows if r["distinguishable"] is False]
 
 
 def test_the_live_line_says_whether_a_trial_is_within_noise_of_the_sweep_best(shared_run):
