@@ -123,11 +123,18 @@ def test_test_split_evaluated_once_and_shown_beside_val(tested_sweep):
         assert main(["report", str(run), "--per-class"]) == 0
     text = out.getvalue()
     header = text.splitlines()[0].split()
-    assert header[:4] == ["rank", "trial", "status", "AP"] and {"test_AP", "test_AR100", "score"} <= set(header)
+    # the default table: the objective first, with its interval and standing; AP beside it; test AP
+    assert header == ["rank", "trial", "status", "objective", "95%CI", "vs_leader", "AP", "AR100", "epoch", "test_AP",
+                      "lr"]  # then the hyperparameters that varied, as many as fit
+    wide = io.StringIO()
+    with redirect_stdout(wide):
+        assert main(["report", str(run), "--wide"]) == 0
+    assert {"test_AP", "test_AR100", "score", "test_ci_low", "test_ci_high"} <= set(wide.getvalue().splitlines()[0].split())
     assert "ranked by 0.9*AP + 0.1*AP50 of each trial's best epoch on val (ties: AR100)" in text
     assert "held-out test split (6 images)" in text and "optimistic" not in text
     per_class = text.split("per class (val; test_* where evaluated on the test split):\n")[1].splitlines()
-    assert per_class[0].split() == ["rank", "trial", "epoch", "class", "AP", "AR100", "test_AP", "test_AR100"]
+    assert per_class[0].split() == ["rank", "trial", "epoch", "class", "AP", "AP_95%CI", "AP50", "AP50_95%CI", "AR100",
+                                    "AR100_95%CI", "test_AP", "test_AR100"]
     best = _result_rows(rows[0]["path"])[rows[0]["best_epoch"] - 1]
     circle = next(line.split() for line in per_class if " circle " in line)
     assert float(circle[4]) == pytest.approx(best["AP[circle]"], abs=5e-5)  # printed to 4 decimals
