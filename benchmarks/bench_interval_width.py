@@ -1,9 +1,12 @@
-"""How wide a trial's 95% AP interval is against the number of val images, from a real sweep folder.
+"""How wide a trial's 95% AP interval is against the number of val images, from a real run.
 
     python benchmarks/bench_interval_width.py RUN [--trial ID] [--sizes 12 24 48 96] [--subsets 20]
+    python benchmarks/bench_interval_width.py TRAIN_DIR --data DATASET [--val-fraction 0.2 --seed 0]
 
-Takes the best trial's (or ``--trial``'s) best epoch, reads its stored val detections
-(``<trial>/detections/epoch_NNNN.parquet``) and, for each size n, draws ``--subsets`` random
+Takes a sweep's best trial's (or ``--trial``'s) best epoch, or a ``boxtune train`` folder's (or a
+``run_trial`` folder's, as ``bench_transfer.py`` parts 1 and 2 write them) best epoch, whose
+manifest is rebuilt from ``--data`` with the split it was trained on. It reads the epoch's stored
+val detections (``detections/epoch_NNNN.parquet``) and, for each size n, draws ``--subsets`` random
 subsets of n val images (without replacement, seeded), computes the paired-bootstrap 95% interval
 of AP on each (``tune.run.intervals``: 1,000 resamples), and prints the median width and the
 median AP. The full val set is the last row. The interval's width shrinks about as 1/sqrt(n).
@@ -26,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from trainables.coco_eval import build_coco_gt, detections_to_coco_results  # noqa: E402
 from trainables.intervals import ImageMatches, percentile_interval, resample_counts  # noqa: E402
 from tune.run import load_sweep, pick_trial, rank_trials  # noqa: E402
+from tune.run.folder import TrainFolder  # noqa: E402
 from tune.run.intervals import RESAMPLES, SEED  # noqa: E402
 
 
@@ -47,18 +51,28 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[12, 24, 48, 96])
     p.add_argument("--subsets", type=int, default=20)
     p.add_argument("--resamples", type=int, default=RESAMPLES)
+    p.add_argument("--data", default=None, help="a train folder's dataset (its manifest is rebuilt from it)")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0, help="the split seed it was trained with")
     args = p.parse_args()
-    view = load_sweep(args.run)
-    trial = pick_trial(view, args.trial)
-    epoch = next(r["best_epoch"] for r in rank_trials(view, intervals=False) if r["trial"] == trial.trial_id)
-    detections = view.folder.read_detections(trial.dir_name, epoch)
+    if args.data is None:
+        view = load_sweep(args.run)
+        trial = pick_trial(view, args.trial)
+        epoch = next(r["best_epoch"] for r in rank_trials(view, intervals=False) if r["trial"] == trial.trial_id)
+        detections, manifest, name = view.folder.read_detections(trial.dir_name, epoch), view.manifest(), trial.trial_id
+    else:
+        from trainables.data import build_manifest
+
+        folder = TrainFolder(args.run)
+        epoch = int(folder.best()["epoch"])
+        detections, name = folder.read_detections(epoch), "train run"
+        manifest = build_manifest(args.data, val_fraction=args.val_fraction, seed=args.seed)
     if detections is None:
-        raise SystemExit(f"{args.run}: trial {trial.trial_id} has no stored detections for epoch {epoch}")
-    manifest = view.manifest()
+        raise SystemExit(f"{args.run}: {name} has no stored detections for epoch {epoch}")
     val = manifest.records("val")
     rng = np.random.default_rng(0)
-    print(f"# {datetime.date.today()}, {platform.platform()}, {os.cpu_count()} CPUs; {args.run}, trial "
-          f"{trial.trial_id} epoch {epoch}, {len(val)} val images, {args.resamples} resamples")
+    print(f"# {datetime.date.today()}, {platform.platform()}, {os.cpu_count()} CPUs; {args.run}, {name} "
+          f"epoch {epoch}, {len(val)} val images, {args.resamples} resamples")
     print(f"{'val images':>10}  {'subsets':>7}  {'median AP':>9}  {'median 95% width':>16}")
     for n in [s for s in args.sizes if s < len(val)] + [len(val)]:
         draws = 1 if n == len(val) else args.subsets

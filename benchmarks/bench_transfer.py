@@ -379,6 +379,9 @@ def main(argv=None) -> int:
                    help="part 3: ASHA's grace period, epochs (boxtune's default: 2 from the pretrained source)")
     p.add_argument("--reduction-factor", type=float, default=2.0, help="part 3: ASHA's reduction factor")
     p.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "boxtune-bench-transfer"))
+    p.add_argument("--keep", default=None, metavar="DIR",
+                   help="keep the target data and every trial's folder (metrics, checkpoints, stored val detections) "
+                        "in DIR instead of a temporary folder, e.g. for benchmarks/bench_interval_width.py")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and a one-epoch source: checks the script runs")
     args = p.parse_args(argv)
     if args.target != "shapes" and args.part in (3, 4):
@@ -394,7 +397,9 @@ def main(argv=None) -> int:
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="boxtune-transfer-") as tmp:
-        result = {1: part1, 2: part2, 3: part3, 4: part4}[args.part](args, Path(tmp))
+        work = Path(args.keep) if args.keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        result = {1: part1, 2: part2, 3: part3, 4: part4}[args.part](args, work)
     report = {"part": args.part, "setup": vars(args), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
               "load_average_1min": round(os.getloadavg()[0], 1), "wall_s": round(time.perf_counter() - started, 1),
               **result}
