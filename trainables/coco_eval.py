@@ -27,7 +27,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 __all__ = ["COCO_STAT_NAMES", "PER_CLASS_STAT_NAMES", "build_coco_gt", "detections_to_coco_results",
-           "evaluate_detections", "evaluate_detections_by_class", "evaluate_results", "per_class_stats"]
+           "evaluate_detections", "evaluate_detections_by_class", "evaluate_results", "match_results",
+           "per_class_stats"]
 
 # COCOeval.stats, in its order (maxDets 1/10/100; small < 32^2 px^2 <= medium < 96^2 px^2 <= large).
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -208,7 +209,12 @@ def evaluate_results(gt: COCO, results: Sequence[Mapping[str, Any]]) -> dict[str
     }
 
 
-def _evaluate_results(gt: COCO, results: list[dict[str, Any]]) -> COCOeval:
+def match_results(gt: COCO, results: list[dict[str, Any]]) -> COCOeval:
+    """COCOeval with ``evaluate()`` run: ``results`` matched to ``gt`` per image, not yet accumulated.
+
+    ``results`` are taken as they are (``loadRes`` adds keys to each dict); a detection on an image
+    that is not in ``gt`` is a ValueError.
+    """
     unknown = {r["image_id"] for r in results} - set(gt.getImgIds())
     if unknown:
         raise ValueError(f"detections for images not in the ground truth: {sorted(unknown, key=str)[:10]}")
@@ -216,6 +222,12 @@ def _evaluate_results(gt: COCO, results: list[dict[str, Any]]) -> COCOeval:
         dt = gt.loadRes(results) if results else _empty_results(gt)
         coco_eval = _DifficultIgnoringEval(gt, dt, iouType="bbox")
         coco_eval.evaluate()
+    return coco_eval
+
+
+def _evaluate_results(gt: COCO, results: list[dict[str, Any]]) -> COCOeval:
+    coco_eval = match_results(gt, results)
+    with _quiet():
         coco_eval.accumulate()
         coco_eval.summarize()
     return coco_eval

@@ -32,7 +32,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from trainables.coco_eval import _DifficultIgnoringEval, _empty_results, _quiet
+from trainables.coco_eval import match_results
 from trainables.objective import CLASS_METRICS, METRICS
 
 __all__ = ["ImageMatches", "MetricKey", "percentile_interval", "resample_counts"]
@@ -91,14 +91,7 @@ class ImageMatches:
     @classmethod
     def evaluate(cls, gt: COCO, results: Sequence[Mapping[str, Any]]) -> ImageMatches:
         """Match ``results`` (COCO results dicts, dataset category ids; may be empty) to ``gt``."""
-        unknown = {r["image_id"] for r in results} - set(gt.getImgIds())
-        if unknown:
-            raise ValueError(f"detections for images not in the ground truth: {sorted(unknown, key=str)[:10]}")
-        with _quiet():
-            dt = gt.loadRes([dict(r) for r in results]) if results else _empty_results(gt)
-            coco_eval = _DifficultIgnoringEval(gt, dt, iouType="bbox")
-            coco_eval.evaluate()
-        return cls.from_cocoeval(coco_eval)
+        return cls.from_cocoeval(match_results(gt, [dict(r) for r in results]))
 
     @classmethod
     def from_cocoeval(cls, coco_eval: COCOeval) -> ImageMatches:

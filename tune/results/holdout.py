@@ -28,16 +28,14 @@ from trainables.checkpoint import TrialState, load_checkpoint
 from trainables.coco_eval import (
     COCO_STAT_NAMES,
     build_coco_gt,
-    detections_to_coco_results,
     evaluate_detections_by_class,
 )
 from trainables.errors import BoxtuneError
 from trainables.inference import trained_model
-from trainables.intervals import ImageMatches, resample_counts
 from trainables.objective import Objective, class_metrics
 from tune.run.checkpoints import best_checkpoint
 from tune.run.folder import TrainFolder
-from tune.run.intervals import RESAMPLES, SEED, interval, objective_names, objective_samples
+from tune.run.intervals import interval, resampled_objective
 from tune.run.layout import TEST_SPLIT
 from tune.run.ranking import rank_trials
 from tune.run.view import SweepView
@@ -84,11 +82,8 @@ def evaluate_state(state: TrialState, records: Sequence[Any], *, device: str | t
     stats, per_class = evaluate_detections_by_class(gt, detections, label_to_dataset_id=label_to_dataset_id)
     out = {**{k: float(stats[k]) for k in COCO_STAT_NAMES}, **class_metrics(per_class, classes)}
     if objective is not None:
-        results = detections_to_coco_results(detections, label_to_dataset_id=label_to_dataset_id)
-        counts = resample_counts(len(gt.getImgIds()), RESAMPLES, SEED)
-        names = objective_names(objective, classes)
-        samples = objective_samples(objective, ImageMatches.evaluate(gt, results).metrics(counts, names=names), classes)
-        out["ci_low"], out["ci_high"] = interval(samples)
+        out["ci_low"], out["ci_high"] = interval(resampled_objective(
+            gt, detections, objective=objective, classes=classes, label_to_dataset_id=label_to_dataset_id))
     return out
 
 

@@ -12,6 +12,7 @@ leader** on this val set. The point estimate stays pycocotools' number on the fu
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,8 @@ import numpy as np
 from trainables.objective import Objective
 
 __all__ = ["RESAMPLES", "SEED", "LEVEL", "BEATS", "TrialInterval", "Intervals", "objective_samples", "objective_names",
-           "paired_intervals", "interval", "val_ground_truth", "trial_matches", "PairedSamples", "class_intervals"]
+           "resampled_objective", "run_objective", "leader_share", "paired_intervals", "interval", "val_ground_truth", "trial_matches",
+           "PairedSamples", "class_intervals"]
 
 RESAMPLES = 1000  # bootstrap resamples of the val images
 SEED = 0  # one seed for every trial and every report: the resamples are paired and reproducible
@@ -81,13 +83,37 @@ def objective_samples(objective: Objective, metrics: Mapping[Any, np.ndarray], c
 
     ``classes`` are the manifest's (``name``, ``dataset_id``): per-class terms read ``(stat, dataset_id)``.
     """
-    ids = {str(_field(c, "name")): int(_field(c, "dataset_id")) for c in classes}
-    total = None
-    for term in objective.terms:
-        key = term.metric if term.class_name is None else (term.metric, ids[term.class_name])
-        part = term.weight * np.asarray(metrics[key], dtype=np.float64)
-        total = part if total is None else total + part
-    return total
+    keys = objective_names(objective, classes)
+    return sum(t.weight * np.asarray(metrics[k], dtype=np.float64) for t, k in zip(objective.terms, keys, strict=True))
+
+
+@functools.lru_cache(maxsize=4)
+def _counts(n_images: int) -> np.ndarray:
+    """The resamples every trial of a report is scored on (``RESAMPLES``, seed ``SEED``), drawn once."""
+    from trainables.intervals import resample_counts
+
+    counts = resample_counts(n_images, RESAMPLES, SEED)
+    counts.flags.writeable = False  # shared between callers
+    return counts
+
+
+def resampled_objective(gt, detections: Mapping[int, Mapping[str, Any]], *, objective: Objective,
+                        classes: Sequence[Any], label_to_dataset_id: Mapping[int, int]) -> np.ndarray:
+    """The objective of ``detections`` (image id -> boxes, scores, labels) on each of the paired
+    resamples of ``gt``'s images: matched once, then only the objective's cells re-accumulated."""
+    from trainables.coco_eval import detections_to_coco_results
+    from trainables.intervals import ImageMatches
+
+    results = detections_to_coco_results(detections, label_to_dataset_id=label_to_dataset_id)
+    metrics = ImageMatches.evaluate(gt, results).metrics(_counts(len(gt.getImgIds())),
+                                                         names=objective_names(objective, classes))
+    return objective_samples(objective, metrics, classes)
+
+
+def leader_share(leader: np.ndarray, other: np.ndarray) -> float:
+    """The share of paired resamples (both measured) in which ``leader`` scores higher; NaN when none is."""
+    both = np.isfinite(leader) & np.isfinite(other)
+    return float(np.mean(leader[both] > other[both])) if both.any() else math.nan
 
 
 def paired_intervals(samples: Mapping[str, np.ndarray], order: Sequence[str], *, images: int) -> Intervals:
@@ -99,12 +125,8 @@ def paired_intervals(samples: Mapping[str, np.ndarray], order: Sequence[str], *,
                     ranks={t: order.index(t) + 1 for t in present}, ranked=len(order))
     for trial in present:
         low, high = interval(samples[trial])
-        if trial == leader:
-            beaten = math.nan  # not distinguishable from itself
-        else:
-            a, b = samples[leader], samples[trial]
-            both = np.isfinite(a) & np.isfinite(b)
-            beaten = float(np.mean(a[both] > b[both])) if both.any() else math.nan
+        # the leader: NaN, not distinguishable from itself
+        beaten = math.nan if trial == leader else leader_share(samples[leader], samples[trial])
         out.trials[trial] = TrialInterval(low, high, beaten)
     return out
 
@@ -125,6 +147,12 @@ def trial_matches(gt, detections: Mapping[int, Mapping[str, Any]], manifest):
     return ImageMatches.evaluate(gt, results)
 
 
+def run_objective(gt, detections: Mapping[int, Mapping[str, Any]], manifest, objective: Objective) -> np.ndarray:
+    """``resampled_objective`` of a trial epoch's stored detections, against its run's manifest."""
+    return resampled_objective(gt, detections, objective=objective, classes=manifest.classes,
+                               label_to_dataset_id=manifest.label_to_dataset_id)
+
+
 class PairedSamples:
     """Resampled objectives of trial epochs in one run folder, read from their stored detections and
     cached: what the live table compares a finished trial with the sweep's best by."""
@@ -138,41 +166,33 @@ class PairedSamples:
 
     def _ready(self):
         if self._setup is None:
-            from trainables.intervals import resample_counts
             from trainables.objective import parse_objective
 
             manifest = self.folder.manifest()
-            gt = val_ground_truth(manifest)
-            objective = parse_objective(self.folder.config().search.metric)
-            self._setup = manifest, gt, resample_counts(len(gt.getImgIds()), RESAMPLES, SEED), objective
+            self._setup = manifest, val_ground_truth(manifest), parse_objective(self.folder.config().search.metric)
         return self._setup
 
     def samples(self, trial_dir: str, epoch: int) -> np.ndarray | None:
         """The objective per resample of a trial's epoch; None while its detections are not in storage."""
         key = (trial_dir, int(epoch))
         if self._samples.get(key) is None:
-            manifest, gt, counts, objective = self._ready()
+            manifest, gt, objective = self._ready()
             detections = self.folder.read_detections(trial_dir, epoch)
-            names = objective_names(objective, manifest.classes)
-            self._samples[key] = None if detections is None else objective_samples(
-                objective, trial_matches(gt, detections, manifest).metrics(counts, names=names), manifest.classes)
+            self._samples[key] = None if detections is None else run_objective(gt, detections, manifest, objective)
         return self._samples[key]
 
     def beaten(self, leader: tuple[str, int], other: tuple[str, int]) -> float | None:
-        """The share of paired resamples in which ``leader`` (trial folder, epoch) scores higher than ``other``."""
+        """The share of paired resamples in which ``leader`` (trial folder, epoch) scores higher than
+        ``other``; None while either's detections are not in storage, or no resample measured both."""
         a, b = self.samples(*leader), self.samples(*other)
-        if a is None or b is None:
-            return None
-        both = np.isfinite(a) & np.isfinite(b)
-        return float(np.mean(a[both] > b[both])) if both.any() else None
+        share = math.nan if a is None or b is None else leader_share(a, b)
+        return None if math.isnan(share) else share
 
 
 def class_intervals(folder, manifest, trial_dir: str, epoch: int,
                     stats=("AP", "AP50", "AR100")) -> dict[str, dict[str, tuple[float, float, float]]] | None:
     """Per class name, per stat: (pycocotools' number on the full val set, interval low, high), from a
     trial epoch's stored detections; None when they are not stored."""
-    from trainables.intervals import resample_counts
-
     detections = folder.read_detections(trial_dir, epoch)
     if detections is None:
         return None
@@ -180,7 +200,7 @@ def class_intervals(folder, manifest, trial_dir: str, epoch: int,
     matches = trial_matches(gt, detections, manifest)
     names = [(stat, int(c.dataset_id)) for c in manifest.classes for stat in stats]
     full = matches.metrics(None, names=names)
-    resampled = matches.metrics(resample_counts(len(gt.getImgIds()), RESAMPLES, SEED), names=names)
+    resampled = matches.metrics(_counts(len(gt.getImgIds())), names=names)
     out: dict[str, dict[str, tuple[float, float, float]]] = {}
     for c in manifest.classes:
         out[str(c.name)] = {stat: (float(full[(stat, int(c.dataset_id))][0]),

@@ -25,16 +25,7 @@ from typing import Any
 
 from trainables.errors import BoxtuneError
 from trainables.objective import BEST_SCORE, fold_score, parse_objective, score_of
-from tune.run.intervals import (
-    RESAMPLES,
-    SEED,
-    Intervals,
-    objective_names,
-    objective_samples,
-    paired_intervals,
-    trial_matches,
-    val_ground_truth,
-)
+from tune.run.intervals import Intervals, paired_intervals, run_objective, val_ground_truth
 from tune.run.layout import TEST_PREFIX
 from tune.run.view import UNNUMBERED, SweepView, TrialView, creation_number
 
@@ -170,15 +161,10 @@ def ranking_intervals(view: SweepView, rows: list[dict[str, Any]]) -> Intervals 
     stored = {k: v for k, v in stored.items() if v is not None}
     if ranked[0]["trial"] not in stored:  # no leader to compare with (its detections were never stored)
         return None
-    from trainables.intervals import resample_counts
-
     manifest = view.manifest()
     gt = val_ground_truth(manifest)
-    counts = resample_counts(len(gt.getImgIds()), RESAMPLES, SEED)
     objective = view.objective or parse_objective("AP")
-    names = objective_names(objective, manifest.classes)
-    samples = {trial: objective_samples(objective, trial_matches(gt, det, manifest).metrics(counts, names=names),
-                                        manifest.classes) for trial, det in stored.items()}
+    samples = {trial: run_objective(gt, det, manifest, objective) for trial, det in stored.items()}
     return paired_intervals(samples, [r["trial"] for r in ranked], images=len(gt.getImgIds()))
 
 
