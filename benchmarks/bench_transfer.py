@@ -8,6 +8,7 @@ run with the same seeds, and prints (and writes to ``--out``/partN.json) its num
     python benchmarks/bench_transfer.py --part 1   # class_map copy against a fresh head: AP after 1, 2, 4 epochs
     python benchmarks/bench_transfer.py --part 2   # freeze depth 0, 2, 5, 8: AP after 6 epochs (3 seeds), img/s
     python benchmarks/bench_transfer.py --part 3   # ASHA against FIFO: epochs to FIFO's best AP, rung/final rank correlation
+    python benchmarks/bench_transfer.py --part 3 --schedulers fifo asha halving   # and batch halving: trials per hour
     python benchmarks/bench_transfer.py --part 4   # the `seed` space against `default` under TPE, same epoch budget,
                                                    # and `default` with one shared `lr` name (before lr_sgd/lr_adam)
 
@@ -216,28 +217,36 @@ def _run(cfg) -> tuple[dict[str, list[dict]], float]:
 
 
 def part3(args, tmp: Path) -> dict:
-    """ASHA against FIFO, same TPE seed and space: epochs to FIFO's best AP; rung-vs-final rank correlation."""
+    """ASHA (and, with ``--schedulers``, batch halving) against FIFO, same TPE seed and space: epochs
+    to FIFO's best AP, trials per hour; rung-vs-final rank correlation."""
     import ray
 
     data, _ = _target(args, tmp)
     weights = _source(args)
+    curves, wall = {}, {}
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        fifo, fifo_s = _run(_sweep_config(args, tmp, data, weights, name="fifo", space=args.space,
-                                          scheduler={"name": "fifo"}))
-        asha = {"name": "asha", "reduction_factor": args.reduction_factor}
-        if args.grace_period is not None:  # else boxtune's default for the start
-            asha["grace_period"] = args.grace_period
-        asha, asha_s = _run(_sweep_config(args, tmp, data, weights, name="asha", space=args.space, scheduler=asha))
+        for name in ["fifo", *(s for s in args.schedulers if s != "fifo")]:
+            scheduler = {"name": name}
+            if name != "fifo":
+                scheduler["reduction_factor"] = args.reduction_factor
+                if args.grace_period is not None:  # else boxtune's default for the start
+                    scheduler["grace_period"] = args.grace_period
+            curves[name], wall[name] = _run(_sweep_config(args, tmp, data, weights, name=name, space=args.space,
+                                                          scheduler=scheduler))
     finally:
         ray.shutdown()
+    fifo = curves["fifo"]
     best = max(r["AP"] for rs in fifo.values() for r in rs)
-    out = {"fifo_best_AP": round(best, 4), "asha_best_AP": round(max(r["AP"] for rs in asha.values() for r in rs), 4),
-           "fifo_epochs": sum(map(len, fifo.values())), "asha_epochs": sum(map(len, asha.values())),
-           "fifo_epochs_to_fifo_best": _epochs_to_reach(fifo, best),
-           "asha_epochs_to_fifo_best": _epochs_to_reach(asha, best),
-           "fifo_wall_s": round(fifo_s, 1), "asha_wall_s": round(asha_s, 1)}
-    if out["asha_epochs_to_fifo_best"]:
+    out = {"fifo_best_AP": round(best, 4)}
+    for name, run in curves.items():
+        out[f"{name}_best_AP"] = round(max(r["AP"] for rs in run.values() for r in rs), 4)
+        out[f"{name}_epochs"] = sum(map(len, run.values()))
+        out[f"{name}_epochs_to_fifo_best"] = _epochs_to_reach(run, best)
+        out[f"{name}_wall_s"] = round(wall[name], 1)
+        out[f"{name}_trials_per_hour"] = round(len(run) / wall[name] * 3600, 1)
+        out[f"{name}_epochs_per_hour"] = round(out[f"{name}_epochs"] / wall[name] * 3600, 1)
+    if out.get("asha_epochs_to_fifo_best"):
         out["ratio"] = round(out["asha_epochs_to_fifo_best"] / out["fifo_epochs_to_fifo_best"], 3)
     # from FIFO's complete curves: does AP at each epoch order the trials as their final AP does?
     complete = [rs for rs in fifo.values() if len(rs) == args.epochs]
@@ -245,8 +254,8 @@ def part3(args, tmp: Path) -> dict:
     out["spearman_epoch_vs_final"] = {
         e: (None if (rho := spearman([rs[e - 1]["AP"] for rs in complete], final)) is None else round(rho, 3))
         for e in range(1, args.epochs)}
-    out["fifo_curves"] = {t: [round(r["AP"], 4) for r in rs] for t, rs in sorted(fifo.items())}
-    out["asha_curves"] = {t: [round(r["AP"], 4) for r in rs] for t, rs in sorted(asha.items())}
+    for name, run in curves.items():
+        out[f"{name}_curves"] = {t: [round(r["AP"], 4) for r in rs] for t, rs in sorted(run.items())}
     return out
 
 
@@ -378,6 +387,8 @@ def main(argv=None) -> int:
     p.add_argument("--grace-period", type=int, default=None,
                    help="part 3: ASHA's grace period, epochs (boxtune's default: 2 from the pretrained source)")
     p.add_argument("--reduction-factor", type=float, default=2.0, help="part 3: ASHA's reduction factor")
+    p.add_argument("--schedulers", nargs="+", choices=("fifo", "asha", "halving"), default=["fifo", "asha"],
+                   help="part 3: the schedulers run, FIFO always first (halving: tune.launch.halving)")
     p.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "boxtune-bench-transfer"))
     p.add_argument("--keep", default=None, metavar="DIR",
                    help="keep the target data and every trial's folder (metrics, checkpoints, stored val detections) "

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from trainables.errors import ConfigError
 
-__all__ = ["ARCHITECTURES", "FAMILIES", "FAMILY_MODEL_KEYS", "SIZED_KEYS", "family_of"]
+__all__ = ["ARCHITECTURES", "FAMILIES", "FAMILY_MODEL_KEYS", "SIZED_KEYS", "DEFAULT_SCORE_THRESHOLDS",
+           "EVAL_SCORE_THRESHOLD", "family_of"]
 
 ARCHITECTURES = (
     "fasterrcnn_resnet50_fpn",
@@ -46,6 +47,15 @@ FAMILY_MODEL_KEYS: dict[str, tuple[str, ...]] = {
 }
 # every key some family uses and another does not: what FAMILY_MODEL_KEYS chooses from
 SIZED_KEYS = ("min_size", "max_size", "box_batch_size_per_image")
+# The score filter torchvision's builders give each family (Faster R-CNN's box_score_thresh, the
+# others' score_thresh): a detection scoring below it never leaves the model, whatever a caller
+# filters afterwards. A `.pt` export loaded with torchvision alone has these.
+DEFAULT_SCORE_THRESHOLDS: dict[str, float] = {"fasterrcnn": 0.05, "retinanet": 0.05, "fcos": 0.2, "ssd": 0.001}
+# The one filter val and test-split evaluation set on every family (SSDlite's own), so that COCO
+# AP compares families on equal terms: FCOS's 0.2 would cut its low-recall tail that the others keep.
+# Each image still keeps at most the family's detections_per_img (Faster R-CNN and FCOS 100,
+# RetinaNet and SSDlite 300), so a low filter costs evaluation a bounded number of boxes.
+EVAL_SCORE_THRESHOLD = 0.001
 
 
 def family_of(architecture: str) -> str:

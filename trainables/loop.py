@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainables.architectures import family_of
+from trainables.architectures import EVAL_SCORE_THRESHOLD, family_of
 from trainables.checkpoint import TrialState, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from trainables.coco_eval import COCO_STAT_NAMES, evaluate_detections_by_class
 from trainables.config import TrialConfig, parse_trial_config
@@ -35,7 +35,7 @@ from trainables.files import detections_file
 from trainables.freeze import FreezeReport, apply_freeze
 from trainables.gpu_memory import OutOfMemoryGuard, limit_gpu_memory, measured_context_mib, peak_gpu_memory
 from trainables.loaders import TrialData, build_trial_data
-from trainables.model import build_model, model_kwargs
+from trainables.model import build_model, model_kwargs, set_score_threshold
 from trainables.objective import Objective, check_measurable, class_metrics, epoch_summary, parse_objective
 from trainables.optim import build_optimizer, build_scheduler
 from trainables.reporting import Reporter
@@ -65,7 +65,7 @@ def loss_metric(name: str) -> str:
 class TrialResources:
     """What the host gave this trial: CPU threads and a device (from Ray's assignment, or auto)."""
 
-    cpus: int | None = None  # torch intra-op threads; None keeps the process default
+    cpus: int | None = None  # torch intra-op threads; None keeps the process's (boxtune train passes its count)
     device: str | None = None  # "cpu", "cuda", "cuda:1"; None = cuda if available else cpu
     # share of the GPU's memory this trial's allocator may hold (0, 1]; None = no limit. Trials
     # packed on one GPU each get their share, so one that outgrows it fails alone with an OOM.
@@ -252,6 +252,8 @@ def _gpu_context_mib(resources: TrialResources, device: torch.device) -> float:
 def _build_model(cfg: TrialConfig, manifest: Manifest, device: torch.device) -> tuple[torch.nn.Module, FreezeReport]:
     """The pruned detector, frozen to ``hparams.freeze_depth``, on ``device``; and what the freeze left trainable."""
     model = build_model(cfg.model, manifest.class_names)
+    # val detections down to one low score for every family (FCOS's own filter is 0.2, SSDlite's 0.001)
+    set_score_threshold(model, EVAL_SCORE_THRESHOLD)
     freeze = apply_freeze(model, architecture=cfg.model.architecture, depth=cfg.hparams.freeze_depth)
     log.info("freeze depth %d: %d trainable, %d frozen parameters", freeze.depth, freeze.trainable_params, freeze.frozen_params)
     model.to(device)
@@ -312,6 +314,7 @@ def _train_and_evaluate(epoch: int, model, data: TrialData, optimizer, scheduler
         **losses,
         "lr": lr,  # used by the epoch's last step
         "images_per_s": images_per_s,
+        "threads": torch.get_num_threads(),  # torch's intra-op threads: CPU float sums, and so AP, depend on it
         "train_s": train_s,
         "eval_s": eval_s,
         **{k: float(coco[k]) for k in COCO_STAT_NAMES},

@@ -44,7 +44,7 @@ from trainables.heads import check_predictor, coco_label, prune_box_predictor
 from trainables.onestage_heads import check_class_head, prune_class_head
 
 __all__ = ["COCO_NUM_CLASSES", "build_model", "build_inference_model", "cache_weights", "check_head", "check_model",
-           "model_kwargs"]
+           "model_kwargs", "score_threshold", "set_score_threshold", "max_detections"]
 
 COCO_NUM_CLASSES = 91  # rows of torchvision's COCO head, background and "N/A" placeholders included
 
@@ -84,6 +84,30 @@ def model_kwargs(model_cfg: ModelConfig) -> dict[str, Any]:
     """
     keys = [k for k in ("min_size", "max_size") if k in FAMILY_MODEL_KEYS[FAMILIES[model_cfg.architecture]]]
     return {k: getattr(model_cfg, k) for k in keys}
+
+
+def _score_owner(model: nn.Module) -> nn.Module:
+    # Faster R-CNN filters in its box head (roi_heads.score_thresh, the builder's box_score_thresh);
+    # RetinaNet, FCOS and SSDlite on the model itself (score_thresh)
+    return model.roi_heads if hasattr(model, "roi_heads") else model
+
+
+def score_threshold(model: nn.Module) -> float:
+    """The model's own score filter: detections scoring at or below it are dropped before any caller sees them."""
+    return float(_score_owner(model).score_thresh)
+
+
+def set_score_threshold(model: nn.Module, threshold: float) -> nn.Module:
+    """Set the model's own score filter (see ``architectures.DEFAULT_SCORE_THRESHOLDS``); returns ``model``."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"score threshold should be in the range [0,1], got {threshold}")
+    _score_owner(model).score_thresh = float(threshold)
+    return model
+
+
+def max_detections(model: nn.Module) -> int:
+    """The most detections the model returns per image (torchvision's detections_per_img)."""
+    return int(_score_owner(model).detections_per_img)
 
 
 def check_head(model: nn.Module, architecture: str, num_classes: int) -> None:

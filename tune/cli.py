@@ -14,15 +14,22 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainables.errors import BoxtuneError
+from trainables.errors import BoxtuneError, ConfigError, DataError
+from tune.run import layout
 
 __all__ = ["main", "build_parser"]
 
 
 def _cmd_data_summary(args: argparse.Namespace) -> int:
+    manifest_file = str(args.path).endswith(".parquet")
+    for flag, path in (("", args.path), ("--val-path ", args.val_path), ("--test-path ", args.test_path)):
+        if path is not None and not Path(path).expanduser().exists():
+            raise DataError(f"{flag}{path}: {'manifest' if manifest_file and not flag else 'dataset'} not found")
+    if args.images_dir is not None and not Path(args.images_dir).expanduser().is_dir():
+        raise DataError(f"--images-dir {args.images_dir}: no such folder")
     from trainables.data import build_manifest, read_manifest, summarize
 
-    if str(args.path).endswith(".parquet"):
+    if manifest_file:
         manifest = read_manifest(args.path)
     else:
         manifest = build_manifest(args.path, format=args.format, images_dir=args.images_dir,
@@ -42,6 +49,31 @@ def _cmd_data_demo(args: argparse.Namespace) -> int:
     path = make_demo_dataset(args.out, num_images=args.num_images, image_size=args.image_size, seed=args.seed)
     print(f"demo dataset written: {path}")
     return 0
+
+
+def _check_run(run: str, *, train: bool = True) -> None:
+    """A local run folder that is not there, or holds neither a sweep nor a train run, is one line
+    before anything loads (a URI is the storage's to answer)."""
+    if "://" in run and not run.startswith("file://"):
+        return
+    path = Path(run.removeprefix("file://")).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"{run}: no such folder" if not path.exists() else f"{run}: a file, not a run folder")
+    if (path / layout.SWEEP_FILE).is_file() or (train and (path / layout.METRICS_FILE).is_file()):
+        return
+    kinds = f"a boxtune sweep folder (no {layout.SWEEP_FILE})"
+    if train:
+        kinds = f"a boxtune sweep or train folder (no {layout.SWEEP_FILE} or {layout.METRICS_FILE})"
+    raise ConfigError(f"{run}: not {kinds}")
+
+
+def _check_file(path: str, what: str) -> None:
+    if not Path(path).expanduser().is_file():
+        raise ConfigError(f"{path}: no such {what}" if not Path(path).exists() else f"{path}: a folder, not a {what}")
+
+
+def _is_train_folder(run: str) -> bool:
+    return "://" not in run and (Path(run) / layout.METRICS_FILE).is_file() and not (Path(run) / layout.SWEEP_FILE).is_file()
 
 
 def _positive_int(value: str) -> int:
@@ -79,26 +111,42 @@ def _check_device(value: str | None) -> None:
             raise BoxtuneError(f"--device {value}: torch has no {device.type} device on this machine; use cpu or cuda")
 
 
+def _train_threads(flag: int | None, configured: int | None) -> tuple[int, str]:
+    """torch threads for ``boxtune train`` and where the count came from: ``--threads``, the config's
+    ``threads``, else every CPU this process may use (its affinity, not the machine's count)."""
+    if flag is not None:
+        return flag, "--threads"
+    if configured is not None:
+        return configured, "the config's threads"
+    return len(os.sched_getaffinity(0)), "the CPUs this process may use"
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    _check_device(args.device)
-    from trainables.config import parse_trial_config
-    from trainables.loop import TrialResources, run_trial
-    from trainables.model import cache_weights, check_model
-    from trainables.reporting import LocalReporter, format_best_summary
     from tune.config import TrainConfig, load_config
-    from tune.launch.data_source import (
-        prepare_manifest,  # not tune.launch.sweep: a trial needs neither Ray nor Optuna
-    )
-    from tune.trial_config import train_trial_config
 
     # --epochs is --set training.epochs=N: a best-config from `report --best-config` becomes a longer run
     overrides = list(args.set) + ([f"training.epochs={args.epochs}"] if args.epochs is not None else [])
     cfg = load_config(args.config, TrainConfig, overrides=overrides)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: a file; give a folder")
     fraction = args.gpu_memory_fraction
     if fraction is None:
         fraction = _env_float("BOXTUNE_GPU_MEMORY_FRACTION")
-    resources = TrialResources(cpus=args.threads or cfg.threads, device=args.device, gpu_memory_fraction=fraction)
-    out = Path(args.out)
+    threads, source = _train_threads(args.threads, cfg.threads)
+    _check_device(args.device)
+    from trainables.config import parse_trial_config
+    from trainables.loop import TrialResources, run_trial
+    from trainables.model import cache_weights, check_model
+    from trainables.objective import parse_objective
+    from trainables.reporting import LocalReporter, format_best_summary
+    from tune.launch.data_source import (
+        prepare_manifest,  # not tune.launch.sweep: a trial needs neither Ray nor Optuna
+    )
+    from tune.run.folder import TrainFolder
+    from tune.trial_config import train_trial_config
+
+    resources = TrialResources(cpus=threads, device=args.device, gpu_memory_fraction=fraction)
     manifest = prepare_manifest(cfg)
     n_test = len(manifest.records("test"))
     print(f"{len(manifest.records('train'))} train / {len(manifest.records('val'))} val"
@@ -113,6 +161,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     reporter = LocalReporter(out, echo=lambda line: print(line, flush=True))
     if reporter.latest_checkpoint() is not None and not args.resume:
         raise BoxtuneError(f"{out} already holds checkpoints; pass --resume to continue, or choose another --out")
+    # CPU float sums depend on the thread count, and with them the weights and AP: say it, and record it
+    print(f"torch threads: {threads} ({source}); AP depends on the count, so compare runs made with the same")
+    folder = TrainFolder(out)
+    folder.write_info({"threads": threads, "threads_from": source, "device": str(resources.resolve_device()),
+                       "metric": parse_objective(cfg.metric, key="metric").label, "epochs": cfg.training.epochs})
+    folder.write_manifest(manifest)  # the val split the best epoch's interval is computed on (report, export)
     run_trial(trial_cfg, manifest=manifest, reporter=reporter,
               resources=resources)
     print(format_best_summary(out, epochs=cfg.training.epochs))
@@ -148,6 +202,7 @@ def _prepare_ray(address: str | None) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    _check_file(args.config, "config file")
     _prepare_ray(args.address)
     from tune.config import SweepConfig, load_config
     from tune.results.report import sweep_summary
@@ -172,6 +227,7 @@ def _failed_sweep_status(rows) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
+    _check_run(args.run, train=False)
     _prepare_ray(args.address)
     from tune.results.report import sweep_summary
     from tune.workflow import resume
@@ -182,6 +238,24 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    _check_run(args.run)
+    if _is_train_folder(args.run):
+        from tune.results.train_report import format_train_report
+
+        for flag, given in (("--best-config", args.best_config), ("--trial", args.trial), ("--plot", args.plot),
+                            ("--per-class", args.per_class), ("--html", args.html)):
+            if given:
+                raise BoxtuneError(f"{flag}: {args.run} is a boxtune train folder; {flag} reads a sweep folder")
+        out = format_train_report(args.run, fmt=args.format)
+        if isinstance(out, bytes):
+            if args.output is None:
+                raise BoxtuneError("--format parquet needs --output FILE")
+            Path(args.output).write_bytes(out)
+        elif args.output:
+            Path(args.output).write_text(out + "\n")
+        else:
+            print(out)
+        return 0
     from tune.results.report import (
         format_per_class,
         format_ranking,
@@ -193,7 +267,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     view = load_sweep(args.run)
     rows = rank_trials(view)
-    out = format_ranking(rows, fmt=args.format, top=args.top, importances=param_importances(view),
+    importances = param_importances(view)
+    out = format_ranking(rows, fmt=args.format, top=args.top, importances=importances,
                          notes=sweep_notes(view), wide=args.wide)
     if args.per_class:
         # per-class AP/AR100 of the top trials' best epochs (--top, default the best one)
@@ -207,6 +282,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
         for path in write_plots(view, rows, args.plot):
             print(f"wrote {path}", file=sys.stderr)
+    if args.html:
+        from tune.results.html_report import write_html_report
+
+        print(f"wrote {write_html_report(view, rows, args.html, importances=importances)}", file=sys.stderr)
     if args.best_config:
         from tune.results.best_config import write_best_config
 
@@ -236,6 +315,7 @@ def _peak_gpu_mib(history: list[dict]) -> float | None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    _check_run(args.run, train=False)
     from tune.run import load_sweep, rank_trials
 
     view = load_sweep(args.run)
@@ -273,20 +353,30 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_tensorboard(args: argparse.Namespace) -> int:
+    _check_run(args.run)
     from tune.results.tensorboard import serve
 
     return serve(args.run, host=args.host, port=args.port)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from tune.ship.export import export_best
+    from tune.ship.checks import check_export_arguments
 
-    path = export_best(args.run, args.out, trial=args.trial, fmt=args.format)
-    print(f"exported {path}")
+    check_export_arguments(args.out, args.format, args.score_threshold)
+    _check_run(args.run)
+    from tune.ship.export import chosen_line, export_run
+
+    path, meta = export_run(args.run, args.out, trial=args.trial, fmt=args.format, score_threshold=args.score_threshold)
+    print(f"exported {path}: {chosen_line(meta)}")
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from tune.ship.checks import check_export_path, check_predict_arguments, collect_images
+
+    check_predict_arguments(score_threshold=args.score_threshold, batch_size=args.batch_size, out=args.out)
+    check_export_path(args.model)
+    collect_images(args.images)
     _check_device(args.device)
     from tune.ship.predict import predict_files
 
@@ -335,11 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="run one trial with fixed hyperparameters, without Ray")
     t.add_argument("config", help="YAML with data, model, training and hparams sections")
-    t.add_argument("--out", required=True, help="folder for checkpoints, metrics.jsonl and TensorBoard events")
+    t.add_argument("--out", required=True, help="folder for checkpoints, metrics.jsonl and TensorBoard events "
+                                                "(report, tensorboard and export take it as they take a sweep folder)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     t.add_argument("--epochs", type=int, default=None, help="train this many epochs (same as --set training.epochs=N)")
-    t.add_argument("--threads", type=int, default=None, help="torch threads (default: the config's threads, else torch's)")
+    t.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch threads (default: the config's threads, else the CPUs this process may use); AP depends on it")
     t.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     t.add_argument("--gpu-memory-fraction", type=float, default=None,
                    metavar="F", help="hold the trial to this share (0, 1] of the GPU's memory, as for trials "
@@ -359,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--address", default=None)
     r.set_defaults(func=_cmd_resume)
 
-    rp = sub.add_parser("report", help="rank a sweep's trials by search.metric of their best epoch, then AR100")
+    rp = sub.add_parser("report", help="rank a sweep's trials by search.metric of their best epoch, then AR100; "
+                                       "for a train folder, its epochs and its best")
     rp.add_argument("run")
     rp.add_argument("--top", type=_positive_int, default=None, help="show the N best trials")
     rp.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
@@ -368,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "interval, its standing against the leader, AR100, the epoch, then hyperparameters)")
     rp.add_argument("--output", "-o", default=None, help="write to a file instead of the terminal")
     rp.add_argument("--plot", default=None, metavar="DIR", help="also write PNG plots into DIR")
+    rp.add_argument("--html", default=None, metavar="FILE",
+                    help="also write the report as one self-contained HTML page (tables, figures, val images)")
     rp.add_argument("--per-class", action="store_true",
                     help="per-class AP and AR100 of the top trials' best epochs (--top, default 1); with --format "
                          "csv/json/parquet, these rows instead of the ranking")
@@ -390,26 +485,30 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--image-size", type=int, default=160, help=argparse.SUPPRESS)
     dm.set_defaults(func=_cmd_demo)
 
-    tb = sub.add_parser("tensorboard", help="start TensorBoard on a sweep's folder")
+    tb = sub.add_parser("tensorboard", help="start TensorBoard on a sweep's or a train run's folder")
     tb.add_argument("run")
     tb.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     tb.add_argument("--port", type=int, default=6006)
     tb.set_defaults(func=_cmd_tensorboard)
 
-    ex = sub.add_parser("export", help="write the best trial's best-epoch checkpoint as one self-contained file")
-    ex.add_argument("run")
+    ex = sub.add_parser("export", help="write the best trial's (or a train run's) best-epoch checkpoint as one "
+                                       "self-contained file")
+    ex.add_argument("run", help="a sweep folder or URI, or a boxtune train folder")
     ex.add_argument("--out", required=True)
     ex.add_argument("--trial", default=None, help="export this trial id instead of the best")
     ex.add_argument("--format", choices=("pt", "torchscript", "onnx"), default="pt")
+    ex.add_argument("--score-threshold", type=float, default=None, metavar="S",
+                    help="torchscript, onnx: the score filter baked into the graph (default: the family's own, "
+                         "0.05 Faster R-CNN and RetinaNet, 0.2 FCOS, 0.001 SSDlite)")
     ex.set_defaults(func=_cmd_export)
 
     pr = sub.add_parser("predict", help="run an exported model on images (no Ray)")
-    pr.add_argument("model")
+    pr.add_argument("model", help="a .pt file written by boxtune export")
     pr.add_argument("images", nargs="+")
     pr.add_argument("--out", required=True, help="COCO results JSON")
     pr.add_argument("--draw", default=None, metavar="DIR", help="write copies of the images with boxes drawn")
     pr.add_argument("--score-threshold", type=float, default=0.3,
-                    help="keep detections scoring at least this (default 0.3)")
+                    help="keep detections scoring at least this; the model's own filter is set to it too (default 0.3)")
     pr.add_argument("--batch-size", type=int, default=4)
     pr.add_argument("--device", default=None)
     pr.set_defaults(func=_cmd_predict)

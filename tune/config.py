@@ -23,6 +23,8 @@ __all__ = [
     "SchedulerConfig",
     "ResourcesConfig",
     "CheckpointsConfig",
+    "MlflowConfig",
+    "TrackingConfig",
     "SweepConfig",
     "TrainConfig",
     "load_config",
@@ -77,12 +79,19 @@ class ReportConfig(_Strict):
 
 
 class SchedulerConfig(_Strict):
-    name: Literal["asha", "fifo"] = "asha"
-    # epochs every trial gets before ASHA may stop it; None: 2 when the trials start from a trained
+    # asha: Ray's asynchronous successive halving, each rung decided as results arrive;
+    # halving: successive halving decided per batch of trials in creation order, so the same seed
+    # gives the same stops and configs whatever order results arrive in (tune.launch.halving);
+    # fifo: no early stopping
+    name: Literal["asha", "halving", "fifo"] = "asha"
+    # epochs every trial gets before it may be stopped; None: 2 when the trials start from a trained
     # detector (model.weights), half of training.epochs from random weights, whose first epochs'
     # AP is near 0 for every trial and ranks nothing (tune.launch.sweep.grace_period)
     grace_period: int | None = Field(default=None, ge=1)
     reduction_factor: float = Field(default=2.0, gt=1)
+    # halving only: trials decided together at each rung, and sampled together; it does not follow
+    # max_concurrent, so a sweep run 2 or 8 at a time gives the same trials
+    batch: int = Field(default=4, ge=1, le=10_000)
 
 
 class ResourcesConfig(_Strict):
@@ -107,6 +116,35 @@ class CheckpointsConfig(_Strict):
     keep_trials: int = Field(default=5, ge=1, le=100_000)
 
 
+class MlflowConfig(_Strict):
+    """An MLflow tracking server the sweep logs to: one parent run, one child run per trial
+    (``tune.launch.mlflow_tracking``). No ``uri``: nothing is logged."""
+
+    uri: str | None = None  # the tracking URI: http://host:5000, https://..., or a local sqlite:///path.db
+    experiment: str = "boxtune"  # created when missing
+
+    @field_validator("uri", "experiment")
+    @classmethod
+    def _not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @model_validator(mode="after")
+    def _installed(self) -> MlflowConfig:
+        import importlib.util
+
+        if self.uri is not None and importlib.util.find_spec("mlflow") is None:
+            raise ValueError("needs the mlflow package, which is not installed: pip install 'boxtune[mlflow]'")
+        return self
+
+
+class TrackingConfig(_Strict):
+    """Experiment trackers the sweep also logs to (its run folder stays the record)."""
+
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+
+
 class SweepConfig(_Strict):
     name: str = "sweep"
     data: DataConfig
@@ -124,6 +162,7 @@ class SweepConfig(_Strict):
     retries: int = Field(default=1, ge=0, le=100)
     checkpoints: CheckpointsConfig = Field(default_factory=CheckpointsConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @model_validator(mode="after")
     def _keep_test_top(self) -> SweepConfig:
@@ -159,7 +198,7 @@ class TrainConfig(_Strict):
     hparams: HParams = Field(default_factory=HParams)
     metric: str | dict[str, float] = "AP"  # picks the best epoch, as search.metric does in a sweep
     # torch intra-op threads; a sweep trial uses resources.cpu (rounded to the nearest, at least 1). CPU float sums depend
-    # on it, so a sweep trial's best-config records it. ``--threads`` wins; None keeps torch's default
+    # on it, so a sweep trial's best-config records it. ``--threads`` wins; None: the CPUs the process may use
     threads: int | None = Field(default=None, ge=1, le=1024)
 
     @field_validator("metric")

@@ -63,7 +63,7 @@ BAD_SWEEPS = [
     ("model: {architecture: x}\n", "data: Field required"),
     ("data: {path: x, val_fraction: 1.5}\n", "data.val_fraction: Input should be less than 1 (got 1.5)"),
     ("data: {path: x}\nsearch: {sampler: bayes}\n", "search.sampler: Input should be 'tpe', 'random', 'cmaes', 'gp' or 'qmc' (got 'bayes')"),
-    ("data: {path: x}\nscheduler: {name: hyperband}\n", "scheduler.name: Input should be 'asha' or 'fifo' (got 'hyperband')"),
+    ("data: {path: x}\nscheduler: {name: hyperband}\n", "scheduler.name: Input should be 'asha', 'halving' or 'fifo' (got 'hyperband')"),
     ("data: {path: x}\nresources: {gpu: 2}\n", "resources.gpu: a trial trains on one GPU, so 2 would hold 1 more that "
      "stay idle; use 1 (trials then run side by side, one per GPU) or a fraction (several per GPU)"),
     ("data: {path: x}\nresources: {gpu: 1.5}\n", "resources.gpu: a trial trains on one GPU, so 1.5 would hold 0.5 more"),

@@ -242,3 +242,25 @@ def test_class_map_key_that_is_not_a_dataset_class():
         r"dataset classes: 'raccoon', 'fox'",
     ):
         build_model(_cfg(None, {"racoon": "bear"}), ["raccoon", "fox"])
+
+
+@pytest.mark.parametrize("arch", ["fasterrcnn_mobilenet_v3_large_320_fpn", "retinanet_resnet50_fpn", "fcos_resnet50_fpn",
+                                  "ssdlite320_mobilenet_v3_large"])
+def test_score_filter_per_family_and_the_one_val_evaluation_uses(arch, tiny_manifest):
+    from trainables.architectures import DEFAULT_SCORE_THRESHOLDS, EVAL_SCORE_THRESHOLD, FAMILIES
+    from trainables.config import TrialConfig
+    from trainables.data import read_manifest
+    from trainables.loop import _build_model
+    from trainables.model import score_threshold, set_score_threshold
+
+    kwargs = {} if FAMILIES[arch] == "ssd" else SIZES
+    built = build_inference_model(arch, 2, kwargs)
+    # the table is torchvision's own: what an export loaded with torchvision alone filters at
+    assert score_threshold(built) == DEFAULT_SCORE_THRESHOLDS[FAMILIES[arch]]
+    assert score_threshold(set_score_threshold(built, 0.0)) == 0.0
+    with pytest.raises(ValueError, match=r"should be in the range \[0,1\], got 1.5"):
+        set_score_threshold(built, 1.5)
+    # a trial's model is evaluated at one low filter, whatever its family's own
+    cfg = TrialConfig.model_validate({"model": {"architecture": arch, "weights": None, **kwargs}})
+    trial_model, _ = _build_model(cfg, read_manifest(tiny_manifest), torch.device("cpu"))
+    assert score_threshold(trial_model) == EVAL_SCORE_THRESHOLD == 0.001

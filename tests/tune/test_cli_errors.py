@@ -35,6 +35,10 @@ def _missing_cuda_device() -> str:
 @pytest.mark.parametrize("command", ["train", "predict"])
 def test_cuda_device_that_is_not_there(capsys, tmp_path, command):
     device = _missing_cuda_device()
+    # paths that pass the checks made before torch loads: the device is the one thing wrong
+    (tmp_path / "train.yaml").write_text(f"data: {{path: {tmp_path}}}\n")
+    (tmp_path / "best.pt").write_bytes(b"")
+    (tmp_path / "a.jpg").write_bytes(b"")
     argv = {"train": ["train", str(tmp_path / "train.yaml"), "--out", str(tmp_path / "out")],
             "predict": ["predict", str(tmp_path / "best.pt"), str(tmp_path), "--out", str(tmp_path / "p.json")]}[command]
     message = _one_line_error(capsys, [*argv, "--device", device])
@@ -46,6 +50,7 @@ def test_cuda_device_that_is_not_there(capsys, tmp_path, command):
 
 
 def test_device_that_torch_does_not_know(capsys, tmp_path):
+    (tmp_path / "train.yaml").write_text(f"data: {{path: {tmp_path}}}\n")
     message = _one_line_error(capsys, ["train", str(tmp_path / "train.yaml"), "--out", str(tmp_path), "--device", "gpu0"])
     assert message == "--device 'gpu0': not a torch device; use cpu, cuda or cuda:N"
 

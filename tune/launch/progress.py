@@ -60,10 +60,12 @@ class ProgressTable(tune.Callback):
     run: str | None = None
     _dirs: dict[str, str] = {}
     _numbers: dict[str, int] = {}
+    stopper = "ASHA"
 
-    def __init__(self, *, max_epochs: int, by_score: bool = False, run: str | None = None):
+    def __init__(self, *, max_epochs: int, by_score: bool = False, run: str | None = None, stopper: str = "ASHA"):
         self.max_epochs = max_epochs
         self._by_score = by_score  # the objective is not plain AP: a trial's end line gives its score too
+        self.stopper = stopper  # what stops trials early, as the end line names it
         self.run = run  # the sweep folder: its stored detections say whether a trial is within noise of the best
         self._dirs = {}  # trial id -> its folder in the sweep folder
         self._numbers = {}  # trial id -> its creation number: equal scores rank in creation order
@@ -100,7 +102,7 @@ class ProgressTable(tune.Callback):
         result = self._best.get(trial.trial_id) or {}
         epochs = int(result.get("epoch", 0))
         if how == "complete":
-            how = "finished" if epochs >= self.max_epochs else "stopped by ASHA"
+            how = "finished" if epochs >= self.max_epochs else f"stopped by {self.stopper}"
         line = f"-- {trial.trial_id} {how} after epoch {epochs}/{self.max_epochs}: best AP {_metric(result.get('best_AP')).strip()}"
         # trials rank by the objective: where it is not plain AP, the score is shown and the sweep's best is by it
         if self._by_score:

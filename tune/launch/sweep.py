@@ -9,7 +9,7 @@ be good):
    per epoch, so a space that can produce a config the trainable rejects fails now, not in trial 37;
 3. start (or join) Ray; check the per-trial resources fit on some node, and on a GPU that the
    configs drawn in 2 fit in a trial's share of the smallest card (``tune.launch.gpu_preflight``);
-4. run the ``Tuner`` (OptunaSearch define-by-run + ASHA or FIFO), keeping each trial's best
+4. run the ``Tuner`` (OptunaSearch define-by-run + ASHA, batch halving or FIFO), keeping each trial's best
    epoch by ``score`` (``search.metric`` with the AR100 tiebreak, see ``trainables.objective``)
    plus its latest checkpoint, printing boxtune's live table (``tune.launch.progress``) and keeping
    checkpoints only for the top ``checkpoints.keep_trials`` trials once they end
@@ -50,7 +50,7 @@ from tune.run.folder import RunFolder
 from tune.trial_config import merge_trial_config, sweep_base
 
 __all__ = ["launch_sweep", "continue_sweep", "check_space", "check_objective", "check_models", "make_sampler",
-           "grace_period", "make_searcher", "pretrained_start"]
+           "grace_period", "make_searcher", "pretrained_start", "describe_scheduler"]
 
 log = logging.getLogger(__name__)
 
@@ -156,16 +156,64 @@ def _versions() -> dict[str, str]:
 
 
 def _callbacks(cfg: SweepConfig, folder: RunFolder) -> list:
-    """Ray's JSON/CSV result files, boxtune's live table, and the checkpoint budget."""
+    """Ray's JSON/CSV result files, boxtune's live table, the checkpoint budget, and MLflow where configured."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from tune.launch.progress import ProgressTable
     from tune.launch.retention import CheckpointRetention
 
     # saved with the run config in tuner.pkl: nothing unpicklable in them (the table prints to stdout)
-    table = ProgressTable(max_epochs=cfg.training.epochs, by_score=cfg.search.metric != "AP", run=folder.uri)
-    return [JsonLoggerCallback(), CSVLoggerCallback(), table,
-            CheckpointRetention(folder.storage, keep_trials=cfg.checkpoints.keep_trials)]
+    table = ProgressTable(max_epochs=cfg.training.epochs, by_score=cfg.search.metric != "AP", run=folder.uri,
+                          stopper=_STOPPERS.get(cfg.scheduler.name, cfg.scheduler.name))
+    callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), table,
+                 CheckpointRetention(folder.storage, keep_trials=cfg.checkpoints.keep_trials)]
+    if cfg.tracking.mlflow.uri is not None:  # one parent run for the sweep, a child per trial
+        from tune.launch.mlflow_tracking import MlflowTracking
+
+        callbacks.append(MlflowTracking(cfg, folder.storage))
+    return callbacks
+
+
+_STOPPERS = {"asha": "ASHA", "halving": "successive halving"}  # what the live table says stopped a trial
+
+
+def _scheduling(cfg: SweepConfig):
+    """(searcher, scheduler, extra callbacks, max_concurrent_trials) for the Tuner.
+
+    ``halving`` wraps the searcher so that it samples in batches, and limits concurrency itself
+    (a trial held at a rung does not count); its state rides on Ray's experiment snapshot through
+    a callback (tune.launch.halving). Scheduler, searcher and callback are pickled together in
+    tuner.pkl, so a resumed sweep gets them back still joined.
+    """
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    searcher = make_searcher(cfg)
+    if cfg.scheduler.name == "halving":
+        from tune.launch.halving import BatchedSearcher, BatchHalving, HalvingState
+
+        scheduler = BatchHalving(metric=SCORE, max_t=cfg.training.epochs, grace_period=grace_period(cfg),
+                                 reduction_factor=cfg.scheduler.reduction_factor, batch=cfg.scheduler.batch,
+                                 num_samples=cfg.search.num_trials, max_concurrent=cfg.max_concurrent)
+        batched = BatchedSearcher(searcher, scheduler)
+        return batched, scheduler, [HalvingState(scheduler, batched)], None
+    if cfg.scheduler.name == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", metric=SCORE, mode="max",
+                                  max_t=cfg.training.epochs, grace_period=grace_period(cfg),
+                                  reduction_factor=cfg.scheduler.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    return searcher, scheduler, [], cfg.max_concurrent
+
+
+def describe_scheduler(cfg: SweepConfig) -> str:
+    """``asha (grace period 2, reduction factor 2)``, as the launch line and the docs name it."""
+    name = cfg.scheduler.name
+    if name == "fifo":
+        return "fifo (no early stopping)"
+    described = f"{name} (grace period {grace_period(cfg)}, reduction factor {cfg.scheduler.reduction_factor:g}"
+    if name == "halving":
+        described += f", batches of {cfg.scheduler.batch}"
+    return described + ")"
 
 
 @contextlib.contextmanager
@@ -196,7 +244,6 @@ def _tune_environment() -> Iterator[None]:
 def _tuner(cfg: SweepConfig, folder: RunFolder, manifest: Manifest, *, restore: bool):
     """The sweep's Tuner (new, or restored from storage); fit it inside ``_tune_environment()``."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     # the CUDA context a packed trial's allocator leaves out of its share, read here once: the
     # driver's table (BOXTUNE_GPU_MEMORY_TABLE is an environment variable of this process) is the
@@ -211,17 +258,11 @@ def _tuner(cfg: SweepConfig, folder: RunFolder, manifest: Manifest, *, restore: 
         # the run config, callbacks included, comes back from the experiment's tuner.pkl
         return tune.Tuner.restore(storage.uri, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                   storage_filesystem=storage.filesystem_for_ray)
-    searcher = make_searcher(cfg)
-    if cfg.scheduler.name == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", metric=SCORE, mode="max",
-                                  max_t=cfg.training.epochs, grace_period=grace_period(cfg),
-                                  reduction_factor=cfg.scheduler.reduction_factor)
-    else:
-        scheduler = FIFOScheduler()
+    searcher, scheduler, scheduling_callbacks, max_concurrent = _scheduling(cfg)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=cfg.search.num_trials,
-                                    max_concurrent_trials=cfg.max_concurrent,
+                                    max_concurrent_trials=max_concurrent,
                                     # a trial reuses a finished trial's worker process: no new process,
                                     # no second import of torch (run_trial seeds and sets threads itself)
                                     reuse_actors=True),
@@ -235,7 +276,7 @@ def _tuner(cfg: SweepConfig, folder: RunFolder, manifest: Manifest, *, restore: 
             # Ray's own table shows the first numeric result keys (epoch, losses); boxtune's shows AP,
             # AR100 and the hyperparameters (tune.launch.progress)
             verbose=0,
-            callbacks=_callbacks(cfg, folder),
+            callbacks=[*_callbacks(cfg, folder), *scheduling_callbacks],
             # trial TensorBoard events are written in the trial's working dir; copy them on every checkpoint
             sync_config=tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True, sync_period=10),
         ),
@@ -270,12 +311,9 @@ def launch_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) ->
         folder.write_config(cfg)
         folder.write_manifest(manifest)
         folder.write_info({**_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ray_address": ray_info})
-        scheduler = cfg.scheduler.name
-        if scheduler == "asha":
-            scheduler += f" (grace period {grace_period(cfg)}, reduction factor {cfg.scheduler.reduction_factor:g})"
         trials = cfg.search.num_trials
         echo(f"sweep {cfg.name}: {trials} trial{'s' if trials != 1 else ''}, {cfg.search.sampler} sampler, "
-             f"{scheduler} scheduler, results in {folder.uri}")
+             f"{describe_scheduler(cfg)} scheduler, results in {folder.uri}")
         with _tune_environment():
             _tuner(cfg, folder, manifest, restore=False).fit()
     return folder, manifest

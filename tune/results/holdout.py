@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from trainables.architectures import EVAL_SCORE_THRESHOLD
 from trainables.atomic import atomic_write_text, strict_json
 from trainables.checkpoint import TrialState, load_checkpoint
 from trainables.coco_eval import (
@@ -32,6 +33,7 @@ from trainables.coco_eval import (
 )
 from trainables.errors import BoxtuneError
 from trainables.inference import trained_model
+from trainables.model import set_score_threshold
 from trainables.objective import Objective, class_metrics
 from tune.run.checkpoints import best_checkpoint
 from tune.run.folder import TrainFolder
@@ -72,7 +74,8 @@ def evaluate_state(state: TrialState, records: Sequence[Any], *, device: str | t
     if not records:
         raise BoxtuneError("no records to evaluate")
     device = torch.device(device)
-    model = trained_model(state).model.to(device)
+    # the score filter val evaluation uses, whatever the family's own (trainables.architectures)
+    model = set_score_threshold(trained_model(state).model, EVAL_SCORE_THRESHOLD).to(device)
     loader = DataLoader(DetectionDataset(list(records), transforms=build_eval_transforms()), batch_size=batch_size,
                         shuffle=False, num_workers=0, collate_fn=collate_detection)
     detections = predict(model, loader, device=device)  # amp_dtype None: fp32, as `boxtune predict`

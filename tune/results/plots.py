@@ -1,6 +1,6 @@
 """PNG plots of a sweep (``boxtune report RUN --plot DIR``), drawn with matplotlib's Agg backend.
 
-* ``ap_per_epoch.png``: validation AP per epoch, one line per trial. A trial the scheduler (ASHA)
+* ``ap_per_epoch.png``: validation AP per epoch, one line per trial. A trial the scheduler (ASHA or batch halving)
   stopped before the planned number of epochs ends in an ``x``; errored trials are dashed.
 * ``ap_vs_<hparam>.png``: each trial's best AP against the value of one searched hyperparameter
   (log x-axis for a positive range spanning more than 20x; categories as a strip plot). The
@@ -91,7 +91,7 @@ def ap_per_epoch_figure(view, *, planned_epochs: int | None = None) -> Figure:
         handles, labels = [], []
     if stopped_any:
         handles.append(Line2D([], [], marker="x", linestyle="none", color="black", markersize=8, markeredgewidth=2))
-        labels.append("x: stopped early by the scheduler (ASHA)")
+        labels.append("x: stopped early by the scheduler (ASHA or halving)")
     if handles:
         ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
     if not trials:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from dataclasses import replace
 from typing import Any
 
 import optuna
 import pyarrow.parquet as pq
 
+from search_spaces.builtin import PARAM_ALIASES
 from trainables.atomic import strict_json
 from trainables.errors import ConfigError
 from trainables.objective import class_key, score_of
@@ -129,15 +131,31 @@ def format_per_class(lines: list[dict[str, Any]]) -> str:
     return "\n".join(text)
 
 
-def _distribution(values: list[Any]):
+def _distribution(values: list[Any], *, log: bool | None = None):
+    """The Optuna distribution ``values`` span; ``log`` None: log scale when positive and over 20x apart."""
     dist = optuna.distributions
     if all(isinstance(v, bool) or isinstance(v, str) for v in values):
         return dist.CategoricalDistribution(sorted(set(values), key=str))
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         return dist.IntDistribution(min(values), max(values))
     lo, hi = float(min(values)), float(max(values))
-    log = lo > 0 and hi / lo > 20
-    return dist.FloatDistribution(lo, hi, log=log)
+    if log is None:
+        log = lo > 0 and hi / lo > 20
+    return dist.FloatDistribution(lo, hi, log=log and lo > 0)
+
+
+def _importance_params(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's config as importance sees it: the per-optimiser learning rates (``lr_sgd``,
+    ``lr_adam``) as the one ``lr`` they set, so the learning rate is in every trial whatever the optimiser."""
+    out = {k: v for k, v in config.items() if k not in PARAM_ALIASES}
+    for alias, name in PARAM_ALIASES.items():
+        if alias in config and name not in out:
+            out[name] = config[alias]
+    return out
+
+
+# merged names, on a log scale whatever their spread: a learning rate acts by its order of magnitude
+_LOG_SCALE = frozenset(PARAM_ALIASES.values())
 
 
 MIN_TRIALS_FOR_IMPORTANCE = 8  # fewer finished trials cannot separate one hyperparameter's effect from noise
@@ -174,17 +192,18 @@ def param_importances(view: SweepView) -> Importances:
     Below ``MIN_TRIALS_FOR_IMPORTANCE`` finished trials there are none, only the count.
     """
     done = [t for t in view.trials if t.best(view.objective) is not None]
-    varying = varying_keys(done)
+    params = [_importance_params(t.config) for t in done]
+    varying = varying_keys([replace(t, config=p) for t, p in zip(done, params, strict=True)])
     # scalar hyperparameters every finished trial has (a list such as milestones is not one)
-    kept = [k for k in varying if all(k in t.config and isinstance(t.config[k], bool | int | float | str) for t in done)]
+    kept = [k for k in varying if all(k in p and isinstance(p[k], bool | int | float | str) for p in params)]
     left_out = [k for k in varying if k not in kept]
     if len(done) < MIN_TRIALS_FOR_IMPORTANCE or not kept:
         return Importances(finished=len(done), left_out=left_out)
-    dists = {k: _distribution([t.config[k] for t in done]) for k in kept}
+    dists = {k: _distribution([p[k] for p in params], log=True if k in _LOG_SCALE else None) for k in kept}
     dists = {k: d for k, d in dists.items() if getattr(d, "low", 0) != getattr(d, "high", 1)}
     study = optuna.create_study(direction="maximize")
-    for t in done:
-        study.add_trial(optuna.trial.create_trial(params={k: t.config[k] for k in dists}, distributions=dists,
+    for t, p in zip(done, params, strict=True):
+        study.add_trial(optuna.trial.create_trial(params={k: p[k] for k in dists}, distributions=dists,
                                                   value=score_of(t.best(view.objective), view.objective)))
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     try:

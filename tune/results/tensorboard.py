@@ -36,6 +36,7 @@ from typing import Any
 
 from trainables.errors import BoxtuneError, ConfigError
 from trainables.reporting import hparam_value
+from tune.run.folder import TrainFolder
 from tune.run.layout import HPARAMS_EVENTS_SUFFIX
 from tune.run.view import SweepView, load_sweep
 
@@ -185,11 +186,14 @@ def _stop(process: subprocess.Popen) -> None:
 
 def serve(run: str, *, host: str = "127.0.0.1", port: int = 6006) -> int:
     """Write the experiment summary, start TensorBoard on ``run``, print its address, block until Ctrl-C."""
-    try:
-        if write_hparams_experiment(load_sweep(run)) is None:
-            log.warning("no trial has started yet: restart TensorBoard later to get the HParams columns")
-    except ConfigError as err:  # a plain `boxtune train` folder: scalars and images still work
-        log.warning("%s; serving without an HParams experiment", err)
+    if TrainFolder(run).is_train_run():
+        pass  # a `boxtune train` folder: one run, its scalars and images; no HParams experiment to compare runs
+    else:
+        try:
+            if write_hparams_experiment(load_sweep(run)) is None:
+                log.warning("no trial has started yet: restart TensorBoard later to get the HParams columns")
+        except ConfigError as err:  # a folder of events written otherwise: scalars and images still work
+            log.warning("%s; serving without an HParams experiment", err)
     if not _port_free(host, port):
         raise BoxtuneError(f"port {port} on {host} is in use (another TensorBoard?); choose one with --port")
     # `kill PID` and a closed terminal stop TensorBoard too, as Ctrl-C does: by default they would

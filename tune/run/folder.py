@@ -12,14 +12,16 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from trainables.errors import ConfigError
 from tune.config import SweepConfig
 from tune.run import layout
-from tune.run.storage import RunStorage
+
+if TYPE_CHECKING:  # pyarrow and the manifest (torch), loaded when a sweep folder is read
+    from tune.run.storage import RunStorage
 
 __all__ = ["RunFolder", "TrainFolder", "EMPTY_RETENTION"]
 
@@ -35,11 +37,15 @@ class RunFolder:
 
     @classmethod
     def at(cls, run: str) -> RunFolder:
+        from tune.run.storage import RunStorage
+
         return cls(RunStorage.from_uri(run))
 
     @classmethod
     def create(cls, storage_root: str, name: str) -> RunFolder:
         """The folder a new sweep ``name`` writes under ``storage_root`` (nothing is written yet)."""
+        from tune.run.storage import RunStorage
+
         return cls(RunStorage(storage_root, name))
 
     @property
@@ -168,13 +174,24 @@ class RunFolder:
 
 
 class TrainFolder:
-    """A ``boxtune train`` folder (``--out``): per-epoch metrics, the best epoch, its checkpoints."""
+    """A ``boxtune train`` folder (``--out``): per-epoch metrics, the best epoch, its checkpoints,
+    and what the command records beside them (its threads, device and objective, the manifest)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
+    @property
+    def uri(self) -> str:
+        return str(self.path.resolve())
+
     def is_train_run(self) -> bool:
         return (self.path / layout.METRICS_FILE).is_file()
+
+    def require_trained(self, run: str | None = None) -> None:
+        """A ConfigError unless an epoch has finished here (``best.json`` written)."""
+        if not (self.path / layout.BEST_FILE).is_file():
+            raise ConfigError(f"{run or self.path}: no epoch of this boxtune train run has finished yet "
+                              f"(no {layout.BEST_FILE})")
 
     def history(self) -> list[dict[str, Any]]:
         """One dict per epoch, in order (``metrics.jsonl``); empty before the first."""
@@ -197,5 +214,36 @@ class TrainFolder:
         path = self.path / layout.detections_file(epoch)
         return read_detections(path) if path.is_file() else None
 
+    # -- train.json: threads, device, objective -------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """``train.json`` (``{"threads", "device", "metric", "epochs"}``); empty for a folder written before it."""
+        path = self.path / layout.TRAIN_INFO_FILE
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def write_info(self, info: dict[str, Any]) -> None:
+        from trainables.atomic import atomic_write_text
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path / layout.TRAIN_INFO_FILE, json.dumps(info, indent=2))
+
+    # -- manifest.parquet ---------------------------------------------------------------------------
+    def has_manifest(self) -> bool:
+        return (self.path / layout.MANIFEST_FILE).is_file()
+
+    def manifest(self):
+        from trainables.data import read_manifest
+
+        return read_manifest(self.path / layout.MANIFEST_FILE)
+
+    def write_manifest(self, manifest) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        manifest.write(self.path / layout.MANIFEST_FILE)
+
+    # -- test_results.json --------------------------------------------------------------------------
     def test_results_path(self) -> Path:
         return self.path / layout.TEST_RESULTS_FILE
+
+    def test_results(self) -> dict[str, Any] | None:
+        """``{"split", "images", "epoch", "metrics"}``, or None when the run had no test split."""
+        path = self.test_results_path()
+        return json.loads(path.read_text()) if path.is_file() else None

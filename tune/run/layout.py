@@ -18,7 +18,13 @@ A sweep folder (``<storage>/<name>``, local or behind a URI)::
         detections/epoch_0003.parquet                         each epoch's val detections (``trainables.detections``)
         events.out.tfevents.*                                 the trial's TensorBoard events
 
-A ``boxtune train`` folder's names are the trial's own, in ``trainables.files`` (re-exported here).
+A ``boxtune train`` folder (``--out``) holds the trial's own files, named in ``trainables.files``
+(re-exported here: ``metrics.jsonl``, ``best.json``, ``checkpoints/epoch_NNNN/``, ``detections/``),
+and what the command adds (``tune.run.folder.TrainFolder``)::
+
+    train.json            the run's threads, device and objective
+    manifest.parquet      the records and split it trained and was evaluated on
+    test_results.json     its best epoch on the test split (``tune.results.holdout``)
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ __all__ = [
     "SWEEP_FILE", "MANIFEST_FILE", "INFO_FILE", "RANKING_FILE", "TEST_RESULTS_FILE", "RETENTION_FILE",
     "HPARAMS_EVENTS_SUFFIX", "RESULT_FILE", "PROGRESS_FILE", "ERROR_FILE", "ATTEMPTS_FILE", "FAILURE_FILE",
     "RAY_LOG_FILE", "CHECKPOINT_FOLDER_PREFIX", "CHECKPOINT_FILE", "METRICS_FILE", "BEST_FILE", "CHECKPOINTS_DIR",
-    "epoch_checkpoint_dir", "DETECTIONS_DIR", "detections_file", "TEST_SPLIT", "TEST_PREFIX",
+    "epoch_checkpoint_dir", "DETECTIONS_DIR", "detections_file", "TEST_SPLIT", "TEST_PREFIX", "TRAIN_INFO_FILE",
 ]
 
 # the sweep folder
@@ -48,6 +54,9 @@ RANKING_FILE = "ranking.parquet"
 TEST_RESULTS_FILE = "test_results.json"
 RETENTION_FILE = "retention.json"
 HPARAMS_EVENTS_SUFFIX = ".boxtune-hparams"  # marks the experiment event file, so a rewrite replaces only it
+
+# a `boxtune train` folder, besides the trial's own files and MANIFEST_FILE, TEST_RESULTS_FILE
+TRAIN_INFO_FILE = "train.json"
 
 # a trial folder in a sweep
 RESULT_FILE = "result.json"  # Ray Tune's, one JSON line per reported epoch

@@ -13,7 +13,14 @@ A ``.pt`` export is a ``torch.save`` dict of tensors, numbers and strings (it lo
      "metrics": {...}, "epoch": 7,
      "test_metrics": {"test_AP": ..., "test_AR100": ..., ...}, "test_images": 48,
      "ranking": {"rank": 1, "objective": "AP", "value": ..., "ci_low": ..., "ci_high": ...,
-                 "leader_beats": NaN, "distinguishable": True, "not_distinguishable_from_leader": [...], ...}}
+                 "leader_beats": NaN, "distinguishable": True, "not_distinguishable_from_leader": [...], ...},
+     "train_run": None,               # a `boxtune train` folder's export: its path (trial_id, sweep None)
+     "score_threshold": 0.05,         # the model's own score filter (baked into TorchScript and ONNX)
+     "eval_score_threshold": 0.001}   # the one its val numbers were measured with
+
+A train folder's best epoch ships with the same keys (``tune.run.train_run``): ``ranking`` is rank
+1 of 1 with the interval of its best epoch. An ONNX export's ``.onnx.json`` adds ``onnx``, its
+contract (``onnx_contract``: input, outputs, box format, the baked threshold).
 
 ``metrics`` are the epoch's val numbers (the val split chose the epoch and ranked the trial);
 ``test_metrics`` are the same epoch's numbers on the held-out test split when the sweep evaluated
@@ -56,14 +63,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainables.architectures import EVAL_SCORE_THRESHOLD
 from trainables.atomic import atomic_path as _writing
 from trainables.atomic import strict_json
 from trainables.checkpoint import TrialState, load_checkpoint
 from trainables.errors import BoxtuneError
 from trainables.inference import trained_model
+from trainables.model import max_detections, score_threshold, set_score_threshold
 from tune.run.checkpoints import best_checkpoint
+from tune.run.folder import TrainFolder
 from tune.run.ranking import pick_trial, rank_trials, test_columns, trial_row
+from tune.run.train_run import train_best
 from tune.run.view import load_sweep
+from tune.ship.checks import EXPORT_FORMATS, check_export_arguments
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -75,11 +87,14 @@ __all__ = [
     "export_model",
     "export_checkpoint",
     "export_best",
+    "export_run",
+    "onnx_contract",
+    "chosen_line",
 ]
 
 EXPORT_FORMAT = "boxtune-export"
 EXPORT_VERSION = 1
-FORMATS = ("pt", "torchscript", "onnx")
+FORMATS = EXPORT_FORMATS
 ONNX_OPSET = 17
 
 _SNIPPET = """\
@@ -122,6 +137,11 @@ def _payload_and_model(state: TrialState, *, trial_id: str | None, sweep: str | 
         "test_metrics": None,
         "test_images": None,
         "ranking": None,
+        "train_run": None,  # the `boxtune train` folder it came from; a sweep's winner has trial_id and sweep
+        # the model's own score filter: what the loading snippet's build applies (torchvision's
+        # per family), or what a TorchScript or ONNX export has baked into its graph
+        "score_threshold": score_threshold(trained.model),
+        "eval_score_threshold": EVAL_SCORE_THRESHOLD,  # the filter its val (and test) numbers were measured with
     }
     return payload, trained.model
 
@@ -179,49 +199,94 @@ def _save_onnx(model: nn.Module, out: Path, *, size: int) -> None:
 def export_checkpoint(checkpoint_dir: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "pt",
                       trial_id: str | None = None, sweep: str | None = None,
                       test: Mapping[str, Any] | None = None, expect_epoch: int | None = None,
-                      ranking: Mapping[str, Any] | None = None) -> Path:
+                      ranking: Mapping[str, Any] | None = None, score_threshold: float | None = None) -> Path:
     """Write the trial checkpoint in ``checkpoint_dir`` as one self-contained file; return its path.
 
     ``test`` ({"epoch", "images", "metrics"}) is stored when its epoch is the checkpoint's;
     ``expect_epoch`` (the ranking's best epoch) must be the checkpoint's epoch, or nothing is written.
     ``ranking`` (the trial's place, its objective's interval and whether it can be told apart from
-    the leader) is stored as it is.
+    the leader) is stored as it is. ``score_threshold`` is baked into a TorchScript or ONNX graph
+    (default: the family's own, as torchvision builds it).
     """
-    if fmt not in FORMATS:
-        raise BoxtuneError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    return _export(checkpoint_dir, out, fmt=fmt, trial_id=trial_id, sweep=sweep, test=test,
+                   expect_epoch=expect_epoch, ranking=ranking, score_threshold=score_threshold)[0]
+
+
+def _export(checkpoint_dir, out, *, fmt: str, trial_id: str | None = None, sweep: str | None = None,
+            test: Mapping[str, Any] | None = None, expect_epoch: int | None = None,
+            ranking: Mapping[str, Any] | None = None, score_threshold: float | None = None,
+            train_run: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """``export_checkpoint``, returning the path and the metadata written (all but the weights)."""
+    check_export_arguments(out, fmt, score_threshold)
     out = Path(out)
-    if out.is_dir():
-        raise BoxtuneError(f"--out {out} is a folder; give a file name such as {out / 'best.pt'}")
     state = load_checkpoint(checkpoint_dir)
     if expect_epoch is not None and int(state.epoch) != int(expect_epoch):
         raise BoxtuneError(f"trial {trial_id}: the kept checkpoint is epoch {state.epoch}, but the ranking's "
                            f"best epoch is {expect_epoch}; refusing to export a model other than the ranked one")
     payload, model = _payload_and_model(state, trial_id=trial_id, sweep=sweep)
     payload["ranking"] = None if ranking is None else dict(ranking)
+    payload["train_run"] = train_run
     if test is not None and int(test["epoch"]) == int(state.epoch):
         payload["test_metrics"] = {k: _float(v) for k, v in test_columns(test["metrics"]).items()}
         payload["test_images"] = int(test["images"])
+    meta = {k: v for k, v in payload.items() if k != "state_dict"}
     if fmt == "pt":
         with _writing(out) as tmp:
             torch.save(payload, tmp)
-        return out
+        return out, meta
+    if score_threshold is not None:
+        set_score_threshold(model, score_threshold)
+        payload["score_threshold"] = meta["score_threshold"] = float(score_threshold)
     if fmt == "torchscript":
         _save_torchscript(model, out)
     else:
         # a tracing example at the model's own resize (px); the graph takes any H, W
         _save_onnx(model, out, size=payload["image_size"]["min_size"] or 320)
+        payload["onnx"] = meta["onnx"] = onnx_contract(payload["score_threshold"], max_detections(model))
     _write_metadata(payload, out, fmt)
-    return out
+    return out, meta
 
 
-def export_best(run: str, out: str | os.PathLike, *, trial: str | None = None, fmt: str = "pt") -> Path:
-    """Export the best trial's best epoch by score (or trial ``trial``'s best epoch) from sweep ``run``.
+def onnx_contract(threshold: float, detections: int) -> dict[str, Any]:
+    """What an ONNX export takes and returns (stored as ``onnx`` in its ``.onnx.json``)."""
+    return {
+        "opset": ONNX_OPSET,
+        "input": {"name": "image", "shape": [3, "height", "width"], "dtype": "float32",
+                  "meaning": "one RGB image scaled to 0..1, any height and width (the graph resizes it to image_size)"},
+        "outputs": {
+            "boxes": {"shape": ["detections", 4], "dtype": "float32",
+                      "meaning": "x1, y1, x2, y2 in pixels of the input image"},
+            "labels": {"shape": ["detections"], "dtype": "int64",
+                       "meaning": "class label l: classes[l - 1]; 0 is no class (drop it if it appears)"},
+            "scores": {"shape": ["detections"], "dtype": "float32", "meaning": "0..1, highest first"},
+        },
+        "score_threshold": float(threshold),  # baked in: only detections scoring above it come out
+        "max_detections": int(detections),  # per image, after non-maximum suppression
+    }
+
+
+def export_best(run: str, out: str | os.PathLike, *, trial: str | None = None, fmt: str = "pt",
+                score_threshold: float | None = None) -> Path:
+    """Export the best trial's best epoch by score (or trial ``trial``'s best epoch) from sweep ``run``,
+    or a ``boxtune train`` folder's best epoch.
 
     The epoch exported is the ranking's best epoch of that trial (checked); the test split's numbers
     for it, when the sweep evaluated them, go into the metadata.
     """
-    if fmt not in FORMATS:
-        raise BoxtuneError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    return export_run(run, out, trial=trial, fmt=fmt, score_threshold=score_threshold)[0]
+
+
+def export_run(run: str, out: str | os.PathLike, *, trial: str | None = None, fmt: str = "pt",
+               score_threshold: float | None = None) -> tuple[Path, dict[str, Any]]:
+    """``export_best``, returning the path and the metadata written (``chosen_line`` says what it chose)."""
+    check_export_arguments(out, fmt, score_threshold)
+    if TrainFolder(run).is_train_run():
+        if trial is not None:
+            raise BoxtuneError(f"--trial {trial}: {run} is a boxtune train folder, which holds one run")
+        best = train_best(run)
+        return _export(best.folder.checkpoint_dir(best.epoch), out, fmt=fmt, expect_epoch=best.epoch,
+                       ranking=best.ranking(), test=best.test, score_threshold=score_threshold,
+                       train_run=best.folder.uri)
     view = load_sweep(run)
     chosen = pick_trial(view, trial)
     checkpoint = best_checkpoint(view, chosen)
@@ -232,8 +297,39 @@ def export_best(run: str, out: str | os.PathLike, *, trial: str | None = None, f
     test = None if tested is None else {"epoch": tested["epoch"], "images": int(results["images"]),
                                         "metrics": tested["metrics"]}
     with checkpoint.as_directory() as directory:
-        return export_checkpoint(directory, out, fmt=fmt, trial_id=chosen.trial_id, sweep=view.uri,
-                                 test=test, expect_epoch=expect or None, ranking=ranking)
+        return _export(directory, out, fmt=fmt, trial_id=chosen.trial_id, sweep=view.uri, test=test,
+                       expect_epoch=expect or None, ranking=ranking, score_threshold=score_threshold)
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.4f}"
+
+
+def chosen_line(meta: Mapping[str, Any]) -> str:
+    """What an export holds, in one line: the trial (or train run), its epoch and objective with its
+    interval, and the test split's number where it was evaluated."""
+    ranking = meta.get("ranking") or {}
+    metrics = meta.get("metrics") or {}
+    label = ranking.get("objective", "AP")
+    value = ranking.get("value", metrics.get("AP"))
+    if meta.get("train_run"):
+        what = f"boxtune train run {meta['train_run']}"
+    else:
+        place = f", rank {ranking['rank']} of {ranking['trials']}" if ranking.get("rank") else ""
+        what = f"trial {meta.get('trial_id')}{place}"
+    text = f"{what}, epoch {meta.get('epoch')}: val {label} {_number(value)}"
+    if ranking.get("ci_low") is not None and not math.isnan(float(ranking["ci_low"])):
+        text += f" (95% interval {float(ranking['ci_low']):.3f}..{float(ranking['ci_high']):.3f}"
+        text += f" on {ranking['val_images']} images)" if ranking.get("val_images") else ")"
+    if label != "AP" and metrics.get("AP") is not None:
+        text += f", AP {_number(metrics['AP'])}"
+    test = meta.get("test_metrics")
+    if test:
+        key = f"test_{label}" if f"test_{label}" in test else "test_AP"
+        text += f"; {key} {_number(test.get(key))} on {meta.get('test_images')} test images"
+    else:
+        text += "; test split: -"
+    return text
 
 
 def export_ranking(view, rows: list[dict[str, Any]], trial_id: str) -> dict[str, Any]:

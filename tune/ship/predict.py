@@ -5,7 +5,9 @@
 ``extra.jpg``, in that order. Images are decoded with Pillow, rotated by their EXIF orientation
 and converted to RGB, so boxes are in the coordinates of the image as a viewer shows it.
 
-The output is a COCO results list, one entry per detection scoring at least ``score_threshold``::
+The output is a COCO results list, one entry per detection scoring at least ``score_threshold``
+(the model's own score filter is set to it too, so a threshold below the family's default,
+0.05 for Faster R-CNN, keeps the detections that filter would drop)::
 
     {"image_id": 1, "file_name": "photos/a.jpg", "category_id": 17, "bbox": [x, y, w, h], "score": 0.93}
 
@@ -32,12 +34,11 @@ from trainables.atomic import atomic_write_text
 from trainables.drawing import draw_detections
 from trainables.errors import BoxtuneError
 from trainables.inference import build_export_model
+from trainables.model import set_score_threshold
+from tune.ship.checks import IMAGE_SUFFIXES, check_export_path, check_predict_arguments, collect_images
 from tune.ship.export import EXPORT_FORMAT, EXPORT_VERSION
 
 __all__ = ["IMAGE_SUFFIXES", "load_export", "collect_images", "read_image", "detections_to_coco", "predict_files"]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-
 
 def _read_payload(path: Path) -> Any:
     try:
@@ -67,12 +68,12 @@ def load_export(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     boxtune export, weights that do not fit the architecture.
     """
     path = Path(path)
-    if not path.is_file():
-        raise BoxtuneError(f"{path}: no such file")
+    check_export_path(path)
     payload = _read_payload(path)
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
         if isinstance(payload, dict) and "format_version" in payload and "model" in payload:
-            raise BoxtuneError(f"{path}: a trial checkpoint, not an export; run `boxtune export` on the sweep first")
+            raise BoxtuneError(f"{path}: a trial checkpoint, not an export; export its sweep or train folder "
+                               f"first: boxtune export RUN --out best.pt")
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise BoxtuneError(f"{path}: not a boxtune export (format {found!r}, expected {EXPORT_FORMAT!r})")
     if payload.get("format_version") != EXPORT_VERSION:
@@ -87,25 +88,6 @@ def load_export(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
         raise BoxtuneError(f"{path}: weights do not fit {payload['architecture']}: {str(err).splitlines()[0]}") from None
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     return model.eval(), meta
-
-
-def collect_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files as given, folders expanded to their images sorted by name; a missing path is an error."""
-    images: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise BoxtuneError(f"{path}: no {'/'.join(IMAGE_SUFFIXES)} images in this folder")
-            images.extend(found)
-        elif path.is_file():
-            images.append(path)
-        else:
-            raise BoxtuneError(f"{path}: no such file or folder")
-    if not images:
-        raise BoxtuneError("no images given")
-    return images
 
 
 def read_image(path: Path) -> torch.Tensor:
@@ -163,13 +145,8 @@ def predict_files(model_path: str | os.PathLike, images: Sequence[str | os.PathL
     Returns the number of detections written. With ``draw``, copies of the images with boxes,
     class names and scores are written there under the same file names.
     """
-    if not 0.0 <= score_threshold <= 1.0:
-        raise BoxtuneError(f"--score-threshold should be in [0, 1], got {score_threshold}")
-    if batch_size < 1:
-        raise BoxtuneError(f"--batch-size should be >= 1, got {batch_size}")
+    check_predict_arguments(score_threshold=score_threshold, batch_size=batch_size, out=out)
     out = Path(out)
-    if out.is_dir():
-        raise BoxtuneError(f"--out {out} is a folder; give a file name such as {out / 'detections.json'}")
     try:
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as err:
@@ -180,6 +157,10 @@ def predict_files(model_path: str | os.PathLike, images: Sequence[str | os.PathL
         Path(draw).mkdir(parents=True, exist_ok=True)
         drawn = _draw_targets(files, Path(draw))
     model, meta = load_export(model_path)
+    # the model's own filter too (Faster R-CNN and RetinaNet drop scores under 0.05, FCOS under 0.2):
+    # below it, the threshold asked for would keep nothing more. Its filter is strict (>), predict's
+    # keeps a score equal to the threshold: a hair lower (float32 scores are 6e-8 apart, relatively)
+    set_score_threshold(model, score_threshold * (1 - 1e-6))
     model.to(target)
     names = {int(c["label"]): str(c["name"]) for c in meta["classes"]}
     results: list[dict[str, Any]] = []

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import tiny_sweep
-from shared_run import result_rows, trial_attempts, trial_dirs, trial_epochs
+from shared_run import descendants, end_processes, result_rows, trial_attempts, trial_dirs, trial_epochs
 
 from tune.run import load_sweep
 
@@ -49,45 +49,6 @@ def _wait_for(proc: subprocess.Popen, log: Path, ready, what: str, seconds: floa
             return
         time.sleep(0.2)
     pytest.fail(f"{what} within {seconds:.0f} s")
-
-
-def _descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` now (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return not Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].startswith(" Z")
-    except OSError:
-        return False
-
-
-def _end(pids: set[int], seconds: float = 30.0) -> None:
-    """Wait for ``pids`` (a killed driver's Ray processes) to go; SIGKILL any that stay."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.5)
-    for pid in filter(_alive, pids):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def test_interrupt_resume_kill_resume_runs_each_trial_and_epoch_once(tmp_path, tiny_demo):
@@ -137,14 +98,14 @@ def test_interrupt_resume_kill_resume_runs_each_trial_and_epoch_once(tmp_path, t
         ray_processes: set[int] = set()
         try:
             _wait_for(driver, second, a_new_trial_mid_way, "the resumed sweep started no further trial")
-            ray_processes = _descendants(driver.pid)
+            ray_processes = descendants(driver.pid)
             driver.send_signal(signal.SIGKILL)
             driver.wait(timeout=30)
         finally:
             if driver.poll() is None:
                 driver.kill()
                 driver.wait()
-            _end(ray_processes | _descendants(driver.pid))
+            end_processes(ray_processes | descendants(driver.pid))
     before, killed = _progress(run, epochs)
     killed = {name: seen for name, seen in killed.items() if name not in interrupted_partial}
     assert killed, "the kill did not land mid-trial"

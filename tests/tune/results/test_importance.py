@@ -51,3 +51,41 @@ def test_enough_trials_give_seeded_fanova_importances(tmp_path, n):
     text = format_ranking(rank_trials(view), importances=first)
     assert f"Optuna fANOVA, seed 0, {n} finished trials" in text
     assert "left out (conditional, not in every trial): momentum" in text
+
+
+def _space_view(space, n: int, tmp_path) -> SweepView:
+    """``n`` finished trials sampled by a built-in space, under the names it samples (``lr_sgd``,
+    ``lr_adam``, ...) as a sweep's trials hold them; AP grows with log lr whatever the optimiser."""
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trials = []
+    for i in range(n):
+        trial = study.ask()
+        constants = space(trial) or {}
+        config = {**trial.params, **constants}
+        lr = config.get("lr_sgd", config.get("lr_adam"))
+        ap = 0.3 + 0.05 * math.log10(lr)
+        history = [{"epoch": 1, "AP": ap, "AR100": ap}]
+        trials.append(TrialView(f"t{i:02d}", "TERMINATED", config, history, None, f"/runs/s/t{i:02d}"))
+    run = tmp_path / "s"
+    run.mkdir(exist_ok=True)
+    (run / "sweep.yaml").write_text(f"search:\n  num_trials: {n}\n")
+    return SweepView(str(run), trials, n, None)
+
+
+@pytest.mark.parametrize("name", ["quick", "default"])
+def test_learning_rate_is_one_log_scale_hyperparameter_across_optimisers(tmp_path, name):
+    import search_spaces
+
+    view = _space_view(getattr(search_spaces, name), 16, tmp_path)
+    names = {k for t in view.trials for k in t.config}
+    assert {"lr_sgd", "lr_adam", "optimizer"} <= names  # the space's own names, each in some trials only
+    importances = param_importances(view)
+    assert "lr" in importances and not {"lr_sgd", "lr_adam"} & set(importances)
+    assert not {"lr", "lr_sgd", "lr_adam"} & set(importances.left_out)
+    assert sum(importances.values()) == pytest.approx(1.0)
+    if name == "quick":  # AP follows lr alone: the learning rate and the optimiser that sets its range lead
+        assert sorted(importances, key=importances.get)[-2:] in (["lr", "optimizer"], ["optimizer", "lr"])
+    text = format_ranking(rank_trials(view), importances=importances)
+    assert "\n  lr " in text and "lr_sgd" not in text.split("hyperparameter importance")[1]

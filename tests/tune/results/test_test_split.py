@@ -163,6 +163,7 @@ def test_export_is_the_ranked_epoch_and_test_numbers_are_reproducible(tested_swe
                                          num_classes=ckpt["num_classes"], **ckpt["model_kwargs"])
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
+    model.roi_heads.score_thresh = ckpt["eval_score_threshold"]  # the filter its numbers were measured with
     from trainables.data import read_manifest
 
     manifest = read_manifest(split_manifest)

@@ -305,3 +305,34 @@ def test_predict_reads_what_export_best_wrote(sweep, tmp_path):
     run, rows = sweep
     model, meta = load_export(export_best(run, tmp_path / "best.pt"))
     assert meta["trial_id"] == rows["best"]["trial"] and not model.training
+
+
+def test_onnx_metadata_states_its_contract_and_baked_threshold(scratch, images, tmp_path):
+    import onnxruntime
+
+    _, _, ckpt, _ = scratch
+    default = export_checkpoint(ckpt, tmp_path / "default.onnx", fmt="onnx")
+    meta = json.loads(Path(f"{default}.json").read_text())
+    assert meta["score_threshold"] == 0.05 == meta["onnx"]["score_threshold"]  # Faster R-CNN's own
+    assert meta["eval_score_threshold"] == 0.001
+    out = export_checkpoint(ckpt, tmp_path / "low.onnx", fmt="onnx", score_threshold=0.01)
+    meta = json.loads(Path(f"{out}.json").read_text())
+    contract = meta["onnx"]
+    assert meta["score_threshold"] == contract["score_threshold"] == 0.01
+    assert contract["input"]["name"] == "image" and contract["input"]["shape"] == [3, "height", "width"]
+    assert contract["input"]["dtype"] == "float32" and "RGB" in contract["input"]["meaning"]
+    assert list(contract["outputs"]) == ["boxes", "labels", "scores"]
+    assert contract["outputs"]["boxes"]["meaning"] == "x1, y1, x2, y2 in pixels of the input image"
+    assert contract["max_detections"] == 100 and contract["opset"] == 17
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [contract["input"]["name"]]
+    assert [o.name for o in session.get_outputs()] == list(contract["outputs"])
+    boxes, labels, scores = session.run(None, {"image": images[0].numpy()})
+    assert str(boxes.dtype) == "float32" and str(labels.dtype) == "int64" and str(scores.dtype) == "float32"
+    assert scores.min() > 0.01 and (scores < 0.05).any()  # the baked filter, not the family's 0.05
+    assert (scores[:-1] >= scores[1:]).all()  # highest first
+    assert len(scores) <= contract["max_detections"]
+    h, w = images[0].shape[1:]
+    assert (boxes[:, 0] <= boxes[:, 2]).all() and boxes[:, 2].max() <= w and boxes[:, 3].max() <= h  # px
+    with pytest.raises(BoxtuneError, match="a .pt export takes it when it runs"):
+        export_checkpoint(ckpt, tmp_path / "x.pt", score_threshold=0.01)

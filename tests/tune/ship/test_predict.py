@@ -152,3 +152,23 @@ def test_predict_runs_without_ray(exported):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-1] == str(len(CLASSES) + 1)
+
+
+def test_threshold_below_the_models_own_filter_keeps_more(exported, folder, tmp_path):
+    # a weak model: background outscores every class, so no score reaches Faster R-CNN's own 0.05
+    from trainables.model import score_threshold
+
+    model, path = exported
+    assert score_threshold(model) == 0.05  # torchvision's default, as the loading snippet builds it
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"]["roi_heads.box_predictor.cls_score.weight"].mul_(0.02)
+    payload["state_dict"]["roi_heads.box_predictor.cls_score.bias"].copy_(torch.tensor([5.0, 0.0, 0.0]))
+    weak = tmp_path / "weak.pt"
+    torch.save(payload, weak)
+    n = predict_files(weak, [folder], out=tmp_path / "low.json", score_threshold=0.0, device="cpu")
+    scores = [r["score"] for r in json.loads((tmp_path / "low.json").read_text())]
+    assert n == len(scores) > 0 and max(scores) < 0.05  # what the model's own filter would have dropped
+    assert predict_files(weak, [folder], out=tmp_path / "high.json", score_threshold=0.05, device="cpu") == 0
+    between = sorted(scores)[len(scores) // 2]  # predict keeps a score equal to its threshold
+    kept = predict_files(weak, [folder], out=tmp_path / "mid.json", score_threshold=between, device="cpu")
+    assert kept == sum(s >= between for s in scores)
