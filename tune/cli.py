@@ -27,7 +27,7 @@ def _cmd_data_summary(args: argparse.Namespace) -> int:
             raise DataError(f"{flag}{path}: {'manifest' if manifest_file and not flag else 'dataset'} not found")
     if args.images_dir is not None and not Path(args.images_dir).expanduser().is_dir():
         raise DataError(f"--images-dir {args.images_dir}: no such folder")
-    from trainables.data import build_manifest, read_manifest, summarize
+    from trainables.data import SUMMARY_FLAGS, build_manifest, read_manifest, summarize
 
     if manifest_file:
         manifest = read_manifest(args.path)
@@ -35,7 +35,7 @@ def _cmd_data_summary(args: argparse.Namespace) -> int:
         manifest = build_manifest(args.path, format=args.format, images_dir=args.images_dir,
                                   val_source=args.val_path, val_fraction=args.val_fraction,
                                   test_source=args.test_path, test_fraction=args.test_fraction,
-                                  seed=args.seed, strict=args.strict)
+                                  seed=args.seed, strict=args.strict, names=SUMMARY_FLAGS)
     print(summarize(manifest))
     if args.manifest:
         manifest.write(args.manifest)
@@ -246,15 +246,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
                             ("--per-class", args.per_class), ("--html", args.html)):
             if given:
                 raise BoxtuneError(f"{flag}: {args.run} is a boxtune train folder; {flag} reads a sweep folder")
-        out = format_train_report(args.run, fmt=args.format)
-        if isinstance(out, bytes):
-            if args.output is None:
-                raise BoxtuneError("--format parquet needs --output FILE")
-            Path(args.output).write_bytes(out)
-        elif args.output:
-            Path(args.output).write_text(out + "\n")
-        else:
-            print(out)
+        _write_report(format_train_report(args.run, fmt=args.format), args.output)
         return 0
     from tune.results.report import (
         format_per_class,
@@ -294,15 +286,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
               file=sys.stderr)
     elif args.trial:
         raise BoxtuneError("--trial goes with --best-config")
+    _write_report(out, args.output)
+    return 0
+
+
+def _write_report(out: str | bytes, output: str | None) -> None:
+    """A report to ``--output`` (parquet bytes need one), else to stdout."""
     if isinstance(out, bytes):
-        if args.output is None:
+        if output is None:
             raise BoxtuneError("--format parquet needs --output FILE")
-        Path(args.output).write_bytes(out)
-    elif args.output:
-        Path(args.output).write_text(out + "\n")
+        Path(output).write_bytes(out)
+    elif output:
+        Path(output).write_text(out + "\n")
     else:
         print(out)
-    return 0
 
 
 def _peak_gpu_mib(history: list[dict]) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -241,3 +242,21 @@ def test_join_a_port_that_is_not_ray(sweep_yaml):
 def test_join_address_without_host_and_port(sweep_yaml, address):
     message = _refusal(_sweep_cli(sweep_yaml, address), address)
     assert message.startswith("expected host:port (the head's GCS port, 6379 by default), auto, or ray://host:10001")
+
+
+def test_data_summary_hints_name_its_flags_not_config_keys(capsys, tmp_path):
+    # a COCO JSON and VOC XML in one folder; then a COCO JSON whose images are elsewhere
+    from PIL import Image
+
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.jpg")
+    (tmp_path / "a.xml").write_text("<annotation><filename>a.jpg</filename><object><name>dog</name><bndbox>"
+                                    "<xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>")
+    coco = {"images": [{"id": i, "file_name": f"x{i}.jpg"} for i in (1, 2)], "annotations": [],
+            "categories": [{"id": 1, "name": "dog"}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    assert _one_line_error(capsys, ["data", "summary", str(tmp_path)]) == (
+        f"{tmp_path}: holds more than one kind of annotations (COCO JSON: coco.json; VOC XML folders: .); set --format")
+    assert main(["data", "summary", str(tmp_path), "--format", "coco"]) == 2  # a problem list: two lines
+    message = capsys.readouterr().err
+    assert message.endswith("; set --images-dir to the folder that holds them\n")
+    assert "data." not in message and "Traceback" not in message

@@ -34,7 +34,11 @@ Split, in order of precedence (``splits.py``; test never trains, picks an epoch 
 Image ids: COCO ids are kept; VOC and YOLO images are numbered 1..N in manifest order (sorted XML
 names, or image paths, part after part). A later part's COCO ids (val, test) keep theirs unless
 one collides with an earlier part's id, in which case all of that part's ids are shifted past the
-largest id so far (counted).
+largest id so far. That is not a repair and is not listed: Roboflow numbers each file of an export
+from 0, the ids are the manifest's own, and no file, box or result a user reads changes with them.
+
+Said in the summary although nothing is wrong: YOLO polygon labels (segmentation exports) turned
+into their bounding boxes, counted per image like a repair.
 """
 
 from __future__ import annotations
@@ -49,7 +53,17 @@ import numpy as np
 from trainables.data.coco import parse_coco
 from trainables.data.images import NOT_FOUND, ImageProbe, annotated_frame, probe_image, transpose_boxes
 from trainables.data.layouts import FORMATS, Layout, Part, find_layout
-from trainables.data.records import ClassInfo, ImageRecord, Problems, RawBox, RawDataset, RawImage, Repairs
+from trainables.data.records import (
+    CONFIG_KEYS,
+    ClassInfo,
+    ImageRecord,
+    Problems,
+    RawBox,
+    RawDataset,
+    RawImage,
+    Repairs,
+    SettingNames,
+)
 from trainables.data.splits import NOT_LISTED, list_splits, split_settings, split_test_ids, split_val_ids
 from trainables.data.voc import parse_voc
 from trainables.data.yolo import NO_LABEL_FILE, parse_yolo
@@ -62,8 +76,7 @@ DEGENERATE = "box with zero or negative width or height dropped"
 UNSELECTED = "box of a class not in `classes` dropped"
 EXIF_ROTATED = "boxes moved to the EXIF-rotated frame (annotated on raw pixels)"
 SIZE_MISMATCH = "recorded image size matches neither frame (real size used)"
-ID_SHIFTED = "val image id shifted (collided with a train image id)"
-TEST_ID_SHIFTED = "test image id shifted (collided with a train or val image id)"
+POLYGON = "polygon label converted to its bounding box"
 TAIL_RESTORED = "JPEG cut short before its end marker, decoded with the marker restored (file unchanged)"
 UNDECODABLE = "image that cannot be decoded, left out"
 UNANNOTATED = "image file that no .xml names, not used"
@@ -109,6 +122,8 @@ def _parse(
     raw, unlabelled = parse_yolo(part.path, names=list(layout.names), base=layout.base, problems=problems)
     for file_name in unlabelled:
         repairs.add(NO_LABEL_FILE, file_name)
+    for image in raw.images:
+        repairs.add(POLYGON, image.file_name, sum(box.polygon for box in image.boxes))
     return raw
 
 
@@ -218,7 +233,7 @@ def _to_record(
     )
 
 
-def _number(parts: list[tuple[str, list[tuple[RawImage, str | None]]]], repairs: Repairs) -> None:
+def _number(parts: list[tuple[str, list[tuple[RawImage, str | None]]]]) -> None:
     """Assign image ids in manifest order (see the module docstring); ``parts``: (format, pairs)."""
     taken: set[int] = set()
     number = 0
@@ -232,9 +247,8 @@ def _number(parts: list[tuple[str, list[tuple[RawImage, str | None]]]], repairs:
         ids = {image.image_id for image in images}
         if index and taken & ids:
             shift = max(taken) + 1 - min(ids)  # type: ignore[type-var, operator]
-            for image, split in pairs:
+            for image in images:
                 image.image_id += shift  # type: ignore[operator]
-                repairs.add(TEST_ID_SHIFTED if split == "test" else ID_SHIFTED, image.file_name)
         taken |= {image.image_id for image in images}  # type: ignore[misc]
 
 
@@ -245,21 +259,21 @@ def _probe_all(images: list[RawImage]) -> list[ImageProbe | str | None]:
         return list(pool.map(lambda p: probe_image(p) if p is not None else None, paths))
 
 
-def _check_fraction(name: str, value: float) -> None:
+def _check_fraction(name: str, value: float) -> None:  # name: as the user sets it
     if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1):
         raise ConfigError(f"{name} should be in [0, 1), got {value!r}")
 
 
 def _layout_parts(
-    layout: Layout, val_source, test_source, images_dir: Path | None
+    layout: Layout, val_source, test_source, images_dir: Path | None, names: SettingNames
 ) -> list[tuple[Layout, Part, str | None]]:
     """Every part to read, with the split it gives: the dataset's own, then val_path's and test_path's."""
     if layout.format == "yolo" and images_dir is not None:
         raise ConfigError(
-            "images_dir: not used for YOLO datasets (data.yaml names the image folders); remove it"
+            f"{names.images_dir}: not used for YOLO datasets (data.yaml names the image folders); remove it"
         )
     parts: list[tuple[Layout, Part, str | None]] = [(layout, part, part.split) for part in layout.parts]
-    for extra, split, key in ((val_source, "val", "val_path"), (test_source, "test", "test_path")):
+    for extra, split, key in ((val_source, "val", names.val_path), (test_source, "test", names.test_path)):
         if extra is None:
             continue
         own = [part.label for _, part, s in parts if s == split]
@@ -267,7 +281,7 @@ def _layout_parts(
             raise ConfigError(
                 f"{key}: the dataset has its own {split} split ({', '.join(own)}); remove {key}"
             )
-        other = find_layout(extra, layout.format)
+        other = find_layout(extra, layout.format, names=names)
         parts += [(other, part, split) for part in other.parts]
     if not any(s == "val" for _, _, s in parts):  # no val split given: train parts give the val_fraction pool
         parts = [(lay, part, None if s == "train" else s) for lay, part, s in parts]
@@ -326,7 +340,7 @@ def _decode_all(
         if isinstance(probe, str):
             if probe == NOT_FOUND or strict:
                 problems.add(
-                    where, record, probe + (" (data.strict: no image is left out)" if strict else "")
+                    where, record, probe + (f" ({problems.names.strict}: no image is left out)" if strict else "")
                 )
             else:
                 repairs.image(UNDECODABLE, image.file_name, dropped=True, detail=probe)
@@ -339,7 +353,7 @@ def _decode_all(
                     where,
                     record,
                     "JPEG file is truncated (no end-of-image marker); it decodes with the "
-                    "marker restored, but data.strict refuses repaired images",
+                    f"marker restored, but {problems.names.strict} refuses repaired images",
                 )
                 continue
             repairs.image(TAIL_RESTORED, image.file_name, dropped=False)
@@ -364,20 +378,25 @@ def build_records(
     classes: list[str] | None = None,
     rename: dict[str, str] | None = None,
     strict: bool = False,
+    names: SettingNames = CONFIG_KEYS,
 ) -> BuildResult:
-    """Parse, check, repair and split a dataset; see the module docstring."""
-    _check_fraction("val_fraction", val_fraction)
-    _check_fraction("test_fraction", test_fraction)
+    """Parse, check, repair and split a dataset; see the module docstring.
+
+    ``names``: how messages name the settings (the config's keys, or a command's flags).
+    """
+    _check_fraction(names.val_fraction, val_fraction)
+    _check_fraction(names.test_fraction, test_fraction)
     if val_fraction + test_fraction >= 1:
         raise ConfigError(
-            f"val_fraction + test_fraction should be below 1, got {val_fraction} + {test_fraction}"
+            f"{names.val_fraction} + {names.test_fraction} should be below 1, got {val_fraction} + {test_fraction}"
         )
-    layout = find_layout(source, format)
+    layout = find_layout(source, format, names=names)
     img_dir = Path(images_dir).expanduser() if images_dir is not None else None
-    to_read = _layout_parts(layout, val_source, test_source, img_dir)
+    to_read = _layout_parts(layout, val_source, test_source, img_dir, names)
+    no_test_fraction = f"{names.test_fraction}: the dataset has a test split already"
     if test_fraction > 0 and any(s == "test" for _, _, s in to_read):
-        raise ConfigError("test_fraction: the dataset has a test split already; set test_fraction to 0")
-    problems, repairs = Problems(), Repairs()
+        raise ConfigError(f"{no_test_fraction}; set {names.test_fraction} to 0")
+    problems, repairs = Problems(names), Repairs()
     raws = [(lay, part, split, _parse(lay, part, img_dir, problems, repairs)) for lay, part, split in to_read]
     if any(raw is None for *_, raw in raws):
         problems.raise_if_any(f"dataset {layout.root}")
@@ -410,13 +429,10 @@ def build_records(
             pairs = [(image, split) for image in raw.images]  # type: ignore[union-attr]
         parts.append((lay.format, pairs))
     if test_fraction > 0 and any(split == "test" for _, pairs in parts for _, split in pairs):
-        raise ConfigError(
-            "test_fraction: the dataset has a test split already (ImageSets/Main/test.txt); "
-            "set test_fraction to 0"
-        )
+        raise ConfigError(f"{no_test_fraction} (ImageSets/Main/test.txt); set {names.test_fraction} to 0")
     _check_unique(parts, problems)
     val_given = any(split == "val" for _, pairs in parts for _, split in pairs)
-    _number(parts, repairs)
+    _number(parts)
     pairs = [pair for _, part_pairs in parts for pair in part_pairs]
     records, pending = _decode_all(pairs, kept, repairs, problems, strict=strict)
     problems.raise_if_any(f"dataset {layout.root}")

@@ -4,8 +4,10 @@ Image files are looked up, in this order, at ``images_dir / file_name`` when ``i
 given; otherwise at ``<json dir> / file_name``, then ``<json dir> / images / file_name`` and
 ``<json dir>/../images / file_name`` (the layouts the demo dataset and CVAT's COCO export write),
 then in the image folders the layout search found under the dataset folder (``search_dirs``,
-e.g. COCO's own ``annotations/`` + ``val2017/``). When none of a file's images is found, one
-line says so instead of one per image. A category that no annotation uses and that every other
+e.g. COCO's own ``annotations/`` + ``val2017/``), each place once. Missing image files are one
+problem, not one per image: when none is found, that the folder is wrong; when some are (a partial
+upload), how many of how many the JSON lists are missing, the first few, and where they were
+looked for. A category that no annotation uses and that every other
 category names as its supercategory is the dataset's name, not a class (Roboflow writes one, id
 0, into its COCO exports): it is left out of the classes and listed in the summary.
 COCO boxes are ``[x, y, width, height]`` in pixels; they become xyxy here for training, and the
@@ -21,7 +23,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from trainables.data.records import Problems, RawBox, RawDataset, RawImage
+from trainables.data.records import Problems, RawBox, RawDataset, RawImage, counted
 
 __all__ = ["parse_coco"]
 
@@ -75,23 +77,22 @@ def _parse_categories(entries: list, path: Path, problems: Problems) -> dict[int
     return categories
 
 
-def _image_candidates(
-    file_name: str, json_dir: Path, images_dir: Path | None, search_dirs: tuple[Path, ...]
-) -> list[Path]:
+def _image_folders(json_dir: Path, images_dir: Path | None, search_dirs: tuple[Path, ...]) -> list[Path]:
+    """Where a file name is looked for, in order, each folder once (the JSON's own folder is often
+    one of the image folders found too)."""
     if images_dir is not None:
-        return [images_dir / file_name]
-    near = [json_dir / file_name, json_dir / "images" / file_name, json_dir.parent / "images" / file_name]
-    return near + [d / file_name for d in search_dirs]
+        return [images_dir]
+    near = [json_dir, json_dir / "images", json_dir.parent / "images"]
+    return list(dict.fromkeys(near + list(search_dirs)))
 
 
 def _parse_image(
     entry: Any,
     i: int,
     path: Path,
-    images_dir: Path | None,
-    search_dirs: tuple[Path, ...],
+    folders: list[Path],
     problems: Problems,
-    missing: list[tuple[str, str]],
+    missing: list[str],
 ) -> RawImage | None:
     if not isinstance(entry, dict) or not _is_int(entry.get("id")):
         problems.add(path, f"image #{i}", "needs an integer 'id'")
@@ -110,11 +111,9 @@ def _parse_image(
             problems.add(path, record, f"non-numeric width/height {width!r} x {height!r}")
         elif width > 0 and height > 0:
             size = (int(round(width)), int(round(height)))
-    candidates = _image_candidates(file_name, path.parent, images_dir, search_dirs)
-    found = next((c for c in candidates if c.is_file()), None)
+    found = next((d / file_name for d in folders if (d / file_name).is_file()), None)
     if found is None:
-        tried = ", ".join(str(c) for c in candidates)
-        missing.append((record, f"image file not found (looked at {tried})"))
+        missing.append(record)
     return RawImage(
         key=str(image_id),
         image_id=image_id,
@@ -191,19 +190,28 @@ def _placeholders(
 
 
 def _report_missing(
-    path: Path, missing: list[tuple[str, str]], total: int, search_dirs, problems: Problems
+    path: Path, missing: list[str], total: int, folders: list[Path], problems: Problems
 ) -> None:
-    if total > 1 and len(missing) == total:  # one line, not one per image: the folder is wrong
-        looked = ", ".join(str(d) for d in (path.parent, path.parent / "images", *search_dirs))
+    """One problem for every missing image file: the count first, then a few of them."""
+    if not missing:
+        return
+    looked = ", ".join(str(d) for d in folders)
+    if total > 1 and len(missing) == total:  # the folder is wrong, not the files
         problems.add(
             path,
             "images",
-            f"none of its {total} image files was found (e.g. {missing[0][0]}; looked in {looked}); "
-            "set data.images_dir to the folder that holds them",
+            f"none of its {total} image files was found (e.g. {missing[0]}; looked in {looked}); "
+            f"set {problems.names.images_dir} to the folder that holds them",
         )
-        return
-    for record, message in missing:
-        problems.add(path, record, message)
+    elif len(missing) == 1:
+        problems.add(path, missing[0], f"image file not found (looked in {looked})")
+    else:  # a partial upload or copy
+        problems.add(
+            path,
+            "images",
+            counted(len(missing), total, "images the JSON lists are missing", missing)
+            + f" (looked in {looked}; the other {total - len(missing)} are there)",
+        )
 
 
 def parse_coco(
@@ -226,16 +234,17 @@ def parse_coco(
     categories = _parse_categories(cat_entries, path, problems)
 
     images: dict[int, RawImage] = {}
-    missing: list[tuple[str, str]] = []
+    missing: list[str] = []  # "image id 7 (a.jpg)" per image whose file is not found
+    folders = _image_folders(path.parent, images_dir, search_dirs)
     for i, entry in enumerate(image_entries):
-        image = _parse_image(entry, i, path, images_dir, search_dirs, problems, missing)
+        image = _parse_image(entry, i, path, folders, problems, missing)
         if image is None:
             continue
         if image.image_id in images:
             problems.add(path, f"image id {image.image_id}", "duplicate image id")
             continue
         images[image.image_id] = image  # type: ignore[index]
-    _report_missing(path, missing, len(image_entries), search_dirs, problems)
+    _report_missing(path, missing, len(image_entries), folders, problems)
     for i, ann in enumerate(ann_entries):
         _parse_annotation(ann, i, path, images, categories, problems)
     skipped = _placeholders(

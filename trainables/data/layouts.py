@@ -21,7 +21,8 @@ folders are told apart by a split word in the file name, else in the folder name
 else is an error listing them. A part without a split (a single JSON) is split by
 ``val_fraction`` later. When a folder holds more than one kind, or none, the error says what was
 seen and how to point boxtune at the right thing (``data.format``, ``data.images_dir``, or the
-annotation file itself).
+annotation file itself; ``boxtune data summary``'s flags when that command asks): a YOLO data.yaml
+one or two folders up is named, and images alone are said to need their annotations beside them.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainables.data.records import Problems
+from trainables.data.records import CONFIG_KEYS, Problems, SettingNames
 from trainables.data.voc import IMAGE_EXTENSIONS
 from trainables.data.yolo import read_data_yaml, yaml_has_names
 from trainables.errors import ConfigError, DataError
@@ -50,10 +51,14 @@ _SPLIT_WORDS = [
     ("test", re.compile(r"(?<![a-z])test(?![a-z])")),
     ("train", re.compile(r"(?<![a-z])train(?![a-z])")),
 ]
-_HINT = (
-    "Point boxtune at it with data.format (coco, voc or yolo), data.images_dir (the image folder), "
-    "or data.path set to the annotation file itself (a COCO .json or a YOLO data.yaml)"
-)
+_UP = 2  # folder levels above the dataset folder searched for a YOLO data.yaml, for the hint
+
+
+def _hint(names: SettingNames) -> str:
+    return (
+        f"Point boxtune at it with {names.format} (coco, voc or yolo), {names.images_dir} (the image "
+        f"folder), or {names.path} set to the annotation file itself (a COCO .json or a YOLO data.yaml)"
+    )
 
 
 @dataclass(frozen=True)
@@ -156,7 +161,9 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _by_split(items: list[tuple[Path, str]], root: Path, what: str) -> list[tuple[Path, str]]:
+def _by_split(
+    items: list[tuple[Path, str]], root: Path, what: str, names: SettingNames
+) -> list[tuple[Path, str]]:
     """(path, split) per item, train first, or a DataError listing how each was read."""
     named = []
     for path, name in items:
@@ -171,17 +178,17 @@ def _by_split(items: list[tuple[Path, str]], root: Path, what: str) -> list[tupl
         listing = ", ".join(f"{_rel(p, root)} ({s or 'split unknown'})" for p, s in named)
         raise DataError(
             f"{root}: {len(items)} {what} and no way to tell which is train, val and test: {listing}. "
-            "Name one split per file or folder (train, val/valid, test), or set data.path (and "
-            "data.val_path, data.test_path) to them"
+            f"Name one split per file or folder (train, val/valid, test), or set {names.path} (and "
+            f"{names.val_path}, {names.test_path}) to them"
         )
     return sorted(named, key=lambda item: SPLIT_ORDER.index(item[1]))  # type: ignore[arg-type]
 
 
-def _coco_layout(root: Path, jsons: list[Path], folders: list[_Folder]) -> Layout:
+def _coco_layout(root: Path, jsons: list[Path], folders: list[_Folder], names: SettingNames) -> Layout:
     image_dirs = tuple(f.path for f in sorted(folders, key=lambda f: (f.depth, str(f.path))) if f.images)
     if len(jsons) == 1:
         return Layout("coco", root, (Part(jsons[0], None, _rel(jsons[0], root)),), image_dirs)
-    named = _by_split([(j, j.stem) for j in jsons], root, "COCO JSON files")
+    named = _by_split([(j, j.stem) for j in jsons], root, "COCO JSON files", names)
     parts = tuple(Part(j, split, _rel(j, root)) for j, split in named)
     return Layout("coco", root, parts, image_dirs)
 
@@ -195,10 +202,10 @@ def _voc_part(root: Path, xml_dir: Path, split: str | None) -> Part:
     return Part(base, split, _rel(xml_dir, root), xml_dir=xml_dir)
 
 
-def _voc_layout(root: Path, xml_dirs: list[Path]) -> Layout:
+def _voc_layout(root: Path, xml_dirs: list[Path], names: SettingNames) -> Layout:
     if len(xml_dirs) == 1:
         return Layout("voc", root, (_voc_part(root, xml_dirs[0], None),))
-    named = _by_split([(d, d.name) for d in xml_dirs], root, "folders of VOC .xml files")
+    named = _by_split([(d, d.name) for d in xml_dirs], root, "folders of VOC .xml files", names)
     return Layout("voc", root, tuple(_voc_part(root, d, split) for d, split in named))
 
 
@@ -216,11 +223,23 @@ def _yolo_layout(path: Path) -> Layout:
     return Layout("yolo", path.resolve(), tuple(parts), names=tuple(spec.names), base=path.parent.resolve())
 
 
-def _seen(root: Path, folders: list[_Folder], coco: list[Path], voc: list[Path]) -> str:
+def _yaml_above(root: Path) -> Path | None:
+    """A YOLO data.yaml (a YAML with ``names``) one or two folders above ``root``: a user who
+    names an export's ``train/`` or ``train/images/`` folder means the export."""
+    for level, folder in enumerate(root.parents):
+        if level >= _UP:
+            return None
+        for found in sorted(folder.glob("*.y*ml")):
+            if found.suffix.lower() in (".yaml", ".yml") and yaml_has_names(found):
+                return found
+    return None
+
+
+def _seen(root: Path, folders: list[_Folder], coco: list[Path], voc: list[Path], above: Path | None) -> str:
     """What a folder holds, in words, for the error when no layout fits."""
     seen = []
     for f in folders:
-        where = _rel(f.path, root) + ("/" if f.path != root else "")
+        where = _rel(f.path, root) + "/" if f.path != root else f"{root.name}/ itself"
         if f.xml and f.path not in voc:
             seen.append(f"{len(f.xml)} .xml files in {where} (not VOC: no <annotation> element)")
         others = [j for j in f.json if j not in coco]
@@ -228,10 +247,15 @@ def _seen(root: Path, folders: list[_Folder], coco: list[Path], voc: list[Path])
             seen.append(f"{', '.join(_rel(j, root) for j in others)} (JSON without a COCO 'images' list)")
         if f.yaml:
             seen.append(f"{', '.join(_rel(y, root) for y in f.yaml)} (YAML without YOLO 'names')")
-        if f.txt and f.path.name == "labels":
+        if f.txt and f.path.name == "labels" and above is None:
             seen.append(f"{f.txt} .txt files in {where} (YOLO labels? no data.yaml with names found)")
+        elif f.txt and f.path.name == "labels":
+            seen.append(f"{f.txt} .txt files in {where} (YOLO labels)")
         if f.images:
-            seen.append(f"{f.images} images in {where}")
+            seen.append(
+                f"{f.images} images in {where}, their annotations expected beside them (a COCO .json, "
+                "VOC .xml files, or a YOLO data.yaml with labels/)"
+            )
     return "; ".join(seen) or "no image or annotation files"
 
 
@@ -242,8 +266,9 @@ def _near_image_dirs(json_path: Path) -> tuple[Path, ...]:
     return tuple(d for d in sorted(here.iterdir()) if d.is_dir() and not d.name.startswith("."))
 
 
-def find_layout(source: str | os.PathLike, format: str = "auto") -> Layout:
-    """The layout of the dataset at ``source`` (a folder, a COCO .json or a YOLO data.yaml)."""
+def find_layout(source: str | os.PathLike, format: str = "auto", *, names: SettingNames = CONFIG_KEYS) -> Layout:
+    """The layout of the dataset at ``source`` (a folder, a COCO .json or a YOLO data.yaml);
+    ``names``: how messages name the settings (the config's keys, or a command's flags)."""
     if format not in FORMATS:
         raise ConfigError(f"format should be one of {', '.join(map(repr, FORMATS))}, got {format!r}")
     path = Path(source).expanduser()
@@ -271,17 +296,17 @@ def find_layout(source: str | os.PathLike, format: str = "auto") -> Layout:
     found = {k: v for k, v in kinds.items() if v}
     if len(found) > 1:
         listing = "; ".join(f"{k}: {', '.join(_rel(p, root) for p in v)}" for k, v in found.items())
-        raise DataError(f"{root}: holds more than one kind of annotations ({listing}); set data.format")
+        raise DataError(f"{root}: holds more than one kind of annotations ({listing}); set {names.format}")
     if yolo:
         top = [y for y in yolo if y.parent == root and y.name in ("data.yaml", "data.yml")]
         if len(top) == 1 or len(yolo) == 1:
             return _yolo_layout((top or yolo)[0])
         listing = ", ".join(_rel(y, root) for y in yolo)
-        raise DataError(f"{root}: several YOLO dataset files ({listing}); set data.path to the one to read")
+        raise DataError(f"{root}: several YOLO dataset files ({listing}); set {names.path} to the one to read")
     if coco:
-        return _coco_layout(root, coco, folders)
+        return _coco_layout(root, coco, folders, names)
     if voc:
-        return _voc_layout(root, voc)
+        return _voc_layout(root, voc, names)
     broken = [y for y, has_names in yamls.items() if has_names is None]
     if broken:  # nothing else fits: say where the YAML breaks, as when the file is named
         problems = Problems()
@@ -289,4 +314,12 @@ def find_layout(source: str | os.PathLike, format: str = "auto") -> Layout:
             read_data_yaml(path, problems)
         problems.raise_if_any(f"YOLO dataset {broken[0] if len(broken) == 1 else root}")
     wanted = {"auto": "a dataset layout", "coco": "a COCO JSON", "voc": "VOC XML", "yolo": "a YOLO data.yaml"}
-    raise DataError(f"{root}: cannot find {wanted[format]}: found {_seen(root, folders, coco, voc)}. {_HINT}")
+    above = _yaml_above(root) if format in ("auto", "yolo") else None
+    found_text = f"found {_seen(root, folders, coco, voc, above)}"
+    if above is not None:
+        up = len(root.relative_to(above.parent).parts)
+        raise DataError(
+            f"{root}: cannot find {wanted[format]}: {found_text}. The YOLO dataset file is {above} "
+            f"({'one folder' if up == 1 else f'{up} folders'} up): set {names.path} to it, or to its folder"
+        )
+    raise DataError(f"{root}: cannot find {wanted[format]}: {found_text}. {_hint(names)}")

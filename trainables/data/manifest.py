@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from trainables.atomic import atomic_path
 from trainables.data.build import build_records
-from trainables.data.records import ClassInfo, ImageRecord
+from trainables.data.records import CONFIG_KEYS, ClassInfo, ImageRecord, SettingNames
 from trainables.data.summary import DataSummary, compute_summary
 from trainables.errors import ConfigError, DataError
 
@@ -202,11 +202,13 @@ def build_manifest(
     classes: list[str] | None = None,
     rename: dict[str, str] | None = None,
     strict: bool = False,
+    names: SettingNames = CONFIG_KEYS,
 ) -> Manifest:
     """Parse, check, repair and split a COCO, VOC or YOLO dataset (see ``trainables.data.build``).
 
     ``strict``: a JPEG cut short (otherwise decoded with its end marker restored) and an image that
-    does not decode (otherwise left out) are errors.
+    does not decode (otherwise left out) are errors. ``names``: how messages name the settings, the
+    config's keys (``data.format``) by default, ``SUMMARY_FLAGS`` for ``boxtune data summary``.
 
     Raises ``DataError`` listing every problem in the data, ``ConfigError`` for a bad argument.
     """
@@ -224,6 +226,7 @@ def build_manifest(
         strict=bool(strict),
         classes=list(classes) if classes is not None and not isinstance(classes, str) else classes,
         rename=dict(rename) if rename is not None else None,
+        names=names,
     )
     summary = compute_summary(result.records, result.classes, result.repairs)
     metadata = {

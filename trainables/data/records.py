@@ -14,12 +14,61 @@ import numpy as np
 
 from trainables.errors import DataError
 
-__all__ = ["ClassInfo", "ImageRecord", "RawBox", "RawImage", "RawDataset", "Problems", "Repairs"]
+__all__ = [
+    "CONFIG_KEYS",
+    "ClassInfo",
+    "ImageRecord",
+    "RawBox",
+    "RawImage",
+    "RawDataset",
+    "Problems",
+    "Repairs",
+    "SettingNames",
+    "SUMMARY_FLAGS",
+    "counted",
+]
 
 # How many problems one DataError lists before "... and N more".
 MAX_SHOWN_PROBLEMS = 20
-# How many file names the summary keeps per repair reason.
+# How many file names the summary keeps per repair reason, and the examples one counted line shows.
 MAX_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class SettingNames:
+    """How a message names the dataset settings, so that its hint is one the user can follow: the
+    config's keys for a sweep or train config (``CONFIG_KEYS``), the flags of ``boxtune data summary``
+    when that command reads the dataset (``SUMMARY_FLAGS``)."""
+
+    path: str = "data.path"
+    format: str = "data.format"
+    images_dir: str = "data.images_dir"
+    val_path: str = "data.val_path"
+    test_path: str = "data.test_path"
+    val_fraction: str = "data.val_fraction"
+    test_fraction: str = "data.test_fraction"
+    strict: str = "data.strict"
+
+
+CONFIG_KEYS = SettingNames()
+SUMMARY_FLAGS = SettingNames(
+    path="the dataset path",
+    format="--format",
+    images_dir="--images-dir",
+    val_path="--val-path",
+    test_path="--test-path",
+    val_fraction="--val-fraction",
+    test_fraction="--test-fraction",
+    strict="--strict",
+)
+
+
+def counted(n: int, total: int, what: str, examples: list[str]) -> str:
+    """"203 of the 400 <what>; first 5: a, b, c, d, e": the count first, then a few examples, never all."""
+    shown = ", ".join(examples[:MAX_EXAMPLES])
+    if n > MAX_EXAMPLES:
+        return f"{n} of the {total} {what}; first {MAX_EXAMPLES}: {shown}"
+    return f"{n} of the {total} {what}: {shown}"
 
 
 @dataclass(frozen=True)
@@ -94,6 +143,7 @@ class RawBox:
     # COCO's [x, y, width, height] exactly as written: x + width - x is not always width in
     # floating point, and evaluation must see the file's numbers; None: taken from ``xyxy``
     xywh: tuple[float, float, float, float] | None = None
+    polygon: bool = False  # YOLO: a polygon (segmentation) label, ``xyxy`` its bounding box
 
     @property
     def annotated_xywh(self) -> tuple[float, float, float, float]:
@@ -137,10 +187,14 @@ class RawDataset:
 
 
 class Problems:
-    """Collects every problem found in a dataset, to raise them together as one DataError."""
+    """Collects every problem found in a dataset, to raise them together as one DataError.
 
-    def __init__(self) -> None:
+    ``names``: how the messages name the settings a user can change (see ``SettingNames``).
+    """
+
+    def __init__(self, names: SettingNames = CONFIG_KEYS) -> None:
         self.messages: list[str] = []
+        self.names = names
 
     def add(self, file: str | Path, record: str, message: str) -> None:
         self.messages.append(f"{file}: {record}: {message}")

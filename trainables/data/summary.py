@@ -43,6 +43,12 @@ class DataSummary:
     def boxes(self) -> int:
         return sum(self.boxes_per_class.values())
 
+    @property
+    def classes_without_boxes(self) -> list[str]:
+        """Classes the dataset declares that no training box uses (a CVAT export declares every
+        label of its project): the model learns them all the same, and their per-class AP is NaN."""
+        return [name for name, count in self.boxes_per_class.items() if count == 0]
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataSummary:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
@@ -138,6 +144,14 @@ def summarize(manifest: _Summarised) -> str:
         counts = "  ".join(f"{sizes.get(b, 0):>6}" for b in SIZE_BINS)
         lines.append(
             f"  {c.label:>5}  {c.dataset_id:>6}  {c.name:<{width}}  {s.boxes_per_class.get(c.name, 0):>6}  {counts}"
+        )
+    empty = s.classes_without_boxes
+    if empty:
+        used = ", ".join(name for name, count in s.boxes_per_class.items() if count)
+        lines.append(
+            f"Classes without boxes: {len(empty)} of {manifest.num_classes} ({', '.join(empty)}): the model "
+            "still predicts them, and their per-class AP is NaN; data.classes keeps a chosen subset"
+            + (f" (data.classes: [{used}])" if used else "")
         )
     lines.append(f"Negatives (images without boxes, kept): {s.negatives}")
     lines.append(f"Crowd boxes (kept for evaluation, not trained on): {s.crowd_boxes}")

@@ -8,8 +8,9 @@ An XML file's image is found by the XML's stem with any image extension, in ``im
 given, then ``JPEGImages/``, ``images/`` or ``Images/``, then in ``xml_dir``, ``root`` and every
 other subfolder of ``root`` (the one with the most matching names first); only when that fails is
 ``<filename>`` tried (labelImg copies it from the file it opened, which is often renamed later).
-``<path>`` is ignored: it is the annotator's absolute path on their own machine. When no XML file
-finds its image, one line says what was searched instead of one line per file.
+``<path>`` is ignored: it is the annotator's absolute path on their own machine. Missing images are
+one problem, not one per file: when no XML file finds its image, what was searched; when some do
+not, how many of how many, the first few, and where.
 
 Split lists in ``root/ImageSets/Main``: ``train.txt`` + ``val.txt`` give train and val; otherwise
 ``trainval.txt`` (or ``train.txt`` alone) gives the images that ``val_fraction`` splits into
@@ -26,7 +27,7 @@ import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from trainables.data.records import Problems, RawBox, RawDataset, RawImage
+from trainables.data.records import Problems, RawBox, RawDataset, RawImage, counted
 
 __all__ = ["IMAGE_EXTENSIONS", "find_voc_annotations", "parse_voc"]
 
@@ -141,9 +142,7 @@ def _parse_file(
     if found is None and filename:
         found = next((d / filename for d in image_dirs if (d / filename).is_file()), None)
     if found is None:
-        where = ", ".join(str(d) for d in image_dirs)
-        message = f"image file not found ({xml.stem}.* or {filename!r} in {where})"
-        missing.append((xml, f"image {filename or xml.stem!r}", message))
+        missing.append((xml, f"image {filename or xml.stem!r}"))
     else:
         image.path, image.file_name = found.resolve(), found.name
     image.recorded_size = _size(root)
@@ -198,17 +197,29 @@ def _shown(folder: Path, root: Path) -> str:
 def _report_missing(
     root: Path, xml_dir: Path, dirs: dict[Path, list[Path]], missing: list, total: int, problems: Problems
 ) -> None:
-    if total > 1 and len(missing) == total:  # one line, not one per file: the images are elsewhere
-        searched = ", ".join(f"{_shown(d, root)} ({len(files)} images)" for d, files in dirs.items())
+    """One problem for every XML file whose image is not found: the count first, then a few."""
+    if not missing:
+        return
+    searched = ", ".join(f"{_shown(d, root)} ({len(files)} images)" for d, files in dirs.items())
+    if total > 1 and len(missing) == total:  # the images are elsewhere
         problems.add(
             root,
             "images",
             f"{total} .xml files in {_shown(xml_dir, root)} but no image matched their names (or their <filename>) "
-            f"in {searched}; set data.images_dir to the folder holding the images",
+            f"in {searched}; set {problems.names.images_dir} to the folder holding the images",
         )
-        return
-    for xml, record, message in missing:
-        problems.add(xml, record, message)
+    elif len(missing) == 1:
+        xml, record = missing[0]
+        problems.add(xml, record, f"image file not found ({xml.stem}.* or its <filename>, in {searched})")
+    else:  # a partial upload or copy
+        examples = [f"{xml.name} ({record})" for xml, record in missing]
+        what = f".xml files in {_shown(xml_dir, root)} name an image that is not found"
+        problems.add(
+            root,
+            "images",
+            counted(len(missing), total, what, examples) + f" (searched {searched}; the other "
+            f"{total - len(missing)} images are there)",
+        )
 
 
 def parse_voc(

@@ -19,7 +19,8 @@ twice is an error.
 A label line is ``class cx cy w h``: a class index into ``names`` and the box centre and size,
 normalised to the image as displayed (EXIF orientation applied, as Ultralytics reads it). A line
 with an even number (6 or more) of values after the class is a polygon (a segmentation export)
-and becomes the polygon's bounding box. Anything else is an error naming the file and the line.
+and becomes the polygon's bounding box, counted in the summary. Anything else is an error naming
+the file and the line.
 Boxes are in pixels here, from the image size its header gives; repairs (clipping) come later.
 """
 
@@ -263,7 +264,7 @@ def _parse_line(
             f"expected 4 numbers (cx cy w h) or a polygon of 3 or more x y pairs, got {len(values)}",
         )
         return None
-    return RawBox(xyxy=xyxy, name=names[index])
+    return RawBox(xyxy=xyxy, name=names[index], polygon=len(values) > 4)
 
 
 def _read_labels(
