@@ -79,7 +79,7 @@ def interval_notes(found, label: str = "AP") -> list[str]:
              f"the share of them in which the leader scores higher (told apart from 95%)"]
     if len(tied) == len(order):
         lines.append(f"no trial can be told apart from the leader {where}: the ranking is within noise. More val "
-                     f"images, or the top configs trained again on new seeds, would separate them")
+                     f"images would separate them; search.confirm trains the top configs again on new seeds")
     elif len(tied) > 1:
         lines.append(f"trials ranked {_ranks(tied)} cannot be told apart {where}")
     else:
