@@ -326,6 +326,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     print(f"sweep {view.uri}")
     print(f"  trials: {view.num_trials} asked, {counts.get('TERMINATED', 0)} done, {counts.get('RUNNING', 0)} running, "
           f"{counts.get('PENDING', 0) + not_started} pending, {counts.get('ERROR', 0)} errored")
+    if view.confirm is not None:  # search.confirm: the top configs on new seeds
+        done = sum(t.status == "TERMINATED" for t in view.confirm.trials)
+        print(f"  confirmation stage: {view.confirm.num_trials} seeds asked, {done} done")
     rows = [r for r in rank_trials(view, intervals=False) if r["best_epoch"]]
     if rows:
         b = rows[0]

@@ -19,6 +19,7 @@ from trainables.objective import parse_objective
 __all__ = [
     "DataConfig",
     "SearchConfig",
+    "ConfirmConfig",
     "ReportConfig",
     "SchedulerConfig",
     "ResourcesConfig",
@@ -57,6 +58,15 @@ class DataConfig(_Strict):
     rename: dict[str, str] = Field(default_factory=dict)
 
 
+class ConfirmConfig(_Strict):
+    """The confirmation stage (``tune.launch.confirm``): after the search, the ``top`` configs of the
+    ranking are trained again with ``seeds`` new training seeds each, and rank by the mean over
+    their seeds (the search trial's own seed counts as one). ``top: 0``: no confirmation stage."""
+
+    top: int = Field(default=0, ge=0, le=1000)
+    seeds: int = Field(default=2, ge=1, le=100)  # new seeds per config: training.seed + 1 .. training.seed + seeds
+
+
 class SearchConfig(_Strict):
     space: str | dict[str, Any] = "default"  # built-in name, "module:function", or a declarative mapping
     num_trials: int = Field(default=20, ge=1, le=100_000)
@@ -65,12 +75,21 @@ class SearchConfig(_Strict):
     # what the sweep maximises on the val split, with AR100 as the tiebreak (trainables.objective):
     # AP, AP50, AP75, AR100, APs, APm, APl, AP[class], or a mapping of these to weights
     metric: str | dict[str, float] = "AP"
+    # retrain the top configs on new training seeds after the search (off by default: top 0)
+    confirm: ConfirmConfig = Field(default_factory=ConfirmConfig)
 
     @field_validator("metric")
     @classmethod
     def _metric(cls, v: str | dict[str, float]) -> str | dict[str, float]:
         parse_objective(v, key=None)  # syntax now; classes and measurability once the manifest is built
         return v
+
+    @model_validator(mode="after")
+    def _confirm_within_trials(self) -> SearchConfig:
+        if self.confirm.top > self.num_trials:
+            raise ValueError(f"search.confirm.top: {self.confirm.top} is more than search.num_trials "
+                             f"({self.num_trials}); confirm at most the trials the search runs")
+        return self
 
 
 class ReportConfig(_Strict):
@@ -170,6 +189,10 @@ class SweepConfig(_Strict):
         if self.checkpoints.keep_trials < self.report.test_top:
             raise ValueError(f"checkpoints.keep_trials ({self.checkpoints.keep_trials}) must be >= report.test_top "
                              f"({self.report.test_top}): the trials evaluated on the test split need their checkpoints")
+        # a confirmed config may ship its search trial's checkpoint (tune.run.confirmation)
+        if self.checkpoints.keep_trials < self.search.confirm.top:
+            raise ValueError(f"checkpoints.keep_trials ({self.checkpoints.keep_trials}) must be >= search.confirm.top "
+                             f"({self.search.confirm.top}): a confirmed config may ship its search trial's checkpoint")
         return self
 
     @field_validator("hparams")

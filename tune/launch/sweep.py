@@ -13,7 +13,8 @@ be good):
    epoch by ``score`` (``search.metric`` with the AR100 tiebreak, see ``trainables.objective``)
    plus its latest checkpoint, printing boxtune's live table (``tune.launch.progress``) and keeping
    checkpoints only for the top ``checkpoints.keep_trials`` trials once they end
-   (``tune.launch.retention``).
+   (``tune.launch.retention``);
+5. with ``search.confirm``, retrain the top configs on new seeds (``tune.launch.confirm``).
 
 What follows the fit (the test split, the HParams experiment, ``ranking.parquet``) is
 ``tune.results.finish``; ``tune.workflow`` runs the two in turn.
@@ -37,10 +38,11 @@ from search_spaces import first_trials, resolve_space
 from trainables.data import Manifest
 from trainables.errors import ConfigError, DataError
 from trainables.freeze import max_freeze_depth
-from trainables.gpu_memory import measured_context_mib
 from trainables.objective import BEST_SCORE, SCORE, check_measurable, parse_objective
 from tune.config import SweepConfig
+from tune.launch.confirm import confirm_stage
 from tune.launch.data_source import prepare_manifest
+from tune.launch.experiment import restore_tuner, run_config, trial_runner
 from tune.launch.gpu_preflight import gpu_memory_preflight
 from tune.launch.ray_session import is_local, ray_session, require_resources
 from tune.launch.resume_logs import truncate_to_checkpoints
@@ -245,19 +247,9 @@ def _tuner(cfg: SweepConfig, folder: RunFolder, manifest: Manifest, *, restore: 
     """The sweep's Tuner (new, or restored from storage); fit it inside ``_tune_environment()``."""
     from ray import tune
 
-    # the CUDA context a packed trial's allocator leaves out of its share, read here once: the
-    # driver's table (BOXTUNE_GPU_MEMORY_TABLE is an environment variable of this process) is the
-    # one the preflight used
-    storage = folder.storage
-    base = {**sweep_base(cfg), "gpu_context_mib": measured_context_mib() if cfg.resources.gpu > 0 else 0.0}
-    trainable = tune.with_resources(
-        tune.with_parameters(sweep_trainable, manifest=manifest, base=base, run=storage.uri),
-        {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu},
-    )
+    trainable = trial_runner(sweep_trainable, cfg, folder.storage, manifest)
     if restore:
-        # the run config, callbacks included, comes back from the experiment's tuner.pkl
-        return tune.Tuner.restore(storage.uri, trainable=trainable, resume_unfinished=True, resume_errored=False,
-                                  storage_filesystem=storage.filesystem_for_ray)
+        return restore_tuner(folder.storage, trainable)
     searcher, scheduler, scheduling_callbacks, max_concurrent = _scheduling(cfg)
     return tune.Tuner(
         trainable,
@@ -266,20 +258,7 @@ def _tuner(cfg: SweepConfig, folder: RunFolder, manifest: Manifest, *, restore: 
                                     # a trial reuses a finished trial's worker process: no new process,
                                     # no second import of torch (run_trial seeds and sets threads itself)
                                     reuse_actors=True),
-        run_config=tune.RunConfig(
-            name=cfg.name,
-            storage_path=storage.parent_uri,
-            storage_filesystem=storage.filesystem_for_ray,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SCORE,
-                                                    checkpoint_score_order="max"),
-            failure_config=tune.FailureConfig(max_failures=cfg.retries),
-            # Ray's own table shows the first numeric result keys (epoch, losses); boxtune's shows AP,
-            # AR100 and the hyperparameters (tune.launch.progress)
-            verbose=0,
-            callbacks=[*_callbacks(cfg, folder), *scheduling_callbacks],
-            # trial TensorBoard events are written in the trial's working dir; copy them on every checkpoint
-            sync_config=tune.SyncConfig(sync_artifacts=True, sync_artifacts_on_checkpoint=True, sync_period=10),
-        ),
+        run_config=run_config(cfg, folder.storage, [*_callbacks(cfg, folder), *scheduling_callbacks]),
     )
 
 
@@ -316,6 +295,7 @@ def launch_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) ->
              f"{describe_scheduler(cfg)} scheduler, results in {folder.uri}")
         with _tune_environment():
             _tuner(cfg, folder, manifest, restore=False).fit()
+            confirm_stage(cfg, folder, manifest, echo=echo)  # search.confirm: nothing when off
     return folder, manifest
 
 
@@ -332,6 +312,8 @@ def continue_sweep(run: str, *, address: str | None = None, echo=print) -> tuple
         echo(f"resuming sweep {cfg.name} in {folder.uri}")
         with _tune_environment():
             _tuner(cfg, folder, manifest, restore=True).fit()
+            # started, it resumes without retraining finished seeds; else it starts now
+            confirm_stage(cfg, folder, manifest, echo=echo)
     return folder, manifest
 
 

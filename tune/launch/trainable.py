@@ -1,4 +1,8 @@
-"""The Ray Tune trainable: a thin shell around ``trainables.loop.run_trial``."""
+"""The Ray Tune trainables: thin shells around ``trainables.loop.run_trial``.
+
+``sweep_trainable`` runs a search trial; ``confirm_trainable`` a confirmation trial (the same config
+with another training seed, ``tune.run.confirmation``).
+"""
 
 from __future__ import annotations
 
@@ -14,10 +18,11 @@ from trainables.errors import TrainingError
 from trainables.loop import TrialResources, run_trial
 from trainables.ray_reporter import RayReporter
 from tune.launch.trial_record import DETERMINISTIC_ERRORS, TrialRecord
+from tune.run.confirmation import CONFIRM_OF, CONFIRM_SEED
 from tune.run.layout import RAY_LOG_FILE
 from tune.trial_config import merge_trial_config, trial_threads
 
-__all__ = ["sweep_trainable"]
+__all__ = ["sweep_trainable", "confirm_trainable"]
 
 
 def sweep_trainable(config: dict[str, Any], *, manifest, base: dict[str, Any], run: str | None = None) -> None:
@@ -52,6 +57,15 @@ def sweep_trainable(config: dict[str, Any], *, manifest, base: dict[str, Any], r
             if record is not None:
                 record.record_failure(err)
             raise
+
+
+def confirm_trainable(config: dict[str, Any], *, manifest, base: dict[str, Any], run: str | None = None,
+                      sampled: dict[str, dict[str, Any]]) -> None:
+    """A confirmation trial: the sampled config of search trial ``config[CONFIRM_OF]`` (``sampled``:
+    search trial id -> its config), trained with the training seed ``config[CONFIRM_SEED]`` in place
+    of the sweep's ``training.seed``."""
+    seeded = {**base, "training": {**base["training"], "seed": int(config[CONFIRM_SEED])}}
+    sweep_trainable(sampled[config[CONFIRM_OF]], manifest=manifest, base=seeded, run=run)
 
 
 # Ray Train logs "Checkpoint successfully created at: ..." at INFO for every reported epoch from

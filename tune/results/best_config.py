@@ -12,7 +12,9 @@
 
 ``boxtune train best.yaml --out x --device cpu`` then gives that trial's per-epoch metrics exactly
 on CPU (same seed, data order, per-sample augmentation seeds and thread count).
-``--epochs N`` or ``--set key=value`` turn it into a longer final run.
+``--epochs N`` or ``--set key=value`` turn it into a longer final run. With a confirmation stage,
+the best trial is the one export ships (the best mean config's seed closest to the mean), with its
+own training seed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import yaml
 from trainables.atomic import atomic_write_text
 from trainables.config import TrialConfig
 from trainables.errors import BoxtuneError
+from tune.run.confirmation import trial_sample
 from tune.run.ranking import pick_trial
 from tune.run.view import SweepView
 from tune.trial_config import merge_trial_config, sweep_base, trial_threads
@@ -36,7 +39,11 @@ def best_train_config(view: SweepView, *, trial: str | None = None) -> tuple[str
     """The trial id and train config (a mapping ``TrainConfig`` validates) of the best trial or ``trial``."""
     sweep = view.config
     chosen = pick_trial(view, trial)
-    resolved = TrialConfig.model_validate(merge_trial_config(sweep_base(sweep), dict(chosen.config))).resolved()
+    # a confirmation trial: its search trial's sample, with its own training seed
+    sampled, seed = trial_sample(view, chosen.trial_id)
+    base = sweep_base(sweep)
+    base["training"] = {**base["training"], "seed": seed}
+    resolved = TrialConfig.model_validate(merge_trial_config(base, sampled)).resolved()
     out: dict[str, Any] = {
         "data": {"path": view.folder.manifest_uri(), "seed": sweep.data.seed},
         "model": resolved["model"],

@@ -10,6 +10,9 @@ numbers equal ``evaluate_detections`` run on an export: ``trainables.inference``
     {"split": "test", "images": 48, "metric": "AP",
      "trials": {"<trial id>": {"rank": 1, "epoch": 7, "val_score": 0.4123..., "metrics": {"AP": ..., "AP[cat]": ...}}}}
 
+With a confirmation stage, a confirmed config is evaluated at the checkpoint that ships for it
+(the ranking's ``ship``: its seed closest to the mean), under that trial's id.
+
 ``boxtune train`` does the same for its best epoch (``<out>/test_results.json``). Reports show
 the numbers as ``test_AP``, ``test_AR100``, ... beside the val numbers, which stay the ranking key.
 """
@@ -39,7 +42,7 @@ from tune.run.checkpoints import best_checkpoint
 from tune.run.folder import TrainFolder
 from tune.run.intervals import interval, resampled_objective
 from tune.run.layout import TEST_SPLIT
-from tune.run.ranking import rank_trials
+from tune.run.ranking import rank_trials, trial_row
 from tune.run.view import SweepView
 
 __all__ = ["test_records", "evaluate_state", "evaluate_sweep_on_test", "evaluate_train_on_test",
@@ -107,23 +110,24 @@ def evaluate_sweep_on_test(view: SweepView, manifest, *, top: int, metric_label:
         return None
     ranked = [r for r in rank_trials(view, intervals=False) if r["best_epoch"] > 0][:top]
     before = (view.test_results or {}).get("trials", {})
-    by_id = {t.trial_id: t for t in view.trials}
     trials: dict[str, Any] = {}
     for row in ranked:
-        old = before.get(row["trial"])
-        if old is not None and int(old["epoch"]) == row["best_epoch"]:
-            trials[row["trial"]] = {**old, "rank": row["rank"]}
+        chosen = view.trial(row.get("ship") or row["trial"])  # a confirmed config: the seed that ships
+        cells = trial_row(view, chosen)
+        old = before.get(chosen.trial_id)
+        if old is not None and int(old["epoch"]) == cells["best_epoch"]:
+            trials[chosen.trial_id] = {**old, "rank": row["rank"]}
             continue
-        checkpoint = best_checkpoint(view, by_id[row["trial"]])
+        checkpoint = best_checkpoint(view, chosen)
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(directory)
-        if state.epoch != row["best_epoch"]:
-            raise BoxtuneError(f"{view.uri}: trial {row['trial']}'s kept checkpoint is epoch {state.epoch}, "
-                               f"but its best epoch by score is {row['best_epoch']}")
-        echo(f"evaluating trial {row['trial']} (rank {row['rank']}, epoch {state.epoch}) on "
+        if state.epoch != cells["best_epoch"]:
+            raise BoxtuneError(f"{view.uri}: trial {chosen.trial_id}'s kept checkpoint is epoch {state.epoch}, "
+                               f"but its best epoch by score is {cells['best_epoch']}")
+        echo(f"evaluating trial {chosen.trial_id} (rank {row['rank']}, epoch {state.epoch}) on "
              f"{len(records)} test images")
-        trials[row["trial"]] = {"rank": row["rank"], "epoch": int(state.epoch), "val_score": row["score"],
-                                "metrics": evaluate_state(state, records, device=_device(gpu), objective=view.objective)}
+        trials[chosen.trial_id] = {"rank": row["rank"], "epoch": int(state.epoch), "val_score": cells["score"],
+                                   "metrics": evaluate_state(state, records, device=_device(gpu), objective=view.objective)}
     results = {"split": TEST_SPLIT, "images": len(records), "metric": metric_label, "trials": trials}
     view.folder.write_test_results(strict_json(results) + "\n")
     view.test_results = results

@@ -23,6 +23,7 @@ from trainables.atomic import strict_json
 from trainables.errors import ConfigError
 from trainables.objective import class_key, score_of
 from tune.results.holdout import OPTIMISTIC_NOTE
+from tune.run.confirmation import CONFIRM_COLUMNS
 from tune.run.intervals import class_intervals
 from tune.run.layout import TEST_PREFIX
 from tune.run.ranking import INTERVAL_COLUMNS, METRIC_COLUMNS, ranking_table, varying_keys
@@ -41,6 +42,12 @@ def sweep_notes(view: SweepView) -> list[str]:
     """Lines a report adds below the table: the objective, and how far to trust the val numbers."""
     label = view.objective.label if view.objective is not None else "AP"
     notes = [f"ranked by {label} of each trial's best epoch on val (ties: AR100)"]
+    confirm = view.config.search.confirm if view.config is not None else None
+    if confirm is not None and confirm.top and view.confirm is not None:
+        notes.append(f"confirmed: the top {confirm.top} configs were trained again on {confirm.seeds} new seeds "
+                     f"and rank first, by the mean over their seeds (the search trial's counts as one; seeds: "
+                     f"how many, min..max); their 95%CI and vs_leader are the mean's; export ships the seed "
+                     f"closest to the mean (ship)")
     if view.intervals is not None:
         notes += interval_notes(view.intervals, label)
     if not view.has_test_split:
@@ -72,7 +79,7 @@ def interval_notes(found, label: str = "AP") -> list[str]:
              f"the share of them in which the leader scores higher (told apart from 95%)"]
     if len(tied) == len(order):
         lines.append(f"no trial can be told apart from the leader {where}: the ranking is within noise. More val "
-                     f"images, or the top configs trained again on new seeds, would separate them")
+                     f"images would separate them; search.confirm trains the top configs again on new seeds")
     elif len(tied) > 1:
         lines.append(f"trials ranked {_ranks(tied)} cannot be told apart {where}")
     else:
@@ -271,8 +278,16 @@ def format_ranking(rows: list[dict[str, Any]], *, fmt: str = "table", top: int |
 
 
 NOT_TESTED = "-"  # one marker for a number that was not measured (no epoch, not evaluated on test)
-_CORE = ("rank", "trial", "status", "AP", "objective", "95%CI", "vs_leader", "AR100", "epoch")
+_CORE = ("rank", "trial", "status", "mean", "seeds", "AP", "objective", "95%CI", "vs_leader", "AR100", "epoch")
 _FIXED_MAX = 4  # never drop below rank, trial, status and the objective
+
+
+def _seeds_cell(row: dict[str, Any]) -> str:
+    """``3: 0.162..0.215``: a confirmed config's seeds and their spread; ``-`` for one seed."""
+    low, high = row.get("seed_min"), row.get("seed_max")
+    if (row.get("seeds") or 0) < 2 or low is None or math.isnan(low):
+        return NOT_TESTED
+    return f"{row['seeds']}: {low:.3f}..{high:.3f}"
 
 
 def _interval_cell(row: dict[str, Any]) -> str:
@@ -320,6 +335,8 @@ def _table_columns(rows: list[dict[str, Any]], *, wide: bool):
                 columns.append((key, value(key)))
         return columns
     columns = [(k, value(k)) for k in ("rank", "trial", "status") if k in keys]
+    if "mean" in keys:  # search.confirm: the mean over a config's seeds ranks
+        columns += [("mean", value("mean")), ("seeds", _seeds_cell)]
     if objective in keys:
         columns.append((objective, value(objective)))
     if has_intervals:
@@ -333,14 +350,15 @@ def _table_columns(rows: list[dict[str, Any]], *, wide: bool):
     test = f"{TEST_PREFIX}{'AP' if objective == 'objective' else objective}"
     if test in keys:
         columns.append((test, value(test)))
-    hidden = {*METRIC_COLUMNS, "objective", "score", "best_epoch", "epochs", "number", *INTERVAL_COLUMNS}
+    hidden = {*METRIC_COLUMNS, "objective", "score", "best_epoch", "epochs", "number", *INTERVAL_COLUMNS,
+              *CONFIRM_COLUMNS}
     columns += [(k, value(k)) for k in keys
                 if k not in hidden and not k.startswith(TEST_PREFIX) and k not in ("rank", "trial", "status")]
     return columns
 
 
 def _is_metric(key: str) -> bool:
-    return key in METRIC_COLUMNS or key in ("objective", "score") or key.startswith(TEST_PREFIX)
+    return key in METRIC_COLUMNS or key in ("objective", "score", "mean") or key.startswith(TEST_PREFIX)
 
 
 def _cell(value: Any, *, figures: bool = False) -> str:

@@ -3,7 +3,8 @@
 Ray keeps each trial's checkpoints by ``score`` (``CheckpointConfig(checkpoint_score_attribute=
 "score")``), so its best kept checkpoint is the ranking's best epoch. Checkpoint retention
 (``tune.launch.retention``) may have deleted a trial's checkpoints, or kept one stripped folder;
-its record says which, and why.
+its record says which, and why. A confirmation trial's checkpoint is in the confirmation stage's
+experiment (``SweepView.confirm``), under that experiment's own retention record.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def best_checkpoint(view: SweepView, chosen: TrialView):
     """The kept checkpoint (a ``ray.tune.Checkpoint``) of trial ``chosen`` with the highest ``score``: its best epoch."""
     from ray import tune
 
+    view = view.part_of(chosen.trial_id)  # the search's experiment, or the confirmation stage's
     ray_trial = next((t for t in view.analysis.trials if t.trial_id == chosen.trial_id), None)
     if ray_trial is None:
         raise BoxtuneError(f"{view.uri}: trial {chosen.trial_id} is not in the experiment state")

@@ -52,6 +52,17 @@ class RunFolder:
     def uri(self) -> str:
         return self.storage.uri
 
+    # -- the Ray experiments: the search's (this folder) and the confirmation stage's (confirm/) ----------
+    def confirm_folder(self) -> RunFolder:
+        """The confirmation stage's experiment folder, ``<run>/confirm`` (``search.confirm``)."""
+        from tune.run.storage import RunStorage
+
+        return RunFolder(RunStorage(self.uri, layout.CONFIRM_DIR))
+
+    def is_experiment(self) -> bool:
+        """Whether Ray Tune has started an experiment here (its ``tuner.pkl`` is written)."""
+        return self.storage.exists(layout.TUNER_FILE)
+
     # -- sweep.yaml ---------------------------------------------------------------------------------
     def is_sweep(self) -> bool:
         return self.storage.exists(layout.SWEEP_FILE)

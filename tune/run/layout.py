@@ -17,6 +17,10 @@ A sweep folder (``<storage>/<name>``, local or behind a URI)::
         ray_train.log                                         Ray Train's INFO lines
         detections/epoch_0003.parquet                         each epoch's val detections (``trainables.detections``)
         events.out.tfevents.*                                 the trial's TensorBoard events
+    confirm/              the confirmation stage (``search.confirm``), a second Ray experiment:
+        tuner.pkl, experiment_state-*.json, ...               Ray Tune's, as above
+        retention.json                                        its checkpoint record (every trial keeps its best epoch)
+        <trial folder>/                                       one per (config, seed), as above
 
 A ``boxtune train`` folder (``--out``) holds the trial's own files, named in ``trainables.files``
 (re-exported here: ``metrics.jsonl``, ``best.json``, ``checkpoints/epoch_NNNN/``, ``detections/``),
@@ -41,7 +45,7 @@ from trainables.files import (
 
 __all__ = [
     "SWEEP_FILE", "MANIFEST_FILE", "INFO_FILE", "RANKING_FILE", "TEST_RESULTS_FILE", "RETENTION_FILE",
-    "HPARAMS_EVENTS_SUFFIX", "RESULT_FILE", "PROGRESS_FILE", "ERROR_FILE", "ATTEMPTS_FILE", "FAILURE_FILE",
+    "HPARAMS_EVENTS_SUFFIX", "TUNER_FILE", "CONFIRM_DIR", "RESULT_FILE", "PROGRESS_FILE", "ERROR_FILE", "ATTEMPTS_FILE", "FAILURE_FILE",
     "RAY_LOG_FILE", "CHECKPOINT_FOLDER_PREFIX", "CHECKPOINT_FILE", "METRICS_FILE", "BEST_FILE", "CHECKPOINTS_DIR",
     "epoch_checkpoint_dir", "DETECTIONS_DIR", "detections_file", "TEST_SPLIT", "TEST_PREFIX", "TRAIN_INFO_FILE",
 ]
@@ -54,6 +58,8 @@ RANKING_FILE = "ranking.parquet"
 TEST_RESULTS_FILE = "test_results.json"
 RETENTION_FILE = "retention.json"
 HPARAMS_EVENTS_SUFFIX = ".boxtune-hparams"  # marks the experiment event file, so a rewrite replaces only it
+TUNER_FILE = "tuner.pkl"  # Ray Tune's: an experiment's Tuner, what Tuner.restore reads
+CONFIRM_DIR = "confirm"  # the confirmation stage's Ray experiment, inside the sweep folder
 
 # a `boxtune train` folder, besides the trial's own files and MANIFEST_FILE, TEST_RESULTS_FILE
 TRAIN_INFO_FILE = "train.json"

@@ -14,6 +14,12 @@ Where the trials' best epochs have their val detections stored, each row also ge
 of the objective (``ci_low``, ``ci_high``), the share of paired resamples in which the leader
 beats it (``leader_beats``) and whether it can be told apart from the leader
 (``distinguishable``; see ``tune.run.intervals``).
+
+With a confirmation stage (``search.confirm``), each confirmed config's row also gets its seeds'
+summary (``tune.run.confirmation``: ``seeds``, ``mean``, ``seed_sd``, ``seed_min``, ``seed_max``
+and ``ship``, the trial whose checkpoint ships). Confirmed configs rank first, by their mean score,
+then the others as above; the interval and the leader's mark are then those of the mean over
+seeds, on the same resamples. The metric columns stay the search trial's own.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 
 from trainables.errors import BoxtuneError
 from trainables.objective import BEST_SCORE, fold_score, parse_objective, score_of
+from tune.run.confirmation import CONFIRM_COLUMNS, seed_members, summarise_seeds
 from tune.run.intervals import Intervals, paired_intervals, run_objective, val_ground_truth
 from tune.run.layout import TEST_PREFIX
 from tune.run.view import UNNUMBERED, SweepView, TrialView, creation_number
@@ -96,14 +103,7 @@ def _row(view: SweepView, t: TrialView, varying: list[str]) -> dict[str, Any]:
     row["score"] = score_of(best, objective) if best is not None else float("nan")
     row["best_epoch"] = int(best["epoch"]) if best is not None else 0
     row["epochs"] = max((int(r.get("epoch", 0)) for r in t.history), default=0)
-    if view.test_results is not None:
-        tested = (view.test_results.get("trials") or {}).get(t.trial_id)
-        metrics = tested["metrics"] if tested is not None else {}
-        for key in TEST_COLUMNS:
-            row[f"{TEST_PREFIX}{key}"] = _metric(metrics, key)
-        if "ci_low" in metrics:  # the objective's 95% interval on the test images
-            row[f"{TEST_PREFIX}ci_low"], row[f"{TEST_PREFIX}ci_high"] = _metric(metrics, "ci_low"), _metric(metrics, "ci_high")
-        row[f"{TEST_PREFIX}epoch"] = int(tested["epoch"]) if tested is not None else None
+    row.update(_test_cells(view, t.trial_id))
     for key in varying:
         value = t.config.get(key)
         row[key] = None if value is None else (value if isinstance(value, bool | int | float) else str(value))
@@ -113,6 +113,52 @@ def _row(view: SweepView, t: TrialView, varying: list[str]) -> dict[str, Any]:
     return row
 
 
+def _test_cells(view: SweepView, trial_id: str) -> dict[str, Any]:
+    """The test split's numbers of ``trial_id`` (NaN where it was not evaluated); none without test results."""
+    if view.test_results is None:
+        return {}
+    tested = (view.test_results.get("trials") or {}).get(trial_id)
+    metrics = tested["metrics"] if tested is not None else {}
+    cells = {f"{TEST_PREFIX}{key}": _metric(metrics, key) for key in TEST_COLUMNS}
+    if "ci_low" in metrics:  # the objective's 95% interval on the test images
+        cells[f"{TEST_PREFIX}ci_low"], cells[f"{TEST_PREFIX}ci_high"] = _metric(metrics, "ci_low"), _metric(metrics, "ci_high")
+    cells[f"{TEST_PREFIX}epoch"] = int(tested["epoch"]) if tested is not None else None
+    return cells
+
+
+def _confirmed(view: SweepView, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with each confirmed config's seed summary after ``score`` and, where its shipped
+    checkpoint is another seed's, that seed's test numbers; confirmed configs first, by mean score."""
+    out = []
+    for row in rows:
+        summary = None
+        if view.confirm is not None and len(members := seed_members(view, row["trial"])) > 1:
+            measured = []
+            for part, trial, _seed in members:
+                cells = trial_row(part, trial)
+                if cells["best_epoch"]:
+                    measured.append((trial.trial_id, cells.get("objective", cells["AP"]), cells["score"]))
+            summary = summarise_seeds(measured)
+        values = summary.columns() if summary is not None else {"seeds": 1 if row["best_epoch"] else 0,
+                                                               **dict.fromkeys(CONFIRM_COLUMNS[1:5], math.nan),
+                                                               "ship": row["trial"]}
+        if summary is not None and summary.ship != row["trial"]:
+            row.update(_test_cells(view, summary.ship))
+        new: dict[str, Any] = {}
+        for key, value in row.items():
+            new[key] = value
+            if key == "score":
+                new.update(values)
+        new["_mean_score"] = summary.mean_score if summary is not None else None
+        out.append(new)
+    out.sort(key=lambda r: (r["_mean_score"] is None, *rank_order(r["_mean_score"] if r["_mean_score"] is not None
+                                                                  else (r["score"] if r["best_epoch"] else None),
+                                                                  r["number"], r["trial"])))
+    for row in out:
+        del row["_mean_score"]
+    return out
+
+
 def rank_trials(view: SweepView, *, intervals: bool = True) -> list[dict[str, Any]]:
     """Rows best first (``rank_order``): rank, trial, status, AP..AR100 of the best epoch, score, best
     epoch, epochs run, the interval columns (with ``intervals``, where detections are stored), test
@@ -120,6 +166,8 @@ def rank_trials(view: SweepView, *, intervals: bool = True) -> list[dict[str, An
     varying = varying_keys(view.trials)
     rows = [_row(view, t, varying) for t in view.trials]
     rows.sort(key=lambda r: rank_order(r["score"] if r["best_epoch"] else None, r["number"], r["trial"]))
+    if view.config is not None and view.config.search.confirm.top:
+        rows = _confirmed(view, rows)
     for i, row in enumerate(rows, 1):
         row["rank"] = i
     if intervals:
@@ -156,15 +204,26 @@ def ranking_intervals(view: SweepView, rows: list[dict[str, Any]]) -> Intervals 
     ranked = [r for r in rows if r["best_epoch"] > 0]
     if not ranked or view.folder is None:
         return None
-    by_id = {t.trial_id: t for t in view.trials}
-    stored = {r["trial"]: view.folder.read_detections(by_id[r["trial"]].dir_name, r["best_epoch"]) for r in ranked}
-    stored = {k: v for k, v in stored.items() if v is not None}
-    if ranked[0]["trial"] not in stored:  # no leader to compare with (its detections were never stored)
-        return None
     manifest = view.manifest()
     gt = val_ground_truth(manifest)
     objective = view.objective or parse_objective("AP")
-    samples = {trial: run_objective(gt, det, manifest, objective) for trial, det in stored.items()}
+    samples = {}
+    for row in ranked:
+        # a confirmed config: the mean over its seeds' best epochs, resample by resample (all stored, or none)
+        members = seed_members(view, row["trial"]) if row.get("seeds", 1) > 1 else [(view, view.trial(row["trial"]), 0)]
+        per_seed = []
+        for part, trial, _seed in members:
+            epoch = trial_row(part, trial)["best_epoch"]
+            detections = part.folder.read_detections(trial.dir_name, epoch) if epoch else None
+            if epoch and detections is None:
+                per_seed = []
+                break
+            if detections is not None:
+                per_seed.append(run_objective(gt, detections, manifest, objective))
+        if per_seed:
+            samples[row["trial"]] = sum(per_seed) / len(per_seed)
+    if ranked[0]["trial"] not in samples:  # no leader to compare with (its detections were never stored)
+        return None
     return paired_intervals(samples, [r["trial"] for r in ranked], images=len(gt.getImgIds()))
 
 
@@ -174,10 +233,11 @@ def trial_row(view: SweepView, trial: TrialView) -> dict[str, Any]:
 
 
 def pick_trial(view: SweepView, trial: str | None = None) -> TrialView:
-    """Trial ``trial`` by id, else the best-ranked one with a finished epoch (a BoxtuneError if none)."""
+    """Trial ``trial`` by id (a search or a confirmation trial), else the best-ranked one with a
+    finished epoch; for a confirmed config, the seed that ships (``ship``). A BoxtuneError if none."""
     if not view.trials:
         raise BoxtuneError(f"{view.uri}: the sweep has no trials yet")
-    by_id = {t.trial_id: t for t in view.trials}
+    by_id = {t.trial_id: t for t in view.all_trials()}
     if trial is not None:
         if trial not in by_id:
             raise BoxtuneError(f"{view.uri}: no trial {trial!r}; trials: {', '.join(sorted(by_id))}")
@@ -185,7 +245,7 @@ def pick_trial(view: SweepView, trial: str | None = None) -> TrialView:
     ranked = [row for row in rank_trials(view, intervals=False) if row["best_epoch"] > 0]
     if not ranked:
         raise BoxtuneError(f"{view.uri}: no trial has finished an epoch yet; nothing to export")
-    return by_id[ranked[0]["trial"]]
+    return by_id[ranked[0].get("ship") or ranked[0]["trial"]]  # a confirmed config: its seed closest to the mean
 
 
 def ranking_table(rows: list[dict[str, Any]]):

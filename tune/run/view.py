@@ -4,6 +4,11 @@
 boxtune's own files through ``RunFolder``, and hands out typed views: ``SweepView`` for the sweep,
 ``TrialView`` per trial. Reports, plots, TensorBoard, the test-split evaluation and export all
 start from one of these.
+
+A sweep with a confirmation stage (``search.confirm``) has a second Ray experiment in its
+``confirm/`` folder; its trials load into ``SweepView.confirm``, a ``SweepView`` of its own (its
+folder, its experiment state, its retention record), never into ``SweepView.trials``: the search's
+trials stay what the searcher sampled.
 """
 
 from __future__ import annotations
@@ -49,10 +54,22 @@ class SweepView:
     folder: RunFolder | None = field(default=None, repr=False)
 
     intervals: Any = None  # tune.run.intervals.Intervals, once rank_trials has computed them
+    confirm: SweepView | None = None  # the confirmation stage's trials (``confirm/``), when it has started
     _manifest: Any = field(default=None, repr=False)
 
     def trial(self, trial_id: str) -> TrialView:
-        return next(t for t in self.trials if t.trial_id == trial_id)
+        """A trial of the search or of the confirmation stage, by id."""
+        return next(t for t in self.all_trials() if t.trial_id == trial_id)
+
+    def all_trials(self) -> list[TrialView]:
+        """The search's trials, then the confirmation stage's."""
+        return [*self.trials, *(self.confirm.trials if self.confirm is not None else [])]
+
+    def part_of(self, trial_id: str) -> SweepView:
+        """The view whose experiment holds ``trial_id``: this one, or ``confirm`` for a confirmation trial."""
+        if self.confirm is not None and any(t.trial_id == trial_id for t in self.confirm.trials):
+            return self.confirm
+        return self
 
     def manifest(self):
         """The run's manifest (read once)."""
@@ -64,19 +81,32 @@ class SweepView:
 def load_sweep(run: str) -> SweepView:
     """Read a sweep folder (while it runs or after). A folder with no ``sweep.yaml`` is a ConfigError;
     one whose experiment state Ray has not written yet has no trials."""
-    from ray.tune import ExperimentAnalysis
-
     folder = RunFolder.at(run)
     folder.require_sweep(run)
     cfg = folder.config()
-    extras = {"objective": parse_objective(cfg.search.metric), "test_results": folder.test_results(),
-              "has_test_split": folder.has_test_split(), "config": cfg, "folder": folder}
+    extras = {"objective": parse_objective(cfg.search.metric), "has_test_split": folder.has_test_split(),
+              "config": cfg}
+    analysis, trials = _experiment(folder)
+    view = SweepView(folder.uri, trials, cfg.search.num_trials, analysis, test_results=folder.test_results(),
+                     folder=folder, **extras)
+    stage = folder.confirm_folder()
+    if cfg.search.confirm.top and stage.is_experiment():
+        analysis, trials = _experiment(stage)
+        view.confirm = SweepView(stage.uri, trials, cfg.search.confirm.top * cfg.search.confirm.seeds, analysis,
+                                 folder=stage, **extras)
+    return view
+
+
+def _experiment(folder: RunFolder) -> tuple[Any, list[TrialView]]:
+    """A Ray experiment's analysis and trials; (None, []) before Ray has written its state."""
+    from ray.tune import ExperimentAnalysis
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             analysis = ExperimentAnalysis(folder.uri)
     except (FileNotFoundError, ValueError, RuntimeError):
-        return SweepView(folder.uri, [], cfg.search.num_trials, None, **extras)
+        return None, []
     frames = analysis.trial_dataframes
     trials = []
     for trial in analysis.trials:
@@ -92,7 +122,7 @@ def load_sweep(run: str) -> SweepView:
         trials.append(TrialView(trial.trial_id, str(trial.status), dict(trial.config), history, error,
                                 folder.trial_uri(trial.storage.trial_dir_name), trial.storage.trial_dir_name,
                                 creation_number(trial.experiment_tag)))
-    return SweepView(folder.uri, trials, cfg.search.num_trials, analysis, **extras)
+    return analysis, trials
 
 
 UNNUMBERED = 10**9  # a trial whose creation number is unknown sorts after every numbered one

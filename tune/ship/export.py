@@ -13,7 +13,10 @@ A ``.pt`` export is a ``torch.save`` dict of tensors, numbers and strings (it lo
      "metrics": {...}, "epoch": 7,
      "test_metrics": {"test_AP": ..., "test_AR100": ..., ...}, "test_images": 48,
      "ranking": {"rank": 1, "objective": "AP", "value": ..., "ci_low": ..., "ci_high": ...,
-                 "leader_beats": NaN, "distinguishable": True, "not_distinguishable_from_leader": [...], ...},
+                 "leader_beats": NaN, "distinguishable": True, "not_distinguishable_from_leader": [...], ...,
+                 # with search.confirm: its config's seeds, the mean, sd, min and max, the trial that ships
+                 "seeds": 3, "mean": ..., "seed_sd": ..., "seed_min": ..., "seed_max": ..., "ship": "...",
+                 "config_trial": "..."},
      "train_run": None,               # a `boxtune train` folder's export: its path (trial_id, sweep None)
      "score_threshold": 0.05,         # the model's own score filter (baked into TorchScript and ONNX)
      "eval_score_threshold": 0.001}   # the one its val numbers were measured with
@@ -71,6 +74,7 @@ from trainables.errors import BoxtuneError
 from trainables.inference import trained_model
 from trainables.model import max_detections, score_threshold, set_score_threshold
 from tune.run.checkpoints import best_checkpoint
+from tune.run.confirmation import CONFIRM_COLUMNS, config_of
 from tune.run.folder import TrainFolder
 from tune.run.ranking import pick_trial, rank_trials, test_columns, trial_row
 from tune.run.train_run import train_best
@@ -321,6 +325,11 @@ def chosen_line(meta: Mapping[str, Any]) -> str:
     if ranking.get("ci_low") is not None and not math.isnan(float(ranking["ci_low"])):
         text += f" (95% interval {float(ranking['ci_low']):.3f}..{float(ranking['ci_high']):.3f}"
         text += f" on {ranking['val_images']} images)" if ranking.get("val_images") else ")"
+    if ranking.get("seeds", 1) > 1:
+        text += (f"; its config over {ranking['seeds']} seeds: mean {_number(ranking['mean'])} "
+                 f"({_number(ranking['seed_min'])}..{_number(ranking['seed_max'])})")
+        if ranking.get("ship") == meta.get("trial_id"):
+            text += ", this seed the closest to the mean"
     if label != "AP" and metrics.get("AP") is not None:
         text += f", AP {_number(metrics['AP'])}"
     test = meta.get("test_metrics")
@@ -335,11 +344,18 @@ def chosen_line(meta: Mapping[str, Any]) -> str:
 def export_ranking(view, rows: list[dict[str, Any]], trial_id: str) -> dict[str, Any]:
     """What an export records of its trial's place: rank, objective, its 95% interval, the share of
     paired resamples in which the leader beats it, whether the two can be told apart, and the
-    trials that cannot be told apart from the leader (NaN/None where detections were not stored)."""
-    row = next(r for r in rows if r["trial"] == trial_id)
+    trials that cannot be told apart from the leader (NaN/None where detections were not stored).
+    With a confirmation stage, also its config's seeds (``seeds``, ``mean``, ``seed_sd``,
+    ``seed_min``, ``seed_max``, ``ship``) and ``config_trial``, the search trial of that config;
+    the interval is then the mean's."""
+    config = config_of(view, trial_id)  # a confirmation trial stands in its config's row
+    row = next(r for r in rows if r["trial"] == config)
+    own = row if config == trial_id else trial_row(view, view.trial(trial_id))
     objective = view.objective.label if view.objective is not None else "AP"
     out: dict[str, Any] = {"rank": row["rank"], "trials": len(rows), "objective": objective,
-                           "value": row.get("objective", row["AP"]), "score": row["score"]}
+                           "value": own.get("objective", own["AP"]), "score": own["score"]}
+    if "seeds" in row:  # search.confirm: the config's seeds; the ranking's value is their mean
+        out.update({k: row[k] for k in CONFIRM_COLUMNS}, config_trial=config)
     found = view.intervals
     out.update({k: row.get(k) for k in ("ci_low", "ci_high", "leader_beats", "distinguishable")})
     out["val_images"] = None if found is None else found.images
