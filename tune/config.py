@@ -98,11 +98,12 @@ class ReportConfig(_Strict):
 
 
 class SchedulerConfig(_Strict):
-    # asha: Ray's asynchronous successive halving, each rung decided as results arrive;
     # halving: successive halving decided per batch of trials in creation order, so the same seed
-    # gives the same stops and configs whatever order results arrive in (tune.launch.halving);
+    # gives the same stops and configs whatever order results arrive in (tune.launch.halving); on
+    # the demo it ran 1.34x the trials per hour of asha (benchmarks/bench_schedulers.py);
+    # asha: Ray's asynchronous successive halving, each rung decided as results arrive;
     # fifo: no early stopping
-    name: Literal["asha", "halving", "fifo"] = "asha"
+    name: Literal["asha", "halving", "fifo"] = "halving"
     # epochs every trial gets before it may be stopped; None: 2 when the trials start from a trained
     # detector (model.weights), half of training.epochs from random weights, whose first epochs'
     # AP is near 0 for every trial and ranks nothing (tune.launch.sweep.grace_period)
