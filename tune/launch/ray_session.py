@@ -58,9 +58,14 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
         where = "local"
     import ray
 
+    from tune.launch.worker_logs import quiet_worker_exit
+
+    quiet = quiet_worker_exit()  # a stopped trial's worker aborting at exit (Ray's) is one line, not 50
     try:
         yield where
     finally:
+        if quiet is not None:
+            quiet.flush()
         ray.shutdown()
 
 

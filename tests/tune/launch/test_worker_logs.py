@@ -1,0 +1,67 @@
+"""A stopped trial's worker aborting at exit (Ray's) reaches the terminal as one line; other output as it was.
+
+The block below is a real one, from a boxtune trial worker's log (Ray 2.60, 2026-12-02), shortened
+in its middle; the filter is fed through Ray's own dispatcher, as Ray's log thread feeds it.
+"""
+
+from __future__ import annotations
+
+from tune.launch.worker_logs import NOTE, ExitAbortFilter
+
+ABORT = """[2026-12-02 09:30:17,825 E 24874 24945] logging.cc:125: Stack trace:
+ /venv/lib/python3.11/site-packages/ray/_raylet.so(+0x1812b9a) [0x7f3169c12b9a] ray::operator<<()
+/venv/lib/python3.11/site-packages/ray/_raylet.so(+0x1815c08) [0x7f3169c15c08] ray::TerminateHandler()
+/lib/x86_64-linux-gnu/libgcc_s.so.1(_Unwind_ForcedUnwind+0x130) [0x7f31683f71b0] _Unwind_ForcedUnwind
+/lib/x86_64-linux-gnu/libc.so.6(pthread_exit+0x36) [0x7f316aaa8316] pthread_exit
+/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0(+0x24f969) [0x7f316ae4f969] take_gil
+/venv/lib/python3.11/site-packages/torch/lib/libtorch_python.so(+0x8a3381) [0x7f2f194a3381] THPVariable_dealloc()
+/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0(+0x16a1e5) [0x7f316ad6a1e5] SystemExit_dealloc
+
+*** SIGABRT received at time=1796203817 on cpu 0 ***
+PC: @     0x7f316aaa8eec  (unknown)  (unknown)
+Fatal Python error: Aborted
+
+Stack (most recent call first):
+  File "/venv/lib/python3.11/site-packages/ray/air/_internal/util.py", line 109 in run
+Extension modules: msgpack._cmsgpack, google._upb._message, psutil._psutil_linux (total: 3)""".splitlines()
+
+
+def _filter():
+    printed, notes = [], []
+    return ExitAbortFilter(lambda batch: printed.append((batch["pid"], list(batch["lines"]))), note=notes.append), \
+        printed, notes
+
+
+def test_the_exit_abort_is_one_note_and_the_lines_around_it_are_printed():
+    quiet, printed, notes = _filter()
+    quiet.emit({"ip": "127.0.0.1", "pid": 7, "is_err": True, "lines": ["epoch 2 done", *ABORT[:6]]})
+    quiet.emit({"ip": "127.0.0.1", "pid": 8, "is_err": True, "lines": ["another worker's line"]})
+    quiet.emit({"ip": "127.0.0.1", "pid": 7, "is_err": True, "lines": [*ABORT[6:], "after"]})
+    assert printed == [(7, ["epoch 2 done"]), (8, ["another worker's line"]), (7, ["after"])]
+    assert notes == [NOTE]
+
+
+def test_a_crash_without_the_signature_is_printed_whole():
+    crash = [line for line in ABORT if "SystemExit_dealloc" not in line]  # e.g. a segfault mid-training
+    quiet, printed, notes = _filter()
+    quiet.emit({"ip": "127.0.0.1", "pid": 7, "is_err": True, "lines": crash})
+    assert printed == [(7, crash)] and notes == []
+
+
+def test_a_block_that_never_ends_is_printed_when_the_session_ends():
+    quiet, printed, notes = _filter()
+    quiet.emit({"ip": "127.0.0.1", "pid": 7, "is_err": True, "lines": ABORT[:4]})
+    assert printed == []
+    quiet.flush()
+    assert printed == [(7, ABORT[:4])] and notes == []
+
+
+def test_through_rays_dispatcher():
+    from ray._private.ray_logging import WorkerStandardStreamDispatcher
+
+    dispatcher = WorkerStandardStreamDispatcher()
+    seen = []
+    quiet = ExitAbortFilter(lambda batch: seen.extend(batch["lines"]), note=seen.append)
+    dispatcher.add_handler("ray_print_logs", quiet.emit)
+    dispatcher.emit({"ip": "127.0.0.1", "pid": 3, "is_err": True, "lines": ["loss 0.5", *ABORT]})
+    assert seen == ["loss 0.5", NOTE]
