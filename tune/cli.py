@@ -325,7 +325,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     not_started = max(0, view.num_trials - len(view.trials))
     print(f"sweep {view.uri}")
     print(f"  trials: {view.num_trials} asked, {counts.get('TERMINATED', 0)} done, {counts.get('RUNNING', 0)} running, "
-          f"{counts.get('PENDING', 0) + not_started} pending, {counts.get('ERROR', 0)} errored")
+          f"{counts.get('PENDING', 0) + not_started} pending, {counts.get('ERROR', 0)} errored"
+          # scheduler.name halving: a trial held until its batch has reached the rung
+          + (f", {counts['PAUSED']} waiting at a rung" if counts.get("PAUSED") else ""))
     if view.confirm is not None:  # search.confirm: the top configs on new seeds
         done = sum(t.status == "TERMINATED" for t in view.confirm.trials)
         print(f"  confirmation stage: {view.confirm.num_trials} seeds asked, {done} done")
