@@ -1,4 +1,5 @@
-"""Keeps Ray's abort-at-exit of a stopped trial's worker off the sweep's terminal.
+"""Keeps two kinds of Ray worker output off the sweep's terminal: the abort at exit of a stopped
+trial's worker, and the line a trial prints each time it is restored from a checkpoint.
 
 After a scheduler stops a trial, its Ray worker sometimes aborts while exiting and prints about
 50 lines (a C++ stack through ``pthread_exit``, ``take_gil`` and ``SystemExit_dealloc``, then
@@ -8,6 +9,11 @@ reported and nothing fails. ``quiet_worker_exit()`` wraps the handler through wh
 worker output to the driver (``log_to_driver``): a worker's block is held from the stack trace's
 first line to the dump's last one and dropped, with one line in its place, only when it holds that
 whole signature; any other block, or one longer than ``_MAX_HELD`` lines, is printed as it was.
+
+``Restored on <ip> from checkpoint: Checkpoint(...)`` comes from Ray's Trainable every time a trial
+continues from a checkpoint: with ``scheduler.name: halving`` at every rung. boxtune records each
+start of a trial and the checkpoint it came from in the trial's folder (``tune.launch.trial_record``),
+so the line is dropped here.
 
 This hooks ``ray._private.ray_logging.global_worker_stdstream_dispatcher``, a private name of Ray
 2.x; where it is missing, nothing is filtered.
@@ -29,6 +35,10 @@ _SIGNATURE = ("pthread_exit", "take_gil", "SystemExit_dealloc", "SIGABRT receive
 _MAX_HELD = 400  # lines: a block longer than this is not the one this filter knows
 NOTE = ("a stopped trial's Ray worker aborted while exiting (Ray's, harmless: its results were already "
         "reported; see docs/testing.md)")
+
+
+def _restored(line: str) -> bool:
+    return line.startswith("Restored on ") and " from checkpoint: Checkpoint(" in line
 
 
 def _starts(line: str) -> bool:
@@ -64,6 +74,8 @@ class ExitAbortFilter:
                     elif len(held) > _MAX_HELD:
                         del self._held[key]
                         passing.extend(held)
+                elif _restored(line):
+                    continue
                 elif _starts(line):
                     self._flush(batch, passing)
                     passing = []

@@ -41,6 +41,14 @@ def test_the_exit_abort_is_one_note_and_the_lines_around_it_are_printed():
     assert notes == [NOTE]
 
 
+def test_the_restore_notice_of_a_trial_is_dropped():
+    quiet, printed, notes = _filter()
+    restored = ("Restored on 127.0.0.1 from checkpoint: Checkpoint(filesystem=local, path=/runs/demo/"
+                "sweep_trainable_5111ff17_1_batch_size=4/checkpoint_000001)")
+    quiet.emit({"ip": "127.0.0.1", "pid": 7, "is_err": False, "lines": [restored, "epoch 3"]})
+    assert printed == [(7, ["epoch 3"])] and notes == []
+
+
 def test_a_crash_without_the_signature_is_printed_whole():
     crash = [line for line in ABORT if "SystemExit_dealloc" not in line]  # e.g. a segfault mid-training
     quiet, printed, notes = _filter()
