@@ -20,7 +20,8 @@ A synthetic source says little about transfer to photos: these numbers show what
 levers do when a start is pretrained, not what COCO weights do for a user's data. ``--target
 raccoon`` runs parts 1 and 2 on the raccoon photos instead (one class the source never saw, so
 part 1 compares a fresh head on the source's body with random weights), written to
-``partN-raccoon.json``.
+``partN-raccoon.json``; part 3 on them (``--schedulers fifo --keep K --confirm 3 2``) gives the
+FIFO sweep, its top configs on more seeds, that ``bench_stopping.py`` replays.
 """
 
 from __future__ import annotations
@@ -146,8 +147,8 @@ def _sweep_config(args, tmp: Path, data: Path, weights: str, *, name: str, space
 
     return SweepConfig.model_validate({
         "name": name,
-        "data": {"path": str(data), "val_fraction": 0.25, "seed": 0},
-        "model": _model(args, weights, COPY_MAP),
+        "data": {"path": str(data), "val_fraction": 0.2 if args.target == "raccoon" else 0.25, "seed": 0},
+        "model": _model(args, weights, _copy_map(args)),
         "training": {"epochs": args.epochs, "seed": 0},
         "search": {"space": space, "num_trials": args.trials, "sampler": "tpe", "seed": 0},
         "scheduler": scheduler,
@@ -232,8 +233,12 @@ def part3(args, tmp: Path) -> dict:
                 scheduler["reduction_factor"] = args.reduction_factor
                 if args.grace_period is not None:  # else boxtune's default for the start
                     scheduler["grace_period"] = args.grace_period
-            curves[name], wall[name] = _run(_sweep_config(args, tmp, data, weights, name=name, space=args.space,
-                                                          scheduler=scheduler))
+            cfg = _sweep_config(args, tmp, data, weights, name=name, space=args.space, scheduler=scheduler)
+            if name == "fifo" and args.confirm:  # the top configs retrained on new seeds (bench_stopping.py reads them)
+                top, seeds = args.confirm
+                cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update={
+                    "confirm": cfg.search.confirm.model_copy(update={"top": top, "seeds": seeds})})})
+            curves[name], wall[name] = _run(cfg)
     finally:
         ray.shutdown()
     fifo = curves["fifo"]
@@ -368,7 +373,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--part", type=int, choices=(1, 2, 3, 4), required=True)
     p.add_argument("--target", choices=("shapes", "raccoon"), default="shapes",
-                   help="parts 1, 2: the generated target task, or the raccoon photos (../shared/data/raccoon)")
+                   help="parts 1, 2, 3: the generated target task, or the raccoon photos (../shared/data/raccoon)")
     p.add_argument("--images", type=int, default=150, help="target images (a quarter of them val)")
     p.add_argument("--size", type=int, default=128, help="image side and model input side, px")
     p.add_argument("--threads", type=int, default=2, help="torch threads of a single trial (parts 1, 2)")
@@ -389,14 +394,16 @@ def main(argv=None) -> int:
     p.add_argument("--reduction-factor", type=float, default=2.0, help="part 3: ASHA's reduction factor")
     p.add_argument("--schedulers", nargs="+", choices=("fifo", "asha", "halving"), default=["fifo", "asha"],
                    help="part 3: the schedulers run, FIFO always first (halving: tune.launch.halving)")
+    p.add_argument("--confirm", type=int, nargs=2, metavar=("TOP", "SEEDS"), default=None,
+                   help="part 3: FIFO's sweep retrains its TOP configs on SEEDS new seeds (search.confirm)")
     p.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "boxtune-bench-transfer"))
     p.add_argument("--keep", default=None, metavar="DIR",
                    help="keep the target data and every trial's folder (metrics, checkpoints, stored val detections) "
                         "in DIR instead of a temporary folder, e.g. for benchmarks/bench_interval_width.py")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and a one-epoch source: checks the script runs")
     args = p.parse_args(argv)
-    if args.target != "shapes" and args.part in (3, 4):
-        p.error(f"--target {args.target}: parts 3 and 4 sweep the generated target only")
+    if args.target != "shapes" and args.part == 4:
+        p.error(f"--target {args.target}: part 4 sweeps the generated target only")
     if args.smoke:
         vars(args).update(_SMOKE, epochs=_SMOKE_EPOCHS.get(args.part))
         args.images = _SMOKE_IMAGES.get(args.part, args.images)

@@ -24,6 +24,7 @@ above. Equal to pycocotools (``evaluate_detections_by_class``) to 1e-12, ties in
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,10 +33,15 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from trainables.coco_eval import match_results
-from trainables.objective import CLASS_METRICS, METRICS
+from trainables.coco_eval import detections_to_coco_results, match_results
+from trainables.objective import CLASS_METRICS, METRICS, Objective
 
-__all__ = ["ImageMatches", "MetricKey", "percentile_interval", "resample_counts"]
+__all__ = ["ImageMatches", "MetricKey", "percentile_interval", "resample_counts", "RESAMPLES", "SEED", "LEVEL",
+           "paired_counts", "objective_names", "objective_samples", "resampled_objective", "objective_interval"]
+
+RESAMPLES = 1000  # bootstrap resamples of the val images
+SEED = 0  # one seed for every trial, epoch and report: the resamples are paired and reproducible
+LEVEL = 0.95  # an interval's coverage
 
 MetricKey = str | tuple[str, int]  # "AP", or ("AP", dataset category id)
 
@@ -182,6 +188,53 @@ def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[float
         return float("nan"), float("nan")
     lo, hi = np.percentile(samples, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(hi)
+
+
+@functools.lru_cache(maxsize=4)
+def paired_counts(n_images: int) -> np.ndarray:
+    """The resamples every trial epoch of a val set is scored on (``RESAMPLES``, seed ``SEED``):
+    the same for every trial, so any two trials' samples are paired. Read-only (shared)."""
+    counts = resample_counts(n_images, RESAMPLES, SEED)
+    counts.flags.writeable = False
+    return counts
+
+
+def objective_names(objective: Objective, classes: Sequence[Any]) -> list[MetricKey]:
+    """The ``ImageMatches.metrics`` names the objective reads: only those cells are re-accumulated.
+
+    ``classes`` are the manifest's (``name``, ``dataset_id``), records or mappings.
+    """
+    ids = {str(_field(c, "name")): int(_field(c, "dataset_id")) for c in classes}
+    return [t.metric if t.class_name is None else (t.metric, ids[t.class_name]) for t in objective.terms]
+
+
+def _field(record: Any, name: str) -> Any:
+    return record[name] if isinstance(record, Mapping) else getattr(record, name)
+
+
+def objective_samples(objective: Objective, metrics: Mapping[Any, np.ndarray], classes: Sequence[Any]) -> np.ndarray:
+    """The objective per resample from ``ImageMatches.metrics`` arrays (a NaN term makes that resample NaN)."""
+    keys = objective_names(objective, classes)
+    return sum(t.weight * np.asarray(metrics[k], dtype=np.float64) for t, k in zip(objective.terms, keys, strict=True))
+
+
+def resampled_objective(gt: COCO, detections: Mapping[int, Mapping[str, Any]], *, objective: Objective,
+                        classes: Sequence[Any], label_to_dataset_id: Mapping[int, int]) -> np.ndarray:
+    """The objective of ``detections`` (image id -> boxes, scores, labels) on each of the paired
+    resamples of ``gt``'s images (``paired_counts``): matched once, then only the objective's cells
+    re-accumulated."""
+    results = detections_to_coco_results(detections, label_to_dataset_id=label_to_dataset_id)
+    metrics = ImageMatches.evaluate(gt, results).metrics(paired_counts(len(gt.getImgIds())),
+                                                         names=objective_names(objective, classes))
+    return objective_samples(objective, metrics, classes)
+
+
+def objective_interval(gt: COCO, detections: Mapping[int, Mapping[str, Any]], *, objective: Objective,
+                       classes: Sequence[Any], label_to_dataset_id: Mapping[int, int]) -> tuple[float, float]:
+    """The ``LEVEL`` interval of the objective over the val images: what each epoch reports as
+    ``objective_low`` and ``objective_high``, and what a rung's evidence rule reads."""
+    return percentile_interval(resampled_objective(gt, detections, objective=objective, classes=classes,
+                                                   label_to_dataset_id=label_to_dataset_id), LEVEL)
 
 
 def _cell(entries: Sequence[dict | None], n_t: int) -> _Cell:

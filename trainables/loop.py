@@ -34,6 +34,7 @@ from trainables.errors import ConfigError, DataError, NonFiniteLossError, Traini
 from trainables.files import detections_file
 from trainables.freeze import FreezeReport, apply_freeze
 from trainables.gpu_memory import OutOfMemoryGuard, limit_gpu_memory, measured_context_mib, peak_gpu_memory
+from trainables.intervals import objective_interval
 from trainables.loaders import TrialData, build_trial_data
 from trainables.model import build_model, model_kwargs, set_score_threshold
 from trainables.objective import Objective, check_measurable, class_metrics, epoch_summary, parse_objective
@@ -308,6 +309,9 @@ def _train_and_evaluate(epoch: int, model, data: TrialData, optimizer, scheduler
     detections = predict(model, data.val_loader, device=device)
     coco, per_class = evaluate_detections_by_class(data.coco_gt, detections,
                                                    label_to_dataset_id=manifest.label_to_dataset_id)
+    # how far another draw of val images could move the objective: what a rung's evidence rule reads
+    low, high = objective_interval(data.coco_gt, detections, objective=objective, classes=manifest.classes,
+                                   label_to_dataset_id=manifest.label_to_dataset_id)
     eval_s = time.perf_counter() - t0
     metrics = {
         "epoch": epoch + 1,
@@ -319,6 +323,8 @@ def _train_and_evaluate(epoch: int, model, data: TrialData, optimizer, scheduler
         "eval_s": eval_s,
         **{k: float(coco[k]) for k in COCO_STAT_NAMES},
         **class_metrics(per_class, manifest.classes, objective),
+        "objective_low": low,  # the objective's 95% interval over the val images (paired bootstrap)
+        "objective_high": high,
         "trainable_params": freeze.trainable_params,
         "cache_hit_rate": data.cache_hit_rate(),  # share of the epoch's images not decoded again
         **peak_gpu_memory(device),

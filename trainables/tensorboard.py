@@ -47,6 +47,8 @@ SCALAR_TAGS = {
     "images_per_s": "train/images_per_s",
     "objective": "objective/objective",
     "score": "objective/score",
+    "objective_low": "objective/interval_low",  # the objective's 95% interval over the val images
+    "objective_high": "objective/interval_high",
     "best_score": "best/score",
     "best_AP": "best/AP",
     "best_AR100": "best/AR100",

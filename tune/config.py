@@ -109,6 +109,10 @@ class SchedulerConfig(_Strict):
     # AP is near 0 for every trial and ranks nothing (tune.launch.sweep.grace_period)
     grace_period: int | None = Field(default=None, ge=1)
     reduction_factor: float = Field(default=2.0, gt=1)
+    # what a rung stops a trial on (asha and halving; tune.launch.evidence). interval: only when it is
+    # below the cutoff and so is the upper end of its 95% interval over the val images, so a trial
+    # within noise of the cutoff goes on; score: the point estimate alone, as ASHA has it
+    stop_on: Literal["interval", "score"] = "interval"
     # halving only: trials decided together at each rung, and sampled together; it does not follow
     # max_concurrent, so a sweep run 2 or 8 at a time gives the same trials
     batch: int = Field(default=4, ge=1, le=10_000)

@@ -18,8 +18,10 @@ creation order alone:
   ``grace * reduction_factor``, ... below ``training.epochs``) a trial waits, paused (checkpointed,
   its worker freed), until every trial of its batch still alive has reached the rung. Then the best
   ``ceil(n / reduction_factor)`` of those ``n`` by the rung epoch's ``score`` go on, equal scores in
-  creation order, and the rest stop: the count ASHA keeps from ``n`` distinct scores. Waiting
-  trials go on in creation order, at most ``max_concurrent`` running at a time.
+  creation order, and the rest stop: the count ASHA keeps from ``n`` distinct scores. With
+  ``scheduler.stop_on: interval`` a trial whose 95% interval reaches the weakest kept score goes on
+  too (``tune.launch.evidence``). Waiting trials go on in creation order, at most
+  ``max_concurrent`` running at a time.
 * **Kill and resume** (``HalvingState``, a Tune ``Callback``). The rung scores and decisions and
   the searcher's batch book-keeping are saved with each of Ray's experiment snapshots and restored
   by ``boxtune resume``: a trial waiting at a rung waits again, a decision taken is never taken
@@ -40,9 +42,10 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
+from tune.launch.evidence import HIGH, kept_by_score, kept_on_evidence
 from tune.run.view import UNNUMBERED, creation_number
 
-__all__ = ["BatchHalving", "BatchedSearcher", "HalvingState", "rungs", "kept", "DEFAULT_BATCH"]
+__all__ = ["BatchHalving", "BatchedSearcher", "HalvingState", "rungs", "DEFAULT_BATCH"]
 
 log = logging.getLogger(__name__)
 
@@ -62,28 +65,16 @@ def rungs(*, grace: int, reduction_factor: float, max_t: int) -> list[int]:
     return out
 
 
-def kept(scores: Mapping[int, float], reduction_factor: float) -> set[int]:
-    """The creation numbers that go on from a rung: the best ``ceil(n / reduction_factor)`` by score,
-    equal scores in creation order (a NaN score is worst)."""
-    order = sorted(scores, key=lambda number: (-_finite(scores[number]), number))
-    return set(order[: max(1, math.ceil(len(order) / reduction_factor))])
-
-
-def _finite(score: Any) -> float:
-    try:
-        value = float(score)
-    except (TypeError, ValueError):
-        return -math.inf
-    return -math.inf if math.isnan(value) else value
-
-
 class BatchHalving(TrialScheduler):
     """Successive halving decided per batch of trials at each rung (see the module docstring)."""
 
     def __init__(self, *, metric: str, time_attr: str = "epoch", max_t: int, grace_period: int,
-                 reduction_factor: float, batch: int = DEFAULT_BATCH, num_samples: int, max_concurrent: int):
+                 reduction_factor: float, batch: int = DEFAULT_BATCH, num_samples: int, max_concurrent: int,
+                 stop_on: str = "score", high_attr: str = HIGH):
         super().__init__()
         self._metric = metric
+        self.stop_on = stop_on  # "score", or "interval": see tune.launch.evidence
+        self._high_attr = high_attr
         self.time_attr = time_attr
         self.max_t = max_t
         self.reduction_factor = reduction_factor
@@ -93,6 +84,7 @@ class BatchHalving(TrialScheduler):
         self.rungs = rungs(grace=grace_period, reduction_factor=reduction_factor, max_t=max_t)
         # the state that HalvingState saves with Ray's experiment snapshot:
         self._scores: dict[int, dict[int, float]] = {}  # rung epoch -> creation number -> its score there
+        self._highs: dict[int, dict[int, float]] = {}  # rung epoch -> creation number -> its interval's upper end
         self._decided: dict[int, dict[int, str]] = {}  # rung epoch -> creation number -> continue / stop
         self._ended: dict[int, int] = {}  # creation number -> the epoch it ended at (finished, stopped, errored)
         # not saved: the live controller and trials of this driver
@@ -101,10 +93,11 @@ class BatchHalving(TrialScheduler):
 
     # -- state, for HalvingState --------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
-        return {"scores": self._scores, "decided": self._decided, "ended": self._ended}
+        return {"scores": self._scores, "highs": self._highs, "decided": self._decided, "ended": self._ended}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         self._scores = {int(r): {int(n): float(s) for n, s in v.items()} for r, v in state["scores"].items()}
+        self._highs = {int(r): {int(n): float(s) for n, s in v.items()} for r, v in state.get("highs", {}).items()}
         self._decided = {int(r): {int(n): str(d) for n, d in v.items()} for r, v in state["decided"].items()}
         self._ended = {int(n): int(e) for n, e in state["ended"].items()}
 
@@ -143,7 +136,11 @@ class BatchHalving(TrialScheduler):
         alive = [n for n in self._members(batch_of) if self._alive_at(n, rung)]
         if not alive or any(n not in scores for n in alive):
             return False
-        going_on = kept({n: scores[n] for n in alive}, self.reduction_factor)
+        at_rung = {n: scores[n] for n in alive}
+        if self.stop_on == "interval":
+            going_on = kept_on_evidence(at_rung, self._highs.get(rung, {}), self.reduction_factor)
+        else:
+            going_on = kept_by_score(at_rung, self.reduction_factor)
         decisions = self._decided.setdefault(rung, {})
         for n in alive:
             decisions[n] = _CONTINUE if n in going_on else _STOP
@@ -229,6 +226,7 @@ class BatchHalving(TrialScheduler):
             log.warning("trial %d reported epoch %d without a result at rung %d; its score there is taken from "
                         "epoch %d", number, epoch, rung, epoch)
         self._scores.setdefault(rung, {}).setdefault(number, float(result[self._metric]))
+        self._highs.setdefault(rung, {}).setdefault(number, float(result.get(self._high_attr, math.nan)))
         if not self._decide(number, rung, reporting=number):
             return TrialScheduler.PAUSE
         return TrialScheduler.CONTINUE if self._decided[rung].get(number) == _CONTINUE else TrialScheduler.STOP

@@ -195,13 +195,16 @@ def _scheduling(cfg: SweepConfig):
 
         scheduler = BatchHalving(metric=SCORE, max_t=cfg.training.epochs, grace_period=grace_period(cfg),
                                  reduction_factor=cfg.scheduler.reduction_factor, batch=cfg.scheduler.batch,
-                                 num_samples=cfg.search.num_trials, max_concurrent=cfg.max_concurrent)
+                                 num_samples=cfg.search.num_trials, max_concurrent=cfg.max_concurrent,
+                                 stop_on=cfg.scheduler.stop_on)
         batched = BatchedSearcher(searcher, scheduler)
         return batched, scheduler, [HalvingState(scheduler, batched)], None
     if cfg.scheduler.name == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", metric=SCORE, mode="max",
-                                  max_t=cfg.training.epochs, grace_period=grace_period(cfg),
-                                  reduction_factor=cfg.scheduler.reduction_factor)
+        from tune.launch.evidence import EvidenceASHA
+
+        asha = EvidenceASHA if cfg.scheduler.stop_on == "interval" else ASHAScheduler
+        scheduler = asha(time_attr="training_iteration", metric=SCORE, mode="max", max_t=cfg.training.epochs,
+                         grace_period=grace_period(cfg), reduction_factor=cfg.scheduler.reduction_factor)
     else:
         scheduler = FIFOScheduler()
     return searcher, scheduler, [], cfg.max_concurrent
@@ -215,6 +218,8 @@ def describe_scheduler(cfg: SweepConfig) -> str:
     described = f"{name} (grace period {grace_period(cfg)}, reduction factor {cfg.scheduler.reduction_factor:g}"
     if name == "halving":
         described += f", batches of {cfg.scheduler.batch}"
+    if cfg.scheduler.stop_on == "interval":
+        described += ", stop on interval"
     return described + ")"
 
 

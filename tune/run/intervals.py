@@ -12,7 +12,6 @@ leader** on this val set. The point estimate stays pycocotools' number on the fu
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,15 +19,21 @@ from typing import Any
 
 import numpy as np
 
+from trainables.intervals import (
+    LEVEL,
+    RESAMPLES,
+    SEED,
+    objective_names,
+    objective_samples,
+    paired_counts,
+    resampled_objective,
+)
 from trainables.objective import Objective
 
 __all__ = ["RESAMPLES", "SEED", "LEVEL", "BEATS", "TrialInterval", "Intervals", "objective_samples", "objective_names",
            "resampled_objective", "run_objective", "leader_share", "paired_intervals", "interval", "val_ground_truth", "trial_matches",
            "PairedSamples", "class_intervals"]
 
-RESAMPLES = 1000  # bootstrap resamples of the val images
-SEED = 0  # one seed for every trial and every report: the resamples are paired and reproducible
-LEVEL = 0.95  # the interval's coverage
 BEATS = 0.95  # the leader is told apart from a trial it beats in at least this share of resamples
 
 
@@ -66,48 +71,6 @@ def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
     from trainables.intervals import percentile_interval
 
     return percentile_interval(samples, level)
-
-
-def objective_names(objective: Objective, classes: Sequence[Any]) -> list[Any]:
-    """The ``ImageMatches.metrics`` names the objective reads: only those cells are re-accumulated."""
-    ids = {str(_field(c, "name")): int(_field(c, "dataset_id")) for c in classes}
-    return [t.metric if t.class_name is None else (t.metric, ids[t.class_name]) for t in objective.terms]
-
-
-def _field(record: Any, name: str) -> Any:
-    return record[name] if isinstance(record, Mapping) else getattr(record, name)
-
-
-def objective_samples(objective: Objective, metrics: Mapping[Any, np.ndarray], classes: Sequence[Any]) -> np.ndarray:
-    """The objective per resample from ``ImageMatches.metrics`` arrays (a NaN term makes that resample NaN).
-
-    ``classes`` are the manifest's (``name``, ``dataset_id``): per-class terms read ``(stat, dataset_id)``.
-    """
-    keys = objective_names(objective, classes)
-    return sum(t.weight * np.asarray(metrics[k], dtype=np.float64) for t, k in zip(objective.terms, keys, strict=True))
-
-
-@functools.lru_cache(maxsize=4)
-def _counts(n_images: int) -> np.ndarray:
-    """The resamples every trial of a report is scored on (``RESAMPLES``, seed ``SEED``), drawn once."""
-    from trainables.intervals import resample_counts
-
-    counts = resample_counts(n_images, RESAMPLES, SEED)
-    counts.flags.writeable = False  # shared between callers
-    return counts
-
-
-def resampled_objective(gt, detections: Mapping[int, Mapping[str, Any]], *, objective: Objective,
-                        classes: Sequence[Any], label_to_dataset_id: Mapping[int, int]) -> np.ndarray:
-    """The objective of ``detections`` (image id -> boxes, scores, labels) on each of the paired
-    resamples of ``gt``'s images: matched once, then only the objective's cells re-accumulated."""
-    from trainables.coco_eval import detections_to_coco_results
-    from trainables.intervals import ImageMatches
-
-    results = detections_to_coco_results(detections, label_to_dataset_id=label_to_dataset_id)
-    metrics = ImageMatches.evaluate(gt, results).metrics(_counts(len(gt.getImgIds())),
-                                                         names=objective_names(objective, classes))
-    return objective_samples(objective, metrics, classes)
 
 
 def leader_share(leader: np.ndarray, other: np.ndarray) -> float:
@@ -200,7 +163,7 @@ def class_intervals(folder, manifest, trial_dir: str, epoch: int,
     matches = trial_matches(gt, detections, manifest)
     names = [(stat, int(c.dataset_id)) for c in manifest.classes for stat in stats]
     full = matches.metrics(None, names=names)
-    resampled = matches.metrics(_counts(len(gt.getImgIds())), names=names)
+    resampled = matches.metrics(paired_counts(len(gt.getImgIds())), names=names)
     out: dict[str, dict[str, tuple[float, float, float]]] = {}
     for c in manifest.classes:
         out[str(c.name)] = {stat: (float(full[(stat, int(c.dataset_id))][0]),

@@ -12,7 +12,8 @@ import optuna
 import pytest
 from ray.tune.search.optuna import OptunaSearch
 
-from tune.launch.halving import BatchedSearcher, BatchHalving, kept, rungs
+from tune.launch.evidence import kept_by_score as kept
+from tune.launch.halving import BatchedSearcher, BatchHalving, rungs
 
 
 def test_rungs_are_the_grace_period_times_powers_of_the_reduction_factor_below_the_run():

@@ -30,6 +30,7 @@ from tune.run.intervals import (
     SEED,
     interval,
     objective_samples,
+    run_objective,
     trial_matches,
     val_ground_truth,
 )
@@ -50,8 +51,12 @@ def test_every_reported_epoch_stored_its_detections_and_they_give_its_numbers(sh
         for row in result_rows(folder):
             path = folder / detections_file(row["epoch"])
             assert path.is_file(), path  # trials whose checkpoints retention deleted keep them too
-            stats = evaluate_detections(gt, read_detections(path), label_to_dataset_id=manifest.label_to_dataset_id)
+            detections = read_detections(path)
+            stats = evaluate_detections(gt, detections, label_to_dataset_id=manifest.label_to_dataset_id)
             assert (stats["AP"], stats["AR100"]) == (row["AP"], row["AR100"])  # exactly the reported numbers
+            # and the interval the epoch reported (what a rung's evidence rule reads) is the bootstrap of them
+            low, high = interval(run_objective(gt, detections, manifest, view.objective))
+            assert (row["objective_low"], row["objective_high"]) == pytest.approx((low, high), abs=1e-12, nan_ok=True)
             checked += 1
     assert checked >= 5
 
