@@ -28,7 +28,7 @@ from pycocotools.cocoeval import COCOeval
 
 __all__ = ["COCO_STAT_NAMES", "PER_CLASS_STAT_NAMES", "build_coco_gt", "detections_to_coco_results",
            "evaluate_detections", "evaluate_detections_by_class", "evaluate_results", "match_results",
-           "per_class_stats"]
+           "per_class_stats", "run_cocoeval", "coco_stats"]
 
 # COCOeval.stats, in its order (maxDets 1/10/100; small < 32^2 px^2 <= medium < 96^2 px^2 <= large).
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -181,17 +181,19 @@ def evaluate_detections_by_class(
     gt: COCO, detections: Mapping[Any, Mapping[str, Any]], *, label_to_dataset_id: Mapping[int, int]
 ) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
     """``evaluate_detections``'s stats and ``per_class_stats``, from one COCOeval run."""
-    coco_eval = _run_cocoeval(gt, detections, label_to_dataset_id=label_to_dataset_id)
-    stats = {
-        name: (float("nan") if v == -1 else float(v))
-        for name, v in zip(COCO_STAT_NAMES, coco_eval.stats, strict=True)
-    }
-    return stats, per_class_stats(coco_eval)
+    coco_eval = run_cocoeval(gt, detections, label_to_dataset_id=label_to_dataset_id)
+    return coco_stats(coco_eval), per_class_stats(coco_eval)
 
 
-def _run_cocoeval(gt: COCO, detections: Mapping[Any, Mapping[str, Any]], *,
-                  label_to_dataset_id: Mapping[int, int]) -> COCOeval:
-    """COCOeval evaluated, accumulated and summarised (its ``eval`` arrays and ``stats`` filled)."""
+def coco_stats(coco_eval: COCOeval) -> dict[str, float]:
+    """A summarised COCOeval's ``stats`` by name (``COCO_STAT_NAMES``), -1 as NaN."""
+    return {name: (float("nan") if v == -1 else float(v)) for name, v in zip(COCO_STAT_NAMES, coco_eval.stats, strict=True)}
+
+
+def run_cocoeval(gt: COCO, detections: Mapping[Any, Mapping[str, Any]], *,
+                 label_to_dataset_id: Mapping[int, int]) -> COCOeval:
+    """COCOeval evaluated, accumulated and summarised (its ``eval`` arrays and ``stats`` filled): one
+    run that ``coco_stats``, ``per_class_stats`` and ``trainables.intervals.ImageMatches`` all read."""
     results = detections_to_coco_results(detections, label_to_dataset_id=label_to_dataset_id)
     return _evaluate_results(gt, results)
 
@@ -202,11 +204,7 @@ def evaluate_results(gt: COCO, results: Sequence[Mapping[str, Any]]) -> dict[str
 
     The order of ``results`` is kept: pycocotools breaks score ties by it.
     """
-    coco_eval = _evaluate_results(gt, [dict(r) for r in results])  # loadRes adds keys to each dict
-    return {
-        name: (float("nan") if v == -1 else float(v))
-        for name, v in zip(COCO_STAT_NAMES, coco_eval.stats, strict=True)
-    }
+    return coco_stats(_evaluate_results(gt, [dict(r) for r in results]))  # loadRes adds keys to each dict
 
 
 def match_results(gt: COCO, results: list[dict[str, Any]]) -> COCOeval:

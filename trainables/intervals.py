@@ -229,12 +229,13 @@ def resampled_objective(gt: COCO, detections: Mapping[int, Mapping[str, Any]], *
     return objective_samples(objective, metrics, classes)
 
 
-def objective_interval(gt: COCO, detections: Mapping[int, Mapping[str, Any]], *, objective: Objective,
-                       classes: Sequence[Any], label_to_dataset_id: Mapping[int, int]) -> tuple[float, float]:
-    """The ``LEVEL`` interval of the objective over the val images: what each epoch reports as
-    ``objective_low`` and ``objective_high``, and what a rung's evidence rule reads."""
-    return percentile_interval(resampled_objective(gt, detections, objective=objective, classes=classes,
-                                                   label_to_dataset_id=label_to_dataset_id), LEVEL)
+def objective_interval(matches: ImageMatches, *, objective: Objective, classes: Sequence[Any]) -> tuple[float, float]:
+    """The ``LEVEL`` interval of the objective over the val images, on the paired resamples: what
+    each epoch reports as ``objective_low`` and ``objective_high``, and what a rung's evidence rule
+    reads. ``matches``: the epoch's detections matched once (``ImageMatches.from_cocoeval`` of the
+    COCOeval its numbers came from)."""
+    metrics = matches.metrics(paired_counts(len(matches.image_ids)), names=objective_names(objective, classes))
+    return percentile_interval(objective_samples(objective, metrics, classes), LEVEL)
 
 
 def _cell(entries: Sequence[dict | None], n_t: int) -> _Cell:

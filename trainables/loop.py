@@ -26,7 +26,7 @@ import torch
 
 from trainables.architectures import EVAL_SCORE_THRESHOLD, family_of
 from trainables.checkpoint import TrialState, capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from trainables.coco_eval import COCO_STAT_NAMES, evaluate_detections_by_class
+from trainables.coco_eval import COCO_STAT_NAMES, coco_stats, per_class_stats, run_cocoeval
 from trainables.config import TrialConfig, parse_trial_config
 from trainables.data import ImageRecord, Manifest, read_manifest
 from trainables.detections import write_detections
@@ -34,7 +34,7 @@ from trainables.errors import ConfigError, DataError, NonFiniteLossError, Traini
 from trainables.files import detections_file
 from trainables.freeze import FreezeReport, apply_freeze
 from trainables.gpu_memory import OutOfMemoryGuard, limit_gpu_memory, measured_context_mib, peak_gpu_memory
-from trainables.intervals import objective_interval
+from trainables.intervals import ImageMatches, objective_interval
 from trainables.loaders import TrialData, build_trial_data
 from trainables.model import build_model, model_kwargs, set_score_threshold
 from trainables.objective import Objective, check_measurable, class_metrics, epoch_summary, parse_objective
@@ -307,11 +307,12 @@ def _train_and_evaluate(epoch: int, model, data: TrialData, optimizer, scheduler
     t0 = time.perf_counter()
     # fp32, as `boxtune predict` runs: the val numbers are the shipped model's numbers
     detections = predict(model, data.val_loader, device=device)
-    coco, per_class = evaluate_detections_by_class(data.coco_gt, detections,
-                                                   label_to_dataset_id=manifest.label_to_dataset_id)
-    # how far another draw of val images could move the objective: what a rung's evidence rule reads
-    low, high = objective_interval(data.coco_gt, detections, objective=objective, classes=manifest.classes,
-                                   label_to_dataset_id=manifest.label_to_dataset_id)
+    coco_eval = run_cocoeval(data.coco_gt, detections, label_to_dataset_id=manifest.label_to_dataset_id)
+    coco, per_class = coco_stats(coco_eval), per_class_stats(coco_eval)
+    # how far another draw of val images could move the objective (what a rung's evidence rule
+    # reads), from the same matching: only the objective's cells are re-accumulated per resample
+    low, high = objective_interval(ImageMatches.from_cocoeval(coco_eval), objective=objective,
+                                   classes=manifest.classes)
     eval_s = time.perf_counter() - t0
     metrics = {
         "epoch": epoch + 1,
