@@ -156,3 +156,37 @@ def end_processes(pids: set[int], seconds: float = 30.0) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def load_study(run: Path):
+    """A sweep's Optuna study as a user opens it: ``optuna.load_study`` on ``<run>/optuna.journal``."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from tune.run.layout import STUDY_FILE
+
+    assert (run / STUDY_FILE).is_file(), f"no {STUDY_FILE} in {run}"
+    # the study is named after the sweep (its `name`), as is the folder
+    return optuna.load_study(study_name=run.name, storage=JournalStorage(JournalFileBackend(str(run / STUDY_FILE))))
+
+
+def study_by_ray_trial(run: Path) -> tuple[dict[str, Any], list[Any]]:
+    """(Ray trial id -> its Optuna trial, the Optuna trials told FAIL on resume as forgotten).
+
+    Fails on an Optuna trial left RUNNING or WAITING, a forgotten one not FAIL, and two Optuna
+    trials for one Ray trial or one creation number."""
+    import optuna
+
+    from tune.run.study import CREATION_NUMBER, FORGOTTEN, RAY_TRIAL_ID
+
+    trials = load_study(run).trials
+    left = [(t.number, t.state.name) for t in trials if not t.state.is_finished()]
+    assert not left, f"Optuna trials left unfinished: {left}"
+    forgotten = [t for t in trials if FORGOTTEN in t.user_attrs]
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in forgotten)
+    kept = [t for t in trials if FORGOTTEN not in t.user_attrs]
+    by_id = {t.user_attrs[RAY_TRIAL_ID]: t for t in kept}
+    assert len(by_id) == len(kept), sorted(t.user_attrs[RAY_TRIAL_ID] for t in kept)
+    assert len({t.user_attrs[CREATION_NUMBER] for t in kept}) == len(kept)
+    return by_id, forgotten

@@ -13,7 +13,9 @@ creation order alone:
   results just before, in creation order, and no others: batch ``b`` is drawn knowing exactly
   batches ``0 .. b-2``, whichever trial ended first, while batch ``b+1`` can start as batch
   ``b``'s last trials train. It also keeps at most ``max_concurrent`` trials running; trials held
-  at a rung do not count, which Ray's ``ConcurrencyLimiter`` cannot express.
+  at a rung do not count, which Ray's ``ConcurrencyLimiter`` cannot express. The study in
+  ``<run>/optuna.journal`` (``tune.launch.searcher``) holds the trials in creation order, an ended
+  trial RUNNING there until it is told.
 * **Rungs** (``BatchHalving``, a Tune ``TrialScheduler``). At each rung (epochs ``grace``,
   ``grace * reduction_factor``, ... below ``training.epochs``) a trial waits, paused (checkpointed,
   its worker freed), until every trial of its batch still alive has reached the rung. Then the best

@@ -9,9 +9,10 @@ be good):
    per epoch, so a space that can produce a config the trainable rejects fails now, not in trial 37;
 3. start (or join) Ray; check the per-trial resources fit on some node, and on a GPU that the
    configs drawn in 2 fit in a trial's share of the smallest card (``tune.launch.gpu_preflight``);
-4. run the ``Tuner`` (OptunaSearch define-by-run + ASHA, batch halving or FIFO), keeping each trial's best
-   epoch by ``score`` (``search.metric`` with the AR100 tiebreak, see ``trainables.objective``)
-   plus its latest checkpoint, printing boxtune's live table (``tune.launch.progress``) and keeping
+4. run the ``Tuner`` (OptunaSearch define-by-run, its study kept in ``<run>/optuna.journal`` by
+   ``tune.launch.searcher``; ASHA, batch halving or FIFO), keeping each trial's best epoch by
+   ``score`` (``search.metric`` with the AR100 tiebreak, see ``trainables.objective``) plus its
+   latest checkpoint, printing boxtune's live table (``tune.launch.progress``) and keeping
    checkpoints only for the top ``checkpoints.keep_trials`` trials once they end
    (``tune.launch.retention``);
 5. with ``search.confirm``, retrain the top configs on new seeds (``tune.launch.confirm``).
@@ -108,14 +109,17 @@ def grace_period(cfg: SweepConfig) -> int:
     return min(chosen, epochs)
 
 
-def make_searcher(cfg: SweepConfig):
-    """The sweep's OptunaSearch: its space and sampler, and the built-in space's known-good first
-    trials (``search_spaces.first_trials``) enqueued ahead of sampling."""
-    from ray.tune.search.optuna import OptunaSearch
+def make_searcher(cfg: SweepConfig, folder: RunFolder | None = None):
+    """The sweep's OptunaSearch, its study ``cfg.name`` in the run folder's journal
+    (``tune.launch.searcher``; the folder is ``cfg``'s unless given): its space and sampler, and the
+    built-in space's known-good first trials (``search_spaces.first_trials``) ahead of sampling."""
+    from tune.launch.searcher import StudySearch
 
+    folder = folder if folder is not None else RunFolder.create(cfg.storage, cfg.name)
     first = first_trials(cfg.search.space, epochs=cfg.training.epochs) if isinstance(cfg.search.space, str) else []
-    return OptunaSearch(space=_define_by_run(cfg), metric=BEST_SCORE, mode="max",
-                        sampler=make_sampler(cfg.search.sampler, cfg.search.seed), points_to_evaluate=first or None)
+    return StudySearch(space=_define_by_run(cfg), metric=BEST_SCORE, mode="max",
+                       sampler=make_sampler(cfg.search.sampler, cfg.search.seed), journal=folder.journal(),
+                       study_name=cfg.name, points_to_evaluate=first)
 
 
 def _define_by_run(cfg: SweepConfig):
@@ -179,8 +183,9 @@ def _callbacks(cfg: SweepConfig, folder: RunFolder) -> list:
 _STOPPERS = {"asha": "ASHA", "halving": "successive halving"}  # what the live table says stopped a trial
 
 
-def _scheduling(cfg: SweepConfig):
-    """(searcher, scheduler, extra callbacks, max_concurrent_trials) for the Tuner.
+def _scheduling(cfg: SweepConfig, folder: RunFolder):
+    """(searcher, scheduler, extra callbacks, max_concurrent_trials) for the Tuner; the searcher's
+    study goes in ``folder``'s journal.
 
     ``halving`` wraps the searcher so that it samples in batches, and limits concurrency itself
     (a trial held at a rung does not count); its state rides on Ray's experiment snapshot through
@@ -189,7 +194,7 @@ def _scheduling(cfg: SweepConfig):
     """
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    searcher = make_searcher(cfg)
+    searcher = make_searcher(cfg, folder)
     if cfg.scheduler.name == "halving":
         from tune.launch.halving import BatchedSearcher, BatchHalving, HalvingState
 
@@ -255,7 +260,7 @@ def _tuner(cfg: SweepConfig, folder: RunFolder, manifest: Manifest, *, restore: 
     trainable = trial_runner(sweep_trainable, cfg, folder.storage, manifest)
     if restore:
         return restore_tuner(folder.storage, trainable)
-    searcher, scheduler, scheduling_callbacks, max_concurrent = _scheduling(cfg)
+    searcher, scheduler, scheduling_callbacks, max_concurrent = _scheduling(cfg, folder)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=cfg.search.num_trials,
@@ -298,8 +303,11 @@ def launch_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) ->
         trials = cfg.search.num_trials
         echo(f"sweep {cfg.name}: {trials} trial{'s' if trials != 1 else ''}, {cfg.search.sampler} sampler, "
              f"{describe_scheduler(cfg)} scheduler, results in {folder.uri}")
+        # a new study: a URI run's local journal left by an earlier sweep of the same URI goes
+        folder.journal().discard_local_copy()
         with _tune_environment():
             _tuner(cfg, folder, manifest, restore=False).fit()
+            folder.journal().upload()  # a URI run: the study as the trials ended (tune.run.study)
             confirm_stage(cfg, folder, manifest, echo=echo)  # search.confirm: nothing when off
     return folder, manifest
 
@@ -315,8 +323,10 @@ def continue_sweep(run: str, *, address: str | None = None, echo=print) -> tuple
     with ray_session(address):
         require_resources(cpu=cfg.resources.cpu, gpu=cfg.resources.gpu)
         echo(f"resuming sweep {cfg.name} in {folder.uri}")
+        folder.journal().download()  # a URI run: the study's journal as the run folder has it (tune.run.study)
         with _tune_environment():
             _tuner(cfg, folder, manifest, restore=True).fit()
+            folder.journal().upload()
             # started, it resumes without retraining finished seeds; else it starts now
             confirm_stage(cfg, folder, manifest, echo=echo)
     return folder, manifest

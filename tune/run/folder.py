@@ -2,7 +2,7 @@
 
 ``RunFolder`` wraps a sweep folder's ``RunStorage`` (local or behind a URI) and is the one reader
 and writer of each file ``tune.run.layout`` names: the saved config, the manifest, the test
-results, the retention record, the ranking. ``TrainFolder`` does the same for a ``boxtune train``
+results, the retention record, the ranking, the search's Optuna journal. ``TrainFolder`` does the same for a ``boxtune train``
 folder, whose trial files ``trainables.reporting.LocalReporter`` writes. Everything else asks
 them, and never opens a file by a name it spelt itself.
 """
@@ -150,6 +150,13 @@ class RunFolder:
         pq.write_table(table, sink)
         with self.storage.fs.open_output_stream(f"{self.storage.path}/{layout.RANKING_FILE}") as out:
             out.write(sink.getvalue())
+
+    # -- optuna.journal -----------------------------------------------------------------------------
+    def journal(self):
+        """The search's Optuna journal (``tune.run.study.RunJournal``), the backend of its ``JournalStorage``."""
+        from tune.run.study import RunJournal
+
+        return RunJournal(self.storage)
 
     # -- trial folders ------------------------------------------------------------------------------
     def trial_path(self, trial_dir_name: str) -> str:

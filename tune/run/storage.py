@@ -64,6 +64,16 @@ class RunStorage:
             manifest.write(Path(tmp) / rel)
             pafs.copy_files(str(Path(tmp) / rel), f"{self.path}/{rel}", destination_filesystem=self.fs)
 
+    def upload(self, local: str, rel: str) -> None:
+        """Copy the local file ``local`` to ``rel`` in the folder (one object written whole on an object store)."""
+        self.fs.create_dir(self.path, recursive=True)
+        pafs.copy_files(local, f"{self.path}/{rel}", destination_filesystem=self.fs)
+
+    def download(self, rel: str, local: str) -> None:
+        """Copy ``rel`` of the folder to the local file ``local``, replacing it."""
+        Path(local).parent.mkdir(parents=True, exist_ok=True)
+        pafs.copy_files(f"{self.path}/{rel}", local, source_filesystem=self.fs)
+
     def read_manifest(self, rel: str) -> Manifest:
         if not self.remote:
             return read_manifest(Path(self.path) / rel)

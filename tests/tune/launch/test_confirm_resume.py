@@ -15,7 +15,15 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import REPO, tiny_sweep
-from shared_run import descendants, end_processes, trial_attempts, trial_dirs, trial_epochs
+from shared_run import (
+    descendants,
+    end_processes,
+    load_study,
+    study_by_ray_trial,
+    trial_attempts,
+    trial_dirs,
+    trial_epochs,
+)
 
 BOXTUNE = [sys.executable, "-m", "tune.cli"]
 EPOCHS, SEEDS = 2, 2
@@ -81,6 +89,8 @@ def test_a_kill_during_the_confirmation_stage_resumes_without_retraining_finishe
     for trial in trial_dirs(run / "confirm"):  # each epoch reported once, in order
         assert trial_epochs(trial) == list(range(1, EPOCHS + 1)), (trial.name, trial_epochs(trial))
     assert {trial.name: (trial / "result.json").read_bytes() for trial in trial_dirs(run)} == search  # search untouched
+    # the Optuna study holds the search's one trial: the seeds are never told to it
+    assert len(load_study(run).trials) == 1 and len(study_by_ray_trial(run)[0]) == 1
     seeds = sorted(json.loads((t / "params.json").read_text())["confirm_seed"] for t in trial_dirs(run / "confirm"))
     assert seeds == [1, 2]
     leader = pq.read_table(run / "ranking.parquet").to_pylist()[0]

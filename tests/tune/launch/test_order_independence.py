@@ -4,8 +4,9 @@
 2 at a time, one rung (epoch 1 of 2), run with the first trial's reports delayed and then with the
 last one's, so that different trials reach the rung first and different trials go on from it
 without a pause. Compared by creation number: the sampled configs, which trials stopped where, and
-every epoch's AP and score, exactly. Then the same sweep one trial at a time, its driver
-SIGKILLed while trials wait at the rung, continued with ``boxtune resume``.
+every epoch's AP and score, exactly, and the Optuna study each leaves in ``optuna.journal``. Then
+the same sweep one trial at a time, its driver SIGKILLed while trials wait at the rung, continued
+with ``boxtune resume``.
 
 With ``scheduler.name: asha`` the same two orders stop different trials (ASHA decides a rung as
 each result arrives); docs/design.md gives the run that showed it.
@@ -27,9 +28,11 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, tiny_sweep
-from shared_run import descendants, end_processes, result_rows, trial_dirs
+from shared_run import descendants, end_processes, result_rows, study_by_ray_trial, trial_dirs
 
+from trainables.objective import BEST_SCORE
 from tune.run import load_sweep
+from tune.run.study import CREATION_NUMBER
 
 DRIVER = Path(__file__).with_name("delayed_sweep.py")
 EPOCHS, TRIALS = 2, 4
@@ -71,6 +74,22 @@ def _outcome(run: Path) -> dict[int, dict]:
             for t in view.trials}
 
 
+def _study(run: Path) -> dict[int, tuple[int, float, dict]]:
+    """Per creation number, its Optuna trial: (number in the study, value, params). Fails on a
+    trial left RUNNING and on two Optuna trials for one Ray trial (``shared_run.study_by_ray_trial``)."""
+    by_id, _ = study_by_ray_trial(run)
+    view = load_sweep(str(run))
+    assert sorted(by_id) == sorted(t.trial_id for t in view.trials)
+    out = {}
+    for t in view.trials:
+        trial = by_id[t.trial_id]
+        assert trial.user_attrs[CREATION_NUMBER] == t.number
+        assert trial.params == {name: t.config[name] for name in trial.params}
+        assert trial.value == t.history[-1][BEST_SCORE]  # told its best score when it ended
+        out[t.number] = (trial.number, trial.value, trial.params)
+    return out
+
+
 def _order(run: Path) -> list[int]:
     """Creation numbers in the order their epoch-1 result was written."""
     first = {}
@@ -102,6 +121,9 @@ def test_a_forced_arrival_order_changes_nothing(first_late, tiny_demo, tmp_path)
     going_on = {n for n, t in one.items() if len(t["epochs"]) == 2}
     at_rung = {n: t["epochs"][0][3] for n, t in one.items()}
     assert going_on == set(sorted(at_rung, key=lambda n: (-at_rung[n], n))[:2])
+    # the Optuna study on disk: asked in creation order, the same in both runs
+    study = _study(first_late)
+    assert [study[n][0] for n in sorted(study)] == list(range(TRIALS)) and study == _study(second)
 
 
 def test_one_at_a_time_killed_at_the_rung_and_resumed_changes_nothing(first_late, tiny_demo, tmp_path):
@@ -137,3 +159,9 @@ def test_one_at_a_time_killed_at_the_rung_and_resumed_changes_nothing(first_late
                              env=_env(), cwd=tmp_path, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
     assert _outcome(run) == _outcome(first_late)
+    # one study across the kill, no trial left RUNNING or told twice, each told what the run never
+    # killed told it; a trial asked after the last snapshot is FAIL (forgotten), so Optuna's numbers
+    # may run past the creation numbers
+    study = _study(run)
+    assert {n: (value, params) for n, (_, value, params) in study.items()} == {
+        n: (value, params) for n, (_, value, params) in _study(first_late).items()}

@@ -5,7 +5,8 @@
 3. `boxtune resume` again, to the end.
 
 Nothing either stop did is lost or done twice: finished trials are not re-run, a trial stopped
-mid-way goes on from its checkpoint, and the searcher's history survives both.
+mid-way goes on from its checkpoint, and the searcher's history survives both: the Optuna study in
+``optuna.journal`` ends with one trial per Ray trial and none left RUNNING.
 """
 
 from __future__ import annotations
@@ -21,10 +22,20 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import tiny_sweep
-from shared_run import descendants, end_processes, result_rows, trial_attempts, trial_dirs, trial_epochs
+from conftest import REPO, tiny_sweep
+from optuna.trial import TrialState
+from shared_run import (
+    descendants,
+    end_processes,
+    result_rows,
+    study_by_ray_trial,
+    trial_attempts,
+    trial_dirs,
+    trial_epochs,
+)
 
 from tune.run import load_sweep
+from tune.run.study import CREATION_NUMBER
 
 BOXTUNE = [sys.executable, "-m", "tune.cli"]
 
@@ -58,7 +69,7 @@ def test_interrupt_resume_kill_resume_runs_each_trial_and_epoch_once(tmp_path, t
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(cfg))
     run = tmp_path / "runs" / "resumable"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}  # this checkout's boxtune
 
     # 1. `boxtune sweep`, Ctrl-C once a trial has finished
     first = tmp_path / "first.log"
@@ -143,6 +154,14 @@ def test_interrupt_resume_kill_resume_runs_each_trial_and_epoch_once(tmp_path, t
     assert all([int(r["epoch"]) for r in t.history] == list(range(1, epochs + 1)) for t in view.trials)
     ranked = pq.read_table(run / "ranking.parquet").to_pylist()
     assert len(ranked) == trials and {r["epochs"] for r in ranked} == {epochs}
+    # the study: one Optuna trial per Ray trial, each told its score; one that the kill left
+    # behind (asked after Ray's last snapshot) is FAIL, marked forgotten, and none is RUNNING
+    studied, forgotten = study_by_ray_trial(run)
+    assert sorted(studied) == sorted(r["trial"] for r in ranked)
+    for row in ranked:
+        assert studied[row["trial"]].user_attrs[CREATION_NUMBER] == row["number"]
+        assert studied[row["trial"]].state == TrialState.COMPLETE and studied[row["trial"]].value == row["score"]
+    assert {t.user_attrs.get(CREATION_NUMBER) for t in forgotten} <= set(range(1, trials + 1))
     table = subprocess.run([*BOXTUNE, "report", str(run), "--format", "json"], capture_output=True, text=True,
                            env=env, cwd=tmp_path, timeout=120)
     assert table.returncode == 0, table.stderr
