@@ -85,13 +85,15 @@ def test_asha_on_evidence_maximises_only():
 @pytest.mark.parametrize("name, stop_on, kind", [
     ("asha", None, EvidenceASHA), ("asha", "score", ASHAScheduler),
     ("halving", None, BatchHalving), ("halving", "score", BatchHalving)])
-def test_the_sweep_stops_on_the_interval_unless_told_otherwise(name, stop_on, kind):
+def test_the_sweep_stops_on_the_interval_unless_told_otherwise(name, stop_on, kind, tmp_path):
     from tune.config import SweepConfig
     from tune.launch.sweep import _scheduling, describe_scheduler
+    from tune.run.folder import RunFolder
 
     scheduler = {"name": name} if stop_on is None else {"name": name, "stop_on": stop_on}
-    cfg = SweepConfig.model_validate({"data": {"path": "x"}, "scheduler": scheduler, "training": {"epochs": 4}})
-    built = _scheduling(cfg)[1]
+    cfg = SweepConfig.model_validate({"data": {"path": "x"}, "scheduler": scheduler, "training": {"epochs": 4},
+                                      "storage": str(tmp_path), "name": "s"})
+    built = _scheduling(cfg, RunFolder.create(cfg.storage, cfg.name))[1]
     assert type(built) is kind
     if kind is BatchHalving:
         assert built.stop_on == (stop_on or "interval")
