@@ -66,6 +66,8 @@ def read_curves(run: str) -> tuple[list[Curve], dict]:
     curves = []
     for t in sorted(view.trials, key=lambda t: t.number):
         rows = [r for r in t.history if "AP" in r]
+        if not rows:  # errored before its first epoch: no rung ever sees it
+            continue
         highs = []
         for r in rows:
             samples = paired.samples(t.dir_name, int(r["epoch"]))

@@ -243,14 +243,24 @@ def _tune_environment() -> Iterator[None]:
     }
     before = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
+    # Tune's "operation took 2.2 s, which may be a performance bottleneck" lines: a rung decision
+    # or the end-of-trial comparison can take that long on busy cores, and the terminal is the
+    # live table's: dropped while the sweep runs.
+    slow = logging.getLogger("ray.tune.utils.util")
+    slow.addFilter(_drop_slow_operation_lines)
     try:
         yield
     finally:
+        slow.removeFilter(_drop_slow_operation_lines)
         for name, value in before.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _drop_slow_operation_lines(record: logging.LogRecord) -> bool:
+    return "may be a performance bottleneck" not in record.getMessage()
 
 
 def _tuner(cfg: SweepConfig, folder: RunFolder, manifest: Manifest, *, restore: bool):

@@ -1,4 +1,4 @@
-"""A stopped trial's worker aborting at exit (Ray's) reaches the terminal as one line; other output as it was.
+"""A stopped trial's worker aborting at exit (Ray's) reaches the terminal as one line; other output as it was; Tune's slow-operation lines stay off it.
 
 The block below is a real one, from a boxtune trial worker's log (Ray 2.60, 2026-12-02), shortened
 in its middle; the filter is fed through Ray's own dispatcher, as Ray's log thread feeds it.
@@ -73,3 +73,31 @@ def test_through_rays_dispatcher():
     dispatcher.add_handler("ray_print_logs", quiet.emit)
     dispatcher.emit({"ip": "127.0.0.1", "pid": 3, "is_err": True, "lines": ["loss 0.5", *ABORT]})
     assert seen == ["loss 0.5", NOTE]
+
+
+def test_tunes_slow_operation_lines_stay_off_the_terminal_during_a_sweep(caplog):
+    """Ray Tune's own warning (``ray.tune.utils.util.warn_if_slow``), raised by a real slow block:
+    dropped inside the sweep's Tune environment, and left alone outside it."""
+    import time
+
+    import ray.tune.utils.util as tune_util
+    from ray.tune.utils.util import warn_if_slow
+
+    from tune.launch.sweep import _tune_environment
+
+    def slow_block():
+        with warn_if_slow("scheduler.on_trial_result", threshold=0.01):
+            time.sleep(0.05)
+
+    started = tune_util.START_OF_TIME
+    tune_util.START_OF_TIME = time.time() - 120  # Tune stays quiet in a process's first minute
+    try:
+        with caplog.at_level("WARNING", logger="ray.tune.utils.util"):
+            with _tune_environment():
+                slow_block()
+            assert not [r for r in caplog.records if "performance bottleneck" in r.getMessage()]
+            slow_block()
+            messages = [r.getMessage() for r in caplog.records]
+            assert len(messages) == 1 and messages[0].startswith("The `scheduler.on_trial_result` operation took ")
+    finally:
+        tune_util.START_OF_TIME = started
