@@ -95,8 +95,10 @@ def replay_halving(curves: list[Curve], *, grace: int, reduction_factor: float, 
     epochs = max(len(c.scores) for c in curves)
     stopped: dict[str, int] = {}
     by_number = {c.number: c for c in curves}
-    for first in range(0, len(curves), batch):
-        members = [c.number for c in sorted(curves, key=lambda c: c.number)[first:first + batch]]
+    batches: dict[int, list[int]] = {}  # by creation number, as the scheduler forms them (a trial that
+    for c in sorted(curves, key=lambda c: c.number):  # errored before its first epoch leaves a gap)
+        batches.setdefault((c.number - 1) // batch, []).append(c.number)
+    for members in batches.values():
         for rung in rungs(grace=grace, reduction_factor=reduction_factor, max_t=epochs):
             alive = [n for n in members if by_number[n].trial_id not in stopped and len(by_number[n].scores) >= rung]
             if not alive:
