@@ -109,6 +109,14 @@ class BatchHalving(TrialScheduler):
         state["_trials"] = {}
         return state
 
+    def __setstate__(self, state):
+        # pickled (tuner.pkl) by a boxtune from before rungs could stop on evidence: that sweep keeps
+        # the point rule its earlier decisions were taken by
+        state.setdefault("stop_on", "score")
+        state.setdefault("_high_attr", HIGH)
+        state.setdefault("_highs", {})
+        self.__dict__.update(state)
+
     # -- book-keeping ------------------------------------------------------------------------------
     def _number(self, trial: Trial) -> int:
         number = creation_number(getattr(trial, "experiment_tag", None))

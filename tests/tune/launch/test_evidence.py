@@ -98,3 +98,22 @@ def test_the_sweep_stops_on_the_interval_unless_told_otherwise(name, stop_on, ki
     if kind is BatchHalving:
         assert built.stop_on == (stop_on or "interval")
     assert describe_scheduler(cfg).endswith(", stop on interval)") == (stop_on is None)
+
+
+def test_a_halving_scheduler_pickled_before_stop_on_keeps_the_point_rule():
+    import pickle
+
+    halving = BatchHalving(metric="score", max_t=4, grace_period=1, reduction_factor=2, batch=4, num_samples=4,
+                           max_concurrent=4, stop_on="interval")
+    state = dict(halving.__dict__)
+    for name in ("stop_on", "_high_attr", "_highs"):  # what a tuner.pkl from before them holds
+        del state[name]
+    old = BatchHalving.__new__(BatchHalving)
+    old.__dict__.update(state)
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.stop_on == "score" and restored._highs == {} and restored._high_attr == "objective_high"
+    trials = {n: _trial(n) for n in range(1, 5)}
+    for n, score in zip(trials, (0.20, 0.18, 0.15, 0.10), strict=True):
+        restored.on_trial_add(None, trials[n])
+        restored.on_trial_result(None, trials[n], {"epoch": 1, "score": score, "objective_high": 0.5})
+    assert {n for n, d in restored._decided[1].items() if d == "stop"} == {3, 4}
