@@ -48,6 +48,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 class Curve:
     number: int  # creation order
     trial_id: str
+    dir_name: str  # the trial's folder in the run folder
     scores: list[float]  # per epoch, epoch 1 first
     highs: list[float]  # the upper end of each epoch's 95% interval on the objective
     times: list[float]  # when each epoch was reported (Ray's timestamp, time_total_s)
@@ -75,12 +76,11 @@ def read_curves(run: str) -> tuple[list[Curve], dict]:
                 raise SystemExit(f"{run}: trial {t.trial_id} has no stored detections for epoch {r['epoch']}; "
                                  "replay needs every epoch's (a sweep run with --keep, no checkpoint pruning of them)")
             highs.append(percentile_interval(samples, LEVEL)[1])
-        curves.append(Curve(t.number, t.trial_id, [score_of(r, view.objective) for r in rows], highs,
+        curves.append(Curve(t.number, t.trial_id, t.dir_name, [score_of(r, view.objective) for r in rows], highs,
                             [(float(r.get("timestamp", 0)), float(r.get("time_total_s", 0))) for r in rows]))
     best = {c.trial_id: max(range(len(c.scores)), key=lambda e: (c.scores[e], e)) + 1 for c in curves}
     order = sorted(curves, key=lambda c: (-c.scores[best[c.trial_id] - 1], c.number))
-    samples = {c.trial_id: paired.samples(next(t.dir_name for t in view.trials if t.trial_id == c.trial_id),
-                                          best[c.trial_id]) for c in curves}
+    samples = {c.trial_id: paired.samples(c.dir_name, best[c.trial_id]) for c in curves}
     intervals = paired_intervals(samples, [c.trial_id for c in order], images=len(view.manifest().records("val")))
     return curves, {"winner": order[0].trial_id, "best_epoch": best,
                     "within_noise": [t for t in intervals.tied_with_leader() if t != order[0].trial_id],
