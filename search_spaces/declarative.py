@@ -12,9 +12,14 @@ Each key is an ``HParams`` field; each value is a constant or a mapping with one
     batch_size: 2                              # a constant
     architecture: {choice: [ssdlite320_mobilenet_v3_large, fasterrcnn_mobilenet_v3_large_fpn]}
 
-``architecture`` is the one key that is not an ``HParams`` field: a choice (or constant) of
-``ARCHITECTURES`` that the sweep moves into the trial's model section, with that architecture's
-``model.by_architecture`` settings. It can be a ``when`` parent like any choice.
+``architecture`` and ``image_size`` are not ``HParams`` fields: the sweep moves them into the
+trial's model section. ``architecture`` is a choice (or constant) of ``ARCHITECTURES``, applied
+with that architecture's ``model.by_architecture`` settings; it can be a ``when`` parent like any
+choice. ``image_size`` (an int or a choice of ints, px) sets ``min_size`` and ``max_size`` both:
+the longer side of every image is resized to it. SSDlite's size is fixed (320), so a space that
+mixes it with other architectures samples ``image_size`` ``when`` the others are chosen::
+
+    image_size: {choice: [256, 320, 416], when: {architecture: [fasterrcnn_mobilenet_v3_large_fpn]}}
 
 ``when`` maps earlier ``choice`` keys to a value or a list of values; the key is sampled only when
 every condition holds. Problems are found before any trial runs, all at once, each naming its
@@ -35,7 +40,7 @@ from typing import Annotated, Any
 from pydantic import TypeAdapter, ValidationError
 
 from trainables.architectures import ARCHITECTURES
-from trainables.config import _BRANCH_KEYS, HParams  # the schema the space must produce
+from trainables.config import _BRANCH_KEYS, HParams, ModelConfig  # the schema the space must produce
 from trainables.errors import ConfigError
 
 __all__ = ["KINDS", "DeclarativeSpace", "parse_space"]
@@ -43,7 +48,8 @@ __all__ = ["KINDS", "DeclarativeSpace", "parse_space"]
 KINDS = ("choice", "uniform", "loguniform", "float", "int", "value")
 _OPTIONS = ("when", "log")
 _FLOAT_KINDS = ("uniform", "loguniform", "float")
-_MODEL_KEY = "architecture"  # searchable, though it lives in the model section, not in HParams
+# searchable, though they live in the model section, not in HParams (see tune.trial_config.merge_trial_config)
+_MODEL_KEYS = ("architecture", "image_size")
 
 
 @dataclass(frozen=True)
@@ -85,8 +91,11 @@ class DeclarativeSpace:
 
 @cache
 def _adapter(key: str) -> TypeAdapter:
-    if key == _MODEL_KEY:
+    if key == "architecture":
         return TypeAdapter(typing.Literal[ARCHITECTURES])  # type: ignore[valid-type]
+    if key == "image_size":  # min_size = max_size: the bounds of both
+        low = ModelConfig.model_fields["min_size"]
+        return TypeAdapter(Annotated[(int, *low.metadata)])
     field = HParams.model_fields[key]
     if not field.metadata:
         return TypeAdapter(field.annotation)
@@ -103,8 +112,10 @@ def _schema_problem(key: str, value: Any) -> str | None:
 
 
 def _field_type(key: str) -> str:
-    if key == _MODEL_KEY:
+    if key == "architecture":
         return "categorical"
+    if key == "image_size":
+        return "int"
     ann = HParams.model_fields[key].annotation
     if ann is bool or typing.get_origin(ann) is typing.Literal:
         return "categorical"
@@ -286,7 +297,7 @@ def parse_space(
         raise ConfigError(f"{prefix.rstrip('.')}: a declarative space is a non-empty mapping, got {data!r}")
     problems: list[str] = []
     params: dict[str, _Param] = {}
-    fields = sorted([*HParams.model_fields, _MODEL_KEY])
+    fields = sorted([*HParams.model_fields, *_MODEL_KEYS])
     for key, raw in data.items():
         if key not in fields:
             match = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.6)

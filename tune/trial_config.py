@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from search_spaces.builtin import to_hparams
+from trainables.architectures import FAMILIES, FAMILY_MODEL_KEYS
 from trainables.config import resolve_model_section
+from trainables.errors import ConfigError
 from tune.config import SweepConfig, TrainConfig
 
 __all__ = ["sweep_base", "merge_trial_config", "train_trial_config", "trial_threads", "SHORT_NAMES", "format_hparams"]
@@ -34,13 +36,26 @@ def merge_trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> dict[st
     """A trial's full config: the sweep's fixed model/training sections, its hparam constants, then the sample.
 
     A sampled ``architecture`` goes to the model section, with that architecture's
-    ``model.by_architecture`` settings over the shared ones (``resolve_model_section``). Per-optimiser
-    names (``lr_sgd``, ``lr_adam``) become their ``HParams`` field (``search_spaces.to_hparams``).
+    ``model.by_architecture`` settings over the shared ones (``resolve_model_section``). A sampled
+    ``image_size`` then sets the section's ``min_size`` and ``max_size`` both (the longer side of
+    every image is resized to it), over the shared and the per-architecture sizes: the sample is
+    the trial's own choice. SSDlite's fixed 320 takes no ``image_size``: a ConfigError, which the
+    sweep's preflight finds before any trial runs. Per-optimiser names (``lr_sgd``, ``lr_adam``)
+    become their ``HParams`` field (``search_spaces.to_hparams``).
     """
     sampled = to_hparams(dict(sampled))
     architecture = sampled.pop("architecture", None)
+    image_size = sampled.pop("image_size", None)
+    model = resolve_model_section(base["model"], architecture)
+    if image_size is not None:
+        if "min_size" not in FAMILY_MODEL_KEYS[FAMILIES[model["architecture"]]]:
+            raise ConfigError(
+                f"image_size: {model['architecture']} resizes every image to 320x320 (fixed by torchvision's "
+                f"builder), so a sampled image_size cannot apply to it; sample image_size only when another "
+                f"architecture is chosen (declarative spaces: `when: {{architecture: [...]}}`)")
+        model = {**model, "min_size": int(image_size), "max_size": int(image_size)}
     return {
-        "model": resolve_model_section(base["model"], architecture),
+        "model": model,
         "training": base["training"],
         "hparams": {**base.get("hparams", {}), **sampled},
         "metric": base.get("metric", "AP"),  # search.metric: the trial reports its score by it
@@ -67,6 +82,7 @@ SHORT_NAMES = {
     "batch_size": "bs", "hflip_p": "hflip", "vflip_p": "vflip", "jitter_p": "jitter", "brightness": "bright",
     "contrast": "contr", "saturation": "sat", "hue": "hue", "crop_p": "crop", "zoom_out_p": "zoom",
     "zoom_out_max": "zoom_max", "scale_jitter_p": "sjit", "scale_min": "s_min", "scale_max": "s_max",
+    "image_size": "size",
 }
 
 

@@ -92,6 +92,7 @@ __all__ = [
     "export_checkpoint",
     "export_best",
     "export_run",
+    "save_onnx",
     "onnx_contract",
     "chosen_line",
 ]
@@ -181,7 +182,10 @@ def _save_torchscript(model: nn.Module, out: Path) -> None:
             torch.jit.save(scripted, str(tmp))
 
 
-def _save_onnx(model: nn.Module, out: Path, *, size: int) -> None:
+def save_onnx(model: nn.Module, out: Path, *, size: int) -> None:
+    """``model`` as the ONNX graph ``--format onnx`` writes: one image in, boxes, labels, scores out.
+
+    Traced on a ``size x size*4/3`` image, with height and width dynamic; checked by ``onnx``."""
     try:
         import onnx
     except ImportError:
@@ -245,7 +249,7 @@ def _export(checkpoint_dir, out, *, fmt: str, trial_id: str | None = None, sweep
         _save_torchscript(model, out)
     else:
         # a tracing example at the model's own resize (px); the graph takes any H, W
-        _save_onnx(model, out, size=payload["image_size"]["min_size"] or 320)
+        save_onnx(model, out, size=payload["image_size"]["min_size"] or 320)
         payload["onnx"] = meta["onnx"] = onnx_contract(payload["score_threshold"], max_detections(model))
     _write_metadata(payload, out, fmt)
     return out, meta

@@ -49,3 +49,43 @@ def test_a_shared_size_key_that_ssdlite_cannot_use_fails_before_ray(tmp_path, ti
     cfg = _config(tmp_path, tiny_demo, model={"weights": None, "min_size": 96, "max_size": 96})
     with pytest.raises(ConfigError, match=r"min_size does not apply to ssdlite320_mobilenet_v3_large"):
         check_space(cfg, n_train=18)
+
+
+# --- the input size, searched -------------------------------------------------------------------
+
+SIZED_SPACE = {"architecture": {"choice": ARCHS},
+               "image_size": {"choice": [64, 128], "when": {"architecture": ARCHS[1]}}, "batch_size": 4}
+
+
+def test_a_sampled_image_size_sets_min_and_max_size_over_by_architecture(tmp_path, tiny_demo):
+    cfg = SweepConfig.model_validate(tiny_sweep("sized", tiny_demo, tmp_path / "runs", model=MODEL,
+                                                search={"space": SIZED_SPACE, "num_trials": 2}))
+    drawn: list[dict] = []
+    check_space(cfg, n_train=18, drawn=drawn)
+    sizes = {(c["model"]["architecture"], c["model"].get("min_size"), c["model"].get("max_size")) for c in drawn}
+    # Faster R-CNN at both sampled sizes, never at by_architecture's 96; SSDlite with the schema's
+    # defaults, which its builder does not take (model_kwargs are {} for it)
+    assert sizes == {(ARCHS[0], 320, 640), (ARCHS[1], 64, 64), (ARCHS[1], 128, 128)}
+    assert all(c["model"].get("box_batch_size_per_image") == 64 for c in drawn if c["model"]["architecture"] == ARCHS[1])
+    assert all("image_size" not in c["hparams"] for c in drawn)
+
+
+def test_an_image_size_that_ssdlite_would_get_fails_before_ray(tmp_path, tiny_demo):
+    space = {**SIZED_SPACE, "image_size": {"choice": [64, 128]}}  # no `when`: SSDlite trials would get one
+    cfg = SweepConfig.model_validate(tiny_sweep("sized", tiny_demo, tmp_path / "runs", model=MODEL,
+                                                search={"space": space, "num_trials": 2}))
+    with pytest.raises(ConfigError, match=r"image_size: ssdlite320_mobilenet_v3_large resizes every image to "
+                                          r"320x320 .* sample image_size only when another architecture is chosen"):
+        check_space(cfg, n_train=18)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"int": [16, 96]}, "image_size: 16 is not a valid image_size: Input should be greater than or equal to 32"),
+    ({"choice": [96, 4000]}, "image_size: 4000 is not a valid image_size: Input should be less than or equal to 2048"),
+    ({"uniform": [64.0, 96.0]}, "image_size"),
+])
+def test_an_image_size_out_of_the_model_schema_is_refused_naming_it(spec, message):
+    from search_spaces.declarative import parse_space
+
+    with pytest.raises(ConfigError, match=message):
+        parse_space({"image_size": spec, "batch_size": 4})

@@ -1,0 +1,139 @@
+"""Is boxtune's latency figure one a user can believe? It against a plain timed loop and ONNX Runtime.
+
+For each architecture and input size, an untrained model of that structure is exported with
+``boxtune export`` (a ``.pt`` and an ``.onnx`` file, from a checkpoint this script writes), then
+timed three ways, each in a fresh process with the same thread count, ``--rounds`` times:
+
+- ``boxtune``: ``tune.ship.cost.measure_in_subprocess``, the figure trials get (median of
+  ``--repeats`` calls after warm-up);
+- ``plain loop``: the ``.pt`` export loaded with the README's three lines (torch and torchvision
+  alone), ``--repeats`` calls of ``model([image])`` timed as a whole with ``time.perf_counter``,
+  after the same warm-up; the mean per call;
+- ``onnxruntime``: the ``.onnx`` export in an ``InferenceSession``, timed the same way.
+
+The table gives each way's figure per round and the spread between rounds (max/min), and the
+ratios of the plain loop and ONNX Runtime to boxtune's figure.
+
+    python benchmarks/bench_latency.py
+    python benchmarks/bench_latency.py --models fasterrcnn_mobilenet_v3_large_320_fpn:320 retinanet_resnet50_fpn:512 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+CLASSES = 2
+
+_PLAIN = """
+import json, sys, time, torch, torchvision
+torch.set_num_threads({threads})
+ckpt = torch.load({pt!r}, weights_only=True)
+model = torchvision.models.get_model(ckpt["architecture"], weights=None, weights_backbone=None, num_classes=ckpt["num_classes"], **ckpt["model_kwargs"])
+model.load_state_dict(ckpt["state_dict"]); model.eval()
+image = torch.rand(3, {h}, {w}, generator=torch.Generator().manual_seed(0))
+with torch.inference_mode():
+    for _ in range({warmup}):
+        model([image])
+    start = time.perf_counter()
+    for _ in range({repeats}):
+        model([image])
+print(json.dumps((time.perf_counter() - start) / {repeats} * 1000))
+"""
+
+_ORT = """
+import json, time, numpy as np, onnxruntime as ort, torch
+options = ort.SessionOptions(); options.intra_op_num_threads = {threads}; options.inter_op_num_threads = 1
+session = ort.InferenceSession({onnx!r}, options, providers=["CPUExecutionProvider"])
+feed = {{"image": torch.rand(3, {h}, {w}, generator=torch.Generator().manual_seed(0)).numpy()}}
+for _ in range({warmup}):
+    session.run(None, feed)
+start = time.perf_counter()
+for _ in range({repeats}):
+    session.run(None, feed)
+print(json.dumps((time.perf_counter() - start) / {repeats} * 1000))
+"""
+
+
+def _export(arch: str, size: int, folder: Path) -> tuple[Path, Path, dict]:
+    """A checkpoint of an untrained model of this structure, exported as .pt and .onnx."""
+    import torch
+
+    from trainables.architectures import FAMILIES
+    from trainables.checkpoint import TrialState, capture_rng, save_checkpoint
+    from trainables.config import TrialConfig
+    from trainables.model import build_model, model_kwargs
+    from tune.ship.export import export_checkpoint
+
+    sized = {} if FAMILIES[arch] == "ssd" else {"min_size": size, "max_size": size * 4 // 3 + 1}  # SSDlite: 320, fixed
+    cfg = TrialConfig.model_validate({"model": {"architecture": arch, "weights": None, **sized}})
+    names = [f"class{i}" for i in range(CLASSES)]
+    torch.manual_seed(0)
+    model = build_model(cfg.model, names)
+    state = TrialState(epoch=1, model=model.state_dict(), optimizer={}, scheduler={}, scaler={}, rng=capture_rng(),
+                       config=cfg.model_dump(mode="json"), metrics={"AP": 0.0}, architecture=arch,
+                       classes=[{"label": i + 1, "name": n, "dataset_id": i + 1} for i, n in enumerate(names)],
+                       model_kwargs=model_kwargs(cfg.model), history=[{"AP": 0.0}])
+    ckpt = save_checkpoint(folder / "checkpoint", state).parent
+    pt, onnx = folder / "model.pt", folder / "model.onnx"
+    export_checkpoint(ckpt, pt, fmt="pt")
+    export_checkpoint(ckpt, onnx, fmt="onnx")
+    return pt, onnx, model_kwargs(cfg.model)
+
+
+def _script(code: str, threads: int) -> float:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return float(json.loads(out.stdout))
+
+
+def main() -> int:
+    from tune.ship.cost import CostRequest, input_hw, measure_in_subprocess
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["fasterrcnn_mobilenet_v3_large_320_fpn:320",
+                                                   "ssdlite320_mobilenet_v3_large:320"],
+                   help="ARCH:MIN_SIZE each (max_size is min_size * 4/3)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+    print(f"threads {args.threads}, {args.warmup} warm-up + {args.repeats} timed calls per figure, "
+          f"{args.rounds} rounds; ms per image at batch 1 on CPU")
+    print(f"{'model':<48} {'way':<12} {'rounds (ms)':<28} {'median':>8} {'spread':>7} {'/ boxtune':>9}")
+    for spec in args.models:
+        arch, _, size = spec.partition(":")
+        with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
+            pt, onnx, kwargs = _export(arch, int(size), Path(tmp))
+            h, w = input_hw(arch, kwargs)
+            fill = dict(threads=args.threads, h=h, w=w, warmup=args.warmup, repeats=args.repeats, pt=str(pt),
+                        onnx=str(onnx))
+            ways: dict[str, list[float]] = {"boxtune": [], "plain loop": [], "onnxruntime": []}
+            for _ in range(args.rounds):  # interleaved, so a change of machine load hits every way alike
+                request = CostRequest(arch, CLASSES, kwargs, threads=args.threads, warmup=args.warmup,
+                                      repeats=args.repeats, onnx=False)
+                ways["boxtune"].append(measure_in_subprocess(request)["latency_ms"])
+                ways["plain loop"].append(_script(_PLAIN.format(**fill), args.threads))
+                ways["onnxruntime"].append(_script(_ORT.format(**fill), args.threads))
+        base = statistics.median(ways["boxtune"])
+        for way, values in ways.items():
+            med = statistics.median(values)
+            shown = " ".join(f"{v:.1f}" for v in values)
+            print(f"{f'{arch} {h}x{w}':<48} {way:<12} {shown:<28} {med:8.1f} {max(values) / min(values):6.2f}x "
+                  f"{med / base:8.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
