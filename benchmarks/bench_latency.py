@@ -4,7 +4,7 @@ For each architecture and input size, an untrained model of that structure is ex
 ``boxtune export`` (a ``.pt`` and an ``.onnx`` file, from a checkpoint this script writes), then
 timed three ways, each in a fresh process with the same thread count, ``--rounds`` times:
 
-- ``boxtune``: ``tune.ship.cost.measure_in_subprocess``, the figure trials get (median of
+- ``boxtune``: ``trainables.cost.measure_in_subprocess``, the figure trials get (median of
   ``--repeats`` calls after warm-up);
 - ``plain loop``: the ``.pt`` export loaded with the README's three lines (torch and torchvision
   alone), ``--repeats`` calls of ``model([image])`` timed as a whole with ``time.perf_counter``,
@@ -98,7 +98,7 @@ def _script(code: str, threads: int) -> float:
 
 
 def main() -> int:
-    from tune.ship.cost import CostRequest, input_hw, measure_in_subprocess
+    from trainables.cost import CostRequest, input_hw, measure_in_subprocess
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["fasterrcnn_mobilenet_v3_large_320_fpn:320",

@@ -11,18 +11,22 @@ layer's weight, so the plain build computes what the trained model computed in e
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from trainables.atomic import atomic_path as _writing
 from trainables.checkpoint import TrialState
 from trainables.errors import BoxtuneError
 from trainables.model import build_inference_model
 
-__all__ = ["TrainedModel", "trained_model", "build_export_model", "normalize_state_dict", "checkpoint_classes"]
+__all__ = ["TrainedModel", "trained_model", "build_export_model", "normalize_state_dict", "checkpoint_classes",
+           "save_onnx", "ONNX_OPSET"]
 
 _BN_COUNTER = "num_batches_tracked"
 
@@ -124,3 +128,40 @@ def trained_model(state: TrialState) -> TrainedModel:
     state_dict = normalize_state_dict(state.model, model=model, trained_eps=trained_eps)
     model.load_state_dict(state_dict)  # strict: proves an export's loading snippet will load it
     return TrainedModel(model.eval(), state_dict, classes, num_classes, kwargs, _image_size(model))
+
+
+ONNX_OPSET = 17  # the opset ``boxtune export --format onnx`` writes
+
+
+class _OnnxDetector(nn.Module):
+    """One image in, (boxes, labels, scores) out: the shape ONNX Runtime users expect."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        detections = self.model([image])[0]
+        return detections["boxes"], detections["labels"], detections["scores"]
+
+
+def save_onnx(model: nn.Module, out: Path, *, size: int) -> None:
+    """``model`` as the ONNX graph ``--format onnx`` writes: one image in, boxes, labels, scores out.
+
+    Traced on a ``size x size*4/3`` image, with height and width dynamic; checked by ``onnx``."""
+    try:
+        import onnx
+    except ImportError:
+        raise BoxtuneError("--format onnx needs the onnx package: pip install boxtune[onnx]") from None
+    model = _OnnxDetector(model).eval()
+    example = torch.rand(3, size, size * 4 // 3, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings(), _writing(out) as tmp:
+        # the TorchScript-based exporter warns that it is deprecated and traces with many TracerWarnings
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (example,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
+            input_names=["image"], output_names=["boxes", "labels", "scores"],
+            dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "detections"},
+                          "labels": {0: "detections"}, "scores": {0: "detections"}},
+        )
+        onnx.checker.check_model(str(tmp))

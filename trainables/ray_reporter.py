@@ -48,6 +48,10 @@ class RayReporter:
             )
         return working
 
+    def add_extra(self, extra: Mapping[str, Any]) -> None:
+        """Merge ``extra`` into every report from now on."""
+        self._extra.update(extra)
+
     @property
     def trial_dir(self) -> Path:
         return self._trial_dir

@@ -20,6 +20,7 @@ __all__ = [
     "DataConfig",
     "SearchConfig",
     "ConfirmConfig",
+    "CostConfig",
     "ReportConfig",
     "SchedulerConfig",
     "ResourcesConfig",
@@ -163,6 +164,18 @@ class MlflowConfig(_Strict):
         return self
 
 
+class CostConfig(_Strict):
+    """What each model the space can produce costs to run (``tune.launch.costs``), measured before the
+    trials start: latency at batch 1 on CPU (median of ``repeats`` after ``warmup``, on ``threads``
+    threads), parameters and the export's size, added to every trial's results and the ranking."""
+
+    measure: bool = False
+    threads: int = Field(default=1, ge=1, le=256)
+    warmup: int = Field(default=3, ge=0, le=1000)
+    repeats: int = Field(default=20, ge=1, le=10_000)
+    onnx: bool = True  # also time the ONNX export in ONNX Runtime, where the onnx extra is installed
+
+
 class TrackingConfig(_Strict):
     """Experiment trackers the sweep also logs to (its run folder stays the record)."""
 
@@ -187,6 +200,7 @@ class SweepConfig(_Strict):
     checkpoints: CheckpointsConfig = Field(default_factory=CheckpointsConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
 
     @model_validator(mode="after")
     def _keep_test_top(self) -> SweepConfig:

@@ -46,7 +46,7 @@ def confirm_stage(cfg: SweepConfig, folder: RunFolder, manifest: Manifest, *, ec
     stage = folder.confirm_folder()
     view = load_sweep(folder.uri)
     # the search trials' sampled configs, fixed once the search has ended; with_parameters again on a restore
-    trainable = trial_runner(confirm_trainable, cfg, stage.storage, manifest,
+    trainable = trial_runner(confirm_trainable, cfg, stage.storage, manifest, costs=folder.costs(),
                              sampled={t.trial_id: t.config for t in view.trials})
     if stage.is_experiment():
         truncate_to_checkpoints(stage)  # no epoch recorded twice (as for the search)

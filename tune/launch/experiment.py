@@ -7,6 +7,7 @@ and leaves the printing to boxtune's table; and each resumes with ``Tuner.restor
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from trainables.data import Manifest
 from trainables.gpu_memory import measured_context_mib
@@ -18,15 +19,20 @@ from tune.trial_config import sweep_base
 __all__ = ["trial_runner", "run_config", "restore_tuner"]
 
 
-def trial_runner(fn: Callable, cfg: SweepConfig, storage: RunStorage, manifest: Manifest, **parameters):
+def trial_runner(fn: Callable, cfg: SweepConfig, storage: RunStorage, manifest: Manifest, *,
+                 costs: dict[str, Any] | None = None, **parameters):
     """``fn`` (``tune.launch.trainable``) with the manifest, the trials' shared config, ``parameters``
-    and the sweep's per-trial resources, writing its trial records into the experiment folder ``storage``."""
+    and the sweep's per-trial resources, writing its trial records into the experiment folder ``storage``.
+
+    ``costs`` (the run folder's ``costs.json``, ``cost.measure``) travel in the shared config: each
+    trial adds its model's figures to every result it reports."""
     from ray import tune
 
     # the CUDA context a packed trial's allocator leaves out of its share, read here once: the
     # driver's table (BOXTUNE_GPU_MEMORY_TABLE is an environment variable of this process) is the
     # one the preflight used
-    base = {**sweep_base(cfg), "gpu_context_mib": measured_context_mib() if cfg.resources.gpu > 0 else 0.0}
+    base = {**sweep_base(cfg), "gpu_context_mib": measured_context_mib() if cfg.resources.gpu > 0 else 0.0,
+            "costs": costs or {}}
     return tune.with_resources(tune.with_parameters(fn, manifest=manifest, base=base, run=storage.uri, **parameters),
                                {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
 

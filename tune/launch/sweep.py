@@ -42,6 +42,7 @@ from trainables.freeze import max_freeze_depth
 from trainables.objective import BEST_SCORE, SCORE, check_measurable, parse_objective
 from tune.config import SweepConfig
 from tune.launch.confirm import confirm_stage
+from tune.launch.costs import measure_structures, space_structures
 from tune.launch.data_source import prepare_manifest
 from tune.launch.experiment import restore_tuner, run_config, trial_runner
 from tune.launch.gpu_preflight import gpu_memory_preflight
@@ -126,6 +127,18 @@ def _define_by_run(cfg: SweepConfig):
     """The space, compiled for this sweep's architecture, run length and start."""
     return resolve_space(cfg.search.space, max_freeze_depth=max_freeze_depth(cfg.model.architecture),
                          epochs=cfg.training.epochs, pretrained=pretrained_start(cfg))
+
+
+def measure_costs(cfg: SweepConfig, num_classes: int, *, echo=print) -> dict[str, dict[str, Any]] | None:
+    """``cost.measure``: every model structure the space can produce, measured (``tune.launch.costs``); else None."""
+    if not cfg.cost.measure:
+        return None
+    base = sweep_base(cfg)
+    models = space_structures(_define_by_run(cfg), lambda sampled: merge_trial_config(base, sampled))
+    echo(f"cost.measure: {len(models)} model structure{'s' if len(models) != 1 else ''} to time, one process each")
+    c = cfg.cost
+    return measure_structures(models, num_classes=num_classes, threads=c.threads, warmup=c.warmup, repeats=c.repeats,
+                              onnx=c.onnx, echo=echo)
 
 
 def check_space(cfg: SweepConfig, *, n_train: int, samples: int = 64, drawn: list | None = None) -> int:
@@ -267,7 +280,7 @@ def _tuner(cfg: SweepConfig, folder: RunFolder, manifest: Manifest, *, restore: 
     """The sweep's Tuner (new, or restored from storage); fit it inside ``_tune_environment()``."""
     from ray import tune
 
-    trainable = trial_runner(sweep_trainable, cfg, folder.storage, manifest)
+    trainable = trial_runner(sweep_trainable, cfg, folder.storage, manifest, costs=folder.costs())
     if restore:
         return restore_tuner(folder.storage, trainable)
     searcher, scheduler, scheduling_callbacks, max_concurrent = _scheduling(cfg, folder)
@@ -301,6 +314,7 @@ def launch_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) ->
     n_test = splits.count("test")  # held out: evaluated once when the sweep ends (tune.results.holdout)
     echo(f"  {n_train} train / {n_val} val{f' / {n_test} test' if n_test else ''} images, "
          f"classes: {', '.join(manifest.class_names)}")
+    costs = measure_costs(cfg, len(manifest.class_names), echo=echo)  # before Ray: no trial competes with it
     with ray_session(address) as ray_info:
         require_resources(cpu=cfg.resources.cpu, gpu=cfg.resources.gpu)
         # each config against a trial's share of a card, with the training images' distinct sizes
@@ -310,6 +324,8 @@ def launch_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) ->
         folder.write_config(cfg)
         folder.write_manifest(manifest)
         folder.write_info({**_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ray_address": ray_info})
+        if costs is not None:
+            folder.write_costs(costs)
         trials = cfg.search.num_trials
         echo(f"sweep {cfg.name}: {trials} trial{'s' if trials != 1 else ''}, {cfg.search.sampler} sampler, "
              f"{describe_scheduler(cfg)} scheduler, results in {folder.uri}")

@@ -121,6 +121,16 @@ class RunFolder:
     def write_info(self, info: dict[str, Any]) -> None:
         self.storage.write_text(layout.INFO_FILE, json.dumps(info, indent=2))
 
+    # -- costs.json ---------------------------------------------------------------------------------
+    def costs(self) -> dict[str, dict[str, Any]] | None:
+        """``costs.json``: model structure (``tune.launch.costs.structure_key``) -> its figures; None when not measured."""
+        if not self.storage.exists(layout.COSTS_FILE):
+            return None
+        return json.loads(self.storage.read_text(layout.COSTS_FILE))
+
+    def write_costs(self, costs: dict[str, dict[str, Any]]) -> None:
+        self.storage.write_text(layout.COSTS_FILE, json.dumps(costs, indent=2))
+
     # -- test_results.json --------------------------------------------------------------------------
     def test_results(self) -> dict[str, Any] | None:
         """``test_results.json``, or None when the sweep evaluated nothing on a test split."""

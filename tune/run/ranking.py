@@ -29,6 +29,7 @@ import logging
 import math
 from typing import Any
 
+from trainables.cost import COST_COLUMNS
 from trainables.errors import BoxtuneError
 from trainables.objective import BEST_SCORE, fold_score, parse_objective, score_of
 from tune.run.confirmation import CONFIRM_COLUMNS, seed_members, summarise_seeds
@@ -104,6 +105,7 @@ def _row(view: SweepView, t: TrialView, varying: list[str]) -> dict[str, Any]:
     row["best_epoch"] = int(best["epoch"]) if best is not None else 0
     row["epochs"] = max((int(r.get("epoch", 0)) for r in t.history), default=0)
     row.update(_test_cells(view, t.trial_id))
+    row.update(_cost_cells(t))
     for key in varying:
         value = t.config.get(key)
         row[key] = None if value is None else (value if isinstance(value, bool | int | float) else str(value))
@@ -111,6 +113,12 @@ def _row(view: SweepView, t: TrialView, varying: list[str]) -> dict[str, Any]:
     row["error"] = t.error
     row["path"] = t.path
     return row
+
+
+def _cost_cells(t: TrialView) -> dict[str, float]:
+    """The model's cost figures (``cost.measure``: every result carries them); none when not measured."""
+    measured = next((r for r in reversed(t.history) if "latency_ms" in r), None)
+    return {} if measured is None else {key: _metric(measured, key) for key in COST_COLUMNS}
 
 
 def _test_cells(view: SweepView, trial_id: str) -> dict[str, Any]:

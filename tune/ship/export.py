@@ -19,7 +19,9 @@ A ``.pt`` export is a ``torch.save`` dict of tensors, numbers and strings (it lo
                  "config_trial": "..."},
      "train_run": None,               # a `boxtune train` folder's export: its path (trial_id, sweep None)
      "score_threshold": 0.05,         # the model's own score filter (baked into TorchScript and ONNX)
-     "eval_score_threshold": 0.001}   # the one its val numbers were measured with
+     "eval_score_threshold": 0.001,   # the one its val numbers were measured with
+     "cost": {"latency_ms": ..., "latency_p10_ms": ..., "params": ..., "file_mb": ..., "threads": 1, ...}}
+                                      # only with cost.measure: its model structure's figures (trainables.cost)
 
 A train folder's best epoch ships with the same keys (``tune.run.train_run``): ``ranking`` is rank
 1 of 1 with the interval of its best epoch. An ONNX export's ``.onnx.json`` adds ``onnx``, its
@@ -70,8 +72,9 @@ from trainables.architectures import EVAL_SCORE_THRESHOLD
 from trainables.atomic import atomic_path as _writing
 from trainables.atomic import strict_json
 from trainables.checkpoint import TrialState, load_checkpoint
+from trainables.cost import structure_key
 from trainables.errors import BoxtuneError
-from trainables.inference import trained_model
+from trainables.inference import ONNX_OPSET, save_onnx, trained_model
 from trainables.model import max_detections, score_threshold, set_score_threshold
 from tune.run.checkpoints import best_checkpoint
 from tune.run.confirmation import CONFIRM_COLUMNS, config_of
@@ -92,7 +95,6 @@ __all__ = [
     "export_checkpoint",
     "export_best",
     "export_run",
-    "save_onnx",
     "onnx_contract",
     "chosen_line",
 ]
@@ -100,7 +102,6 @@ __all__ = [
 EXPORT_FORMAT = "boxtune-export"
 EXPORT_VERSION = 1
 FORMATS = EXPORT_FORMATS
-ONNX_OPSET = 17
 
 _SNIPPET = """\
 ckpt = torch.load("best.pt", weights_only=True)
@@ -161,18 +162,6 @@ def _write_metadata(payload: dict[str, Any], out: Path, fmt: str) -> None:
         tmp.write_text(strict_json(meta) + "\n")
 
 
-class _OnnxDetector(nn.Module):
-    """One image in, (boxes, labels, scores) out: the shape ONNX Runtime users expect."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        detections = self.model([image])[0]
-        return detections["boxes"], detections["labels"], detections["scores"]
-
-
 def _save_torchscript(model: nn.Module, out: Path) -> None:
     with warnings.catch_warnings():
         # torch 2.15: "`torch.jit.script` is deprecated" (FutureWarning); still works
@@ -180,28 +169,6 @@ def _save_torchscript(model: nn.Module, out: Path) -> None:
         scripted = torch.jit.script(model)
         with _writing(out) as tmp:
             torch.jit.save(scripted, str(tmp))
-
-
-def save_onnx(model: nn.Module, out: Path, *, size: int) -> None:
-    """``model`` as the ONNX graph ``--format onnx`` writes: one image in, boxes, labels, scores out.
-
-    Traced on a ``size x size*4/3`` image, with height and width dynamic; checked by ``onnx``."""
-    try:
-        import onnx
-    except ImportError:
-        raise BoxtuneError("--format onnx needs the onnx package: pip install boxtune[onnx]") from None
-    model = _OnnxDetector(model).eval()
-    example = torch.rand(3, size, size * 4 // 3, generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings(), _writing(out) as tmp:
-        # the TorchScript-based exporter warns that it is deprecated and traces with many TracerWarnings
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, (example,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
-            input_names=["image"], output_names=["boxes", "labels", "scores"],
-            dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "detections"},
-                          "labels": {0: "detections"}, "scores": {0: "detections"}},
-        )
-        onnx.checker.check_model(str(tmp))
 
 
 def export_checkpoint(checkpoint_dir: str | os.PathLike, out: str | os.PathLike, *, fmt: str = "pt",
@@ -223,7 +190,7 @@ def export_checkpoint(checkpoint_dir: str | os.PathLike, out: str | os.PathLike,
 def _export(checkpoint_dir, out, *, fmt: str, trial_id: str | None = None, sweep: str | None = None,
             test: Mapping[str, Any] | None = None, expect_epoch: int | None = None,
             ranking: Mapping[str, Any] | None = None, score_threshold: float | None = None,
-            train_run: str | None = None) -> tuple[Path, dict[str, Any]]:
+            train_run: str | None = None, costs: Mapping[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """``export_checkpoint``, returning the path and the metadata written (all but the weights)."""
     check_export_arguments(out, fmt, score_threshold)
     out = Path(out)
@@ -234,6 +201,8 @@ def _export(checkpoint_dir, out, *, fmt: str, trial_id: str | None = None, sweep
     payload, model = _payload_and_model(state, trial_id=trial_id, sweep=sweep)
     payload["ranking"] = None if ranking is None else dict(ranking)
     payload["train_run"] = train_run
+    if costs:  # cost.measure: the model structure's figures and what they were measured under
+        payload["cost"] = dict(costs[structure_key(state.config["model"])])
     if test is not None and int(test["epoch"]) == int(state.epoch):
         payload["test_metrics"] = {k: _float(v) for k, v in test_columns(test["metrics"]).items()}
         payload["test_images"] = int(test["images"])
@@ -306,7 +275,8 @@ def export_run(run: str, out: str | os.PathLike, *, trial: str | None = None, fm
                                         "metrics": tested["metrics"]}
     with checkpoint.as_directory() as directory:
         return _export(directory, out, fmt=fmt, trial_id=chosen.trial_id, sweep=view.uri, test=test,
-                       expect_epoch=expect or None, ranking=ranking, score_threshold=score_threshold)
+                       expect_epoch=expect or None, ranking=ranking, score_threshold=score_threshold,
+                       costs=view.folder.costs())
 
 
 def _number(value: Any) -> str:

@@ -20,7 +20,7 @@ thread count fixed (``torch.set_num_threads``; ONNX Runtime's ``intra_op_num_thr
 recorded. With the ``onnx`` extra installed, the same model exported as ``boxtune export
 --format onnx`` writes it is timed in ONNX Runtime on the same image.
 
-``python -m tune.ship.cost`` reads one JSON request on stdin and writes the figures as JSON on
+``python -m trainables.cost`` reads one JSON request on stdin and writes the figures as JSON on
 stdout: what ``measure_in_subprocess`` runs.
 """
 
@@ -42,11 +42,12 @@ from typing import Any
 
 from trainables.errors import BoxtuneError
 
-__all__ = ["CostRequest", "measure_cost", "measure_in_subprocess", "input_hw", "summarize_times",
+__all__ = ["CostRequest", "measure_cost", "measure_in_subprocess", "input_hw", "summarize_times", "structure_key",
            "COST_COLUMNS"]
 
-# the figures a cost measurement gives, in the order results and tables show them
-COST_COLUMNS = ("latency_ms", "latency_p10_ms", "latency_p90_ms", "params", "file_mb")
+# the figures a cost measurement gives, in the order results and tables show them: what each result
+# of a trial carries (``cost.measure``), and the ranking's columns
+COST_COLUMNS = ("latency_ms", "latency_p10_ms", "latency_p90_ms", "onnx_latency_ms", "params", "file_mb")
 _MB = 1e6  # file sizes in megabytes (10^6 bytes), as disk tools and model hubs state them
 
 
@@ -68,6 +69,15 @@ class CostRequest:
         if self.threads < 1 or self.warmup < 0 or self.repeats < 1:
             raise ValueError(f"threads and repeats should be at least 1 and warmup at least 0, got "
                              f"threads {self.threads}, warmup {self.warmup}, repeats {self.repeats}")
+
+
+def structure_key(model_section: Mapping[str, Any]) -> str:
+    """``architecture`` and the builder's size arguments of a trial's model section, as one string."""
+    from trainables.config import ModelConfig
+    from trainables.model import model_kwargs
+
+    cfg = ModelConfig.model_validate({k: v for k, v in model_section.items() if k != "by_architecture"})
+    return json.dumps({"architecture": cfg.architecture, **model_kwargs(cfg)}, sort_keys=True)
 
 
 def input_hw(architecture: str, model_kwargs: Mapping[str, Any]) -> tuple[int, int]:
@@ -174,7 +184,7 @@ def _onnx_cost(model, image, request: CostRequest) -> dict[str, Any]:
         import onnxruntime as ort
     except ImportError:
         return {}
-    from tune.ship.export import save_onnx
+    from trainables.inference import save_onnx
 
     with tempfile.TemporaryDirectory(prefix="boxtune-cost-") as tmp:
         path = Path(tmp) / "model.onnx"
@@ -193,9 +203,9 @@ def _onnx_cost(model, image, request: CostRequest) -> dict[str, Any]:
 
 def measure_in_subprocess(request: CostRequest, *, timeout_s: float = 600.0) -> dict[str, Any]:
     """``measure_cost`` in a fresh Python process: nothing else of this process's threads or memory in the way."""
-    cmd = [sys.executable, "-m", "tune.ship.cost"]
+    cmd = [sys.executable, "-m", "trainables.cost"]
     env = dict(os.environ, OMP_NUM_THREADS=str(request.threads), MKL_NUM_THREADS=str(request.threads))
-    repo = str(Path(__file__).resolve().parents[2])
+    repo = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
     try:
         proc = subprocess.run(cmd, input=json.dumps(asdict(request)), capture_output=True, text=True,

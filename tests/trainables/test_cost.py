@@ -7,9 +7,9 @@ import io
 import pytest
 import torch
 
+from trainables.cost import CostRequest, input_hw, measure_in_subprocess, summarize_times
 from trainables.errors import BoxtuneError
 from trainables.model import build_inference_model
-from tune.ship.cost import CostRequest, input_hw, measure_in_subprocess, summarize_times
 
 ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
 SIZE = {"min_size": 96, "max_size": 96}

@@ -1,0 +1,127 @@
+"""What each model a sweep can train costs to run, measured once before its trials start (``cost.measure``).
+
+Latency hardly depends on the weights, so it is a property of the model's structure: the
+architecture, its input size (``model_kwargs``: ``min_size``/``max_size``) and the class count.
+The sweep finds every such structure its space can produce (``space_structures``), measures each
+in a process of its own while no trial runs (``trainables.cost``), writes the table to the run
+folder (``costs.json``) and hands it to the trials, which add their structure's figures to every
+result they report (``cost_figures``): so the ranking, the export's metadata and an early-stopped
+trial's last result carry them too.
+
+Finding every structure needs the architecture and the input size to be constants or choices: the
+space is run once per architecture it offers and once per size offered under it. An input size
+searched over a range (``image_size: {int: [256, 640]}``) cannot be measured ahead, and is refused
+while ``cost.measure`` is on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import optuna
+
+from search_spaces import suggest_hparams
+from trainables.cost import COST_COLUMNS, CostRequest, measure_in_subprocess, structure_key
+from trainables.errors import ConfigError
+
+__all__ = ["space_structures", "measure_structures", "cost_figures"]
+
+_SEARCHED = ("architecture", "image_size")  # the sampled keys that change a model's structure
+
+
+class _Pinned(optuna.samplers.BaseSampler):
+    """Gives ``pins[name]`` where pinned, else each parameter's first choice or low end."""
+
+    def __init__(self) -> None:
+        self.pins: dict[str, Any] = {}
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        if param_name in self.pins:
+            return self.pins[param_name]
+        if isinstance(param_distribution, optuna.distributions.CategoricalDistribution):
+            return param_distribution.choices[0]
+        return param_distribution.low
+
+
+def _choices(trial: optuna.trial.FrozenTrial, name: str) -> list[Any] | None:
+    """The values ``name`` was offered in ``trial`` (None if not sampled); a range is a ConfigError."""
+    dist = trial.distributions.get(name)
+    if dist is None:
+        return None
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return list(dist.choices)
+    raise ConfigError(f"cost.measure: the space searches {name} over a range ({dist.low} to {dist.high}), so the "
+                      f"models it can train cannot be measured before the trials start; search it as a choice "
+                      f"(declarative spaces: `{name}: {{choice: [...]}}`), or set cost.measure: false")
+
+
+def space_structures(space, merged: Callable[[dict[str, Any]], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every model section the space can give a trial, one per distinct structure (``structure_key``).
+
+    ``merged(sampled)`` is the trial config of a sample (``merge_trial_config``). The space runs with
+    every other parameter at its first choice or low end, once per architecture it offers and once
+    per input size offered under that architecture.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = _Pinned()
+    study = optuna.create_study(sampler=sampler)
+
+    def run(pins: dict[str, Any]) -> tuple[dict[str, Any], optuna.trial.FrozenTrial]:
+        sampler.pins = pins
+        trial = study.ask()
+        sampled = suggest_hparams(space, trial)
+        study.tell(trial, 0.0)
+        return merged(sampled)["model"], study.trials[-1]
+
+    found: dict[str, dict[str, Any]] = {}
+    _, first = run({})
+    for arch in _choices(first, "architecture") or [None]:
+        pins = {} if arch is None else {"architecture": arch}
+        model, trial = run(pins)
+        found.setdefault(structure_key(model), model)
+        for size in _choices(trial, "image_size") or []:
+            model, _ = run({**pins, "image_size": size})
+            found.setdefault(structure_key(model), model)
+    return [found[k] for k in sorted(found)]
+
+
+def measure_structures(models: list[dict[str, Any]], *, num_classes: int, threads: int, warmup: int, repeats: int,
+                       onnx: bool, echo=print) -> dict[str, dict[str, Any]]:
+    """``structure_key`` -> the figures of ``trainables.cost`` for each model section, one subprocess each."""
+    out = {}
+    for i, model in enumerate(models, 1):
+        key = structure_key(model)
+        shown = ", ".join(f"{k} {v}" for k, v in json.loads(key).items() if k != "architecture")
+        echo(f"  measuring {model['architecture']}{f' ({shown})' if shown else ''}: {i} of {len(models)}")
+        spec = json.loads(key)
+        request = CostRequest(spec.pop("architecture"), num_classes, spec, threads=threads, warmup=warmup,
+                              repeats=repeats, onnx=onnx)
+        figures = measure_in_subprocess(request)
+        echo(f"    {figures['latency_ms']:.1f} ms at batch 1 on {threads} thread{'s' if threads != 1 else ''} "
+             f"({figures['latency_p10_ms']:.1f}..{figures['latency_p90_ms']:.1f}), "
+             f"{figures['params'] / 1e6:.2f} M parameters, {figures['file_mb']:.1f} MB")
+        out[key] = figures
+    return out
+
+
+def cost_figures(costs: Mapping[str, Mapping[str, Any]] | None, model_section: Mapping[str, Any]) -> dict[str, float]:
+    """The figures a trial of ``model_section`` adds to each result ({} when costs are not measured)."""
+    if not costs:
+        return {}
+    figures = costs.get(structure_key(model_section))
+    if figures is None:  # space_structures found every structure; a miss is a bug, not a user error
+        raise KeyError(f"no cost measured for {structure_key(model_section)}; measured: {sorted(costs)}")
+    out = {}
+    for key in COST_COLUMNS:
+        value = figures.get(key)
+        out[key] = math.nan if value is None else float(value)
+    return out
