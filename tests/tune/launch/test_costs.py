@@ -91,7 +91,7 @@ def test_each_result_and_ranking_row_carries_its_models_figures(measured_and_not
 
 
 def test_with_measuring_off_the_same_trials_end_in_the_same_ranking(measured_and_not):
-    (on, run_on, _), (off, run_off, _) = measured_and_not[True], measured_and_not[False]
+    (on, _, _), (off, run_off, _) = measured_and_not[True], measured_and_not[False]
     assert not (run_off / "costs.json").exists()
     assert not set(COST_COLUMNS) & set(pq.read_table(run_off / "ranking.parquet").column_names)
     keep = ("rank", "number", "status", "best_epoch", "epochs", "AP", "AR100", "score")
