@@ -12,11 +12,12 @@ cluster.
 reads ``WORKDIR/sweep.yaml`` (and ``WORKDIR/params.json`` where a scenario takes parameters)
 and writes what it saw to ``WORKDIR/scenario.json``. Scenarios:
 
-``ray_start``   three ``ray start`` nodes (token authentication on, with the scenario's own token):
-                a head with ``CPU: 0`` as in ``cluster.yaml``, so every trial runs on a worker, and
-                two 1-CPU workers, one with a fake GPU; preflight checks through ``ray_session``;
-                then ``boxtune sweep --address`` as a client process, and two clients refused (no
-                token, another cluster's token).
+``ray_start``   the hand-run recipe of ``docs/cluster.md`` ("Starting nodes by hand"), run as written:
+                its token generation, a head with ``CPU: 0`` as in ``cluster.yaml``, so every trial
+                runs on a worker, and its worker command twice (two 1-CPU workers, one with a fake
+                GPU; the scenario appends those flags); preflight checks through ``ray_session``;
+                clients refused (no token, another cluster's token, a missing token file, a
+                ``ray://`` address), each timed; then the recipe's ``boxtune sweep --address``.
 ``node_loss``   a ``ray.cluster_utils.Cluster`` of two 1-CPU nodes; the second node is killed
                 (all its processes, no graceful shutdown) once one of its trials has checkpointed,
                 and the sweep has to finish on the first.
@@ -48,6 +49,9 @@ if str(REPO) not in sys.path:
 __all__ = ["namespace_command", "NamespaceUnavailable", "run_scenario", "SCENARIOS", "FAKE_CARD_MIB"]
 
 HEAD_PORT = 6379  # free by construction: the namespace has its own loopback
+CLUSTER_DOC = REPO / "docs" / "cluster.md"
+# the line above the fenced block of docs/cluster.md that the ray_start scenario runs
+RECIPE_MARK = "<!-- the cluster tests run this block as written"
 SECOND_NODE = "second_node"  # custom resource only the second node advertises
 AUTH_TOKEN_FILE = "auth_token"  # the scenario's own cluster token, in its private temp dir
 _NODE_WAIT_S = 60
@@ -236,10 +240,76 @@ def _params(work: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def hand_start_recipe(doc: Path = CLUSTER_DOC) -> list[list[str]]:
+    """The commands of the block under ``RECIPE_MARK`` in ``doc``, one argv per line, comments dropped."""
+    import shlex
+
+    text = doc.read_text()
+    if RECIPE_MARK not in text:
+        raise RuntimeError(f"{doc}: no line starting {RECIPE_MARK!r}, above the hand-run recipe's block")
+    block = text.split(RECIPE_MARK, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [argv for argv in (shlex.split(line, comments=True) for line in block.splitlines()) if argv]
+
+
+def _run_recipe(recipe: list[list[str]], temp: Path, env: dict[str, str], *, head: tuple[list[str], dict[str, str]],
+                workers: list[tuple[str, list[str], dict[str, str]]], address: str,
+                token_copies: list[Path]) -> list[str]:
+    """Run the recipe's commands in order, with HEAD_IP and WORKER_IP on loopback: ``export`` sets a
+    variable for the commands after it, the head's ``ray start`` gets ``head``'s extra flags and
+    environment, the workers' runs once per entry of ``workers`` (node dir, extra flags, environment).
+    The head's ``~/.ray/auth_token`` is then copied to ``token_copies`` (as the recipe says to copy
+    it to the other machines). Returns the recipe's ``boxtune sweep`` as an argv to run; a command
+    this cannot run is an error, so the recipe cannot drift from what the tests run."""
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    host = address.rsplit(":", 1)[0]
+    exports: dict[str, str] = {}
+    started, sweep = [], None
+    for argv in recipe:
+        argv = [a.replace("HEAD_IP", host).replace("WORKER_IP", host) for a in argv]
+        line = " ".join(argv)
+        if argv[0] == "export" and len(argv) == 2 and "=" in argv[1]:
+            key, value = argv[1].split("=", 1)
+            exports[key] = value
+        elif argv[:2] == ["ray", "get-auth-token"]:
+            out = subprocess.run([ray_cli, *argv[1:]], capture_output=True, text=True, env={**env, **exports},
+                                 timeout=120)
+            if out.returncode != 0:
+                raise RuntimeError(f"{line} exited {out.returncode}:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
+        elif argv[:3] == ["ray", "start", "--head"]:
+            flags, node_env = head
+            _ray_start([*argv[2:], *flags], temp, env={**node_env, **exports})
+            started.append("head")
+        elif argv[:2] == ["ray", "start"] and "--address" in argv:
+            for node_dir, flags, node_env in workers:
+                _ray_start([*argv[2:], *flags], temp, node_dir=node_dir, env={**node_env, **exports})
+                started.append(node_dir)
+        elif argv[:2] == ["boxtune", "sweep"] and argv[2] == "sweep.yaml":
+            sweep = argv
+        else:
+            raise RuntimeError(f"{CLUSTER_DOC}: the scenario cannot run this line of the hand-run recipe: {line}")
+    if "head" not in started or len(started) != 1 + len(workers) or sweep is None:
+        raise RuntimeError(f"{CLUSTER_DOC}: the hand-run recipe should start a head, then workers, then run "
+                           f"boxtune sweep sweep.yaml; it started {started} and ran {sweep}")
+    head_token = Path(env["HOME"]) / ".ray" / "auth_token"
+    for copy in token_copies:
+        shutil.copyfile(head_token, copy)
+    return sweep
+
+
+def _timed_client(argv: list[str], env: dict[str, str]) -> dict[str, Any]:
+    started = time.monotonic()
+    out = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    return {"rc": out.returncode, "output": (out.stdout + out.stderr)[-3000:], "seconds": time.monotonic() - started}
+
+
 def scenario_ray_start(work: Path) -> dict[str, Any]:
-    """A CPU-less head and two workers from `ray start`; preflight cases against them; `boxtune sweep
-    --address` as a client, refused without the cluster's token and with another token, then run."""
+    """docs/cluster.md's hand-run recipe: a CPU-less head and two workers; preflight cases against them;
+    refused clients, timed; then the recipe's `boxtune sweep --address` as a client."""
     temp = _ray_temp_dir()
+    # the recipe generates the cluster's token itself, in ~/.ray of a home of the scenario's own
+    home = temp / "home"
+    home.mkdir()
+    (temp / AUTH_TOKEN_FILE).unlink()
     address = f"127.0.0.1:{HEAD_PORT}"
     # before ray is imported: it reads RAY_AUTH_MODE once, at import
     env = _node_env(temp)
@@ -252,29 +322,41 @@ def scenario_ray_start(work: Path) -> dict[str, Any]:
     from tune.launch.gpu_preflight import card_memory_mib, gpu_memory_preflight
     from tune.launch.ray_session import ray_session, require_resources
 
-    sweep_cmd = [sys.executable, "-m", "tune.cli", "sweep", str(work / "sweep.yaml"), "--address", address]
+    def recipe_env(node_env: dict[str, str]) -> dict[str, str]:
+        """A node's environment as the recipe finds it: no token mode yet, the token in ~/.ray."""
+        return {**{k: v for k, v in node_env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")},
+                "HOME": str(home)}
+
     try:
-        # the GPU-less nodes get stand-ins too (reporting another size): the card read must not ask them
-        _ray_start(["--head", "--port", str(HEAD_PORT), "--num-cpus", "0", "--num-gpus", "0",
-                    "--include-dashboard", "false"], temp, env=_fake_card_env(temp, NOT_A_GPU_NODE_MIB))
-        # the second node has its own resources: a fake GPU (no CUDA device behind it) and a marker,
+        recipe = hand_start_recipe()
+        # the GPU-less nodes get stand-ins too (reporting another size): the card read must not ask them.
+        # The second node has its own resources: a fake GPU (no CUDA device behind it) and a marker,
         # and an `nvidia-smi` on its PATH that tells the card memory query FAKE_CARD_MIB
-        _ray_start(["--address", address, "--num-cpus", "1", "--num-gpus", "1",
-                    "--resources", json.dumps({SECOND_NODE: 1})], temp, node_dir="ray-second",
-                   env=_fake_card_env(temp))
-        _ray_start(["--address", address, "--num-cpus", "1", "--num-gpus", "0"], temp, node_dir="ray-third",
-                   env=_fake_card_env(temp, NOT_A_GPU_NODE_MIB))
-        # clients without the token and with another one: they retry for a while before giving up,
-        # so start them now
+        sweep_argv = _run_recipe(
+            recipe, temp, recipe_env(env), address=address,
+            head=(["--num-gpus", "0"], recipe_env(_fake_card_env(temp, NOT_A_GPU_NODE_MIB))),
+            workers=[("ray-second", ["--num-cpus", "1", "--num-gpus", "1", "--resources", json.dumps({SECOND_NODE: 1})],
+                      recipe_env(_fake_card_env(temp))),
+                     ("ray-third", ["--num-cpus", "1", "--num-gpus", "0"],
+                      recipe_env(_fake_card_env(temp, NOT_A_GPU_NODE_MIB)))],
+            token_copies=[temp / AUTH_TOKEN_FILE])  # the clients' copy, named by RAY_AUTH_TOKEN_PATH
+        sweep_cmd = [sys.executable, "-m", "tune.cli", "sweep", str(work / "sweep.yaml"), *sweep_argv[3:]]
+        # clients refused: the head's token mode unset or off, another cluster's token, a token file
+        # that is not there, and a Ray Client address
         other_token = temp / "other_auth_token"
         other_token.write_text(secrets.token_hex(32))
+        no_mode = {k: v for k, v in _node_env(temp).items() if k != "RAY_AUTH_MODE"}
         refused = {
-            "tokenless": {"RAY_AUTH_MODE": "disabled"},
-            "wrong_token": {"RAY_AUTH_TOKEN_PATH": str(other_token)},
+            "unset_mode": (sweep_cmd, no_mode),
+            # and no token anywhere: none in its own (empty) home, no RAY_AUTH_TOKEN_PATH
+            "tokenless": (sweep_cmd, {**{k: v for k, v in _node_env(temp).items() if k != "RAY_AUTH_TOKEN_PATH"},
+                                      "RAY_AUTH_MODE": "disabled", "HOME": str(temp / "tokenless_home")}),
+            "wrong_token": (sweep_cmd, {**_node_env(temp), "RAY_AUTH_TOKEN_PATH": str(other_token)}),
+            "missing_token": (sweep_cmd, {**_node_env(temp), "RAY_AUTH_TOKEN_PATH": str(temp / "no_such_token")}),
+            "ray_client": ([*sweep_cmd[:-1], "ray://127.0.0.1:10001"], _node_env(temp)),
         }
-        clients = {case: subprocess.Popen([*sweep_cmd, "--name", case], stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, text=True, cwd=REPO, env={**_node_env(temp), **extra})
-                   for case, extra in refused.items()}
+        (temp / "tokenless_home").mkdir()
+        clients = {case: _timed_client([*argv, "--name", case], client_env) for case, (argv, client_env) in refused.items()}
         preflight = []
         with ray_session(address) as where:
             nodes = _node_summary(_wait_for_nodes(3))
@@ -314,10 +396,11 @@ def scenario_ray_start(work: Path) -> dict[str, Any]:
                 "sweep_rc": sweep.returncode,
                 "sweep_s": sweep_s, "sweep_output": (sweep.stdout + sweep.stderr)[-6000:],
                 "gpu_refused_rc": gpu_refused and gpu_refused.returncode,
-                "gpu_refused_output": gpu_refused and (gpu_refused.stdout + gpu_refused.stderr)[-3000:]}
+                "gpu_refused_output": gpu_refused and (gpu_refused.stdout + gpu_refused.stderr)[-3000:],
+                "recipe": recipe, "sweep_cmd": sweep_cmd}
         for case, client in clients.items():
-            output, _ = client.communicate(timeout=300)
-            seen.update({f"{case}_rc": client.returncode, f"{case}_output": output[-3000:]})
+            seen.update({f"{case}_rc": client["rc"], f"{case}_output": client["output"],
+                         f"{case}_s": client["seconds"]})
         return seen
     finally:
         _stop_nodes(temp)

@@ -398,6 +398,11 @@ def _env_float(name: str) -> float | None:
         raise BoxtuneError(f"{name}: expected a number, got {raw!r}") from None
 
 
+# sweep, resume and demo: the one documented form (README, docs/cluster.md)
+ADDRESS_HELP = ("join a Ray cluster: HEAD_IP:6379 (the head's GCS port), or auto on a node of the cluster; "
+                "clients need RAY_AUTH_MODE=token and the cluster's token (default: RAY_ADDRESS, else a local Ray)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="boxtune", description="Hyperparameter sweeps with Ray Tune and Optuna for fine-tuning COCO-pretrained torchvision "
                                 "detectors (Faster R-CNN, RetinaNet, FCOS, SSDlite), their class heads pruned to your classes.")
@@ -444,13 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("config", help="sweep YAML")
     w.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. search.num_trials=8")
     w.add_argument("--name", default=None, help="experiment name (config key name)")
-    w.add_argument("--address", default=None, help="Ray cluster: auto, ray://host:10001 (default: RAY_ADDRESS, else a local Ray)")
+    w.add_argument("--address", default=None, help=ADDRESS_HELP)
     w.add_argument("--top", type=_positive_int, default=None, help="show the N best trials")
     w.set_defaults(func=_cmd_sweep)
 
     r = sub.add_parser("resume", help="continue an interrupted sweep")
     r.add_argument("run", help="the sweep's folder (storage/name) or URI")
-    r.add_argument("--address", default=None)
+    r.add_argument("--address", default=None, help=ADDRESS_HELP)
     r.set_defaults(func=_cmd_resume)
 
     rp = sub.add_parser("report", help="rank a sweep's trials by search.metric of their best epoch, then AR100; "
@@ -481,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", default="demo_out")
     dm.add_argument("--trials", type=int, default=4)
     dm.add_argument("--epochs", type=int, default=4)
-    dm.add_argument("--address", default=None)
+    dm.add_argument("--address", default=None, help=ADDRESS_HELP)
     # a smaller demo dataset, for smoke tests (the documented demo is 240 images of 160 px)
     dm.add_argument("--images", type=int, default=240, help=argparse.SUPPRESS)
     dm.add_argument("--image-size", type=int, default=160, help=argparse.SUPPRESS)

@@ -208,8 +208,12 @@ def _free_port() -> int:
 
 def test_join_where_nothing_listens(sweep_yaml):
     address = f"127.0.0.1:{_free_port()}"
-    message = _refusal(_sweep_cli(sweep_yaml, address), address)
-    assert message.startswith("nothing accepts connections there (Connection refused)")
+    out = _sweep_cli(sweep_yaml, address)
+    message = _refusal(out, address)
+    # the whole output, and no word of tokens: the cause is the address
+    assert out.stdout + out.stderr == f"boxtune: error: --address {address}: {message}\n"
+    assert message == ("nothing accepts connections there (Connection refused). "
+                       "Check the host and port (`ray status` on the head node shows the address).")
     assert not (sweep_yaml.parent / "runs" / "join").exists()
 
 
@@ -241,7 +245,33 @@ def test_join_a_port_that_is_not_ray(sweep_yaml):
 @pytest.mark.parametrize("address", ["127.0.0.1", ":6379"])
 def test_join_address_without_host_and_port(sweep_yaml, address):
     message = _refusal(_sweep_cli(sweep_yaml, address), address)
-    assert message.startswith("expected host:port (the head's GCS port, 6379 by default), auto, or ray://host:10001")
+    assert message == "expected host:port (the head's GCS port, 6379 by default), or auto on a node of the cluster"
+
+
+@pytest.mark.parametrize("address", ["ray://127.0.0.1:10001", "ray://head.example:10001"])
+def test_join_through_ray_client_is_refused_in_one_line(sweep_yaml, address):
+    """Through Ray Client, Tune runs the sweep in an actor on the head and every output line comes
+    back prefixed; the refusal names the address to use instead, before anything connects."""
+    out = _sweep_cli(sweep_yaml, address)
+    message = _refusal(out, address)
+    assert out.stdout + out.stderr == f"boxtune: error: --address {address}: {message}\n"
+    assert message == ("Ray Client (ray://) addresses are not supported: join the head's GCS port instead, "
+                       "--address HEAD_IP:6379 (or auto on a node of the cluster)")
+
+
+@pytest.mark.parametrize("command", ["sweep", "resume", "demo"])
+def test_address_help_gives_the_documented_form(command):
+    """One form in the help, README and docs/cluster.md: HEAD_IP:6379, and auto on a node of the cluster."""
+    from tune.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    (action,) = [a for a in sub._actions if "--address" in a.option_strings]
+    assert action.help.startswith("join a Ray cluster: HEAD_IP:6379 (the head's GCS port), or auto on a node of the "
+                                  "cluster; clients need RAY_AUTH_MODE=token")
+    assert "ray://" not in action.help
+    docs = (REPO / "README.md").read_text() + (REPO / "docs" / "cluster.md").read_text()
+    assert "--address HEAD_IP:6379" in (REPO / "README.md").read_text()
+    assert "--address auto" in docs and "ray://host" not in docs
 
 
 def test_data_summary_hints_name_its_flags_not_config_keys(capsys, tmp_path):

@@ -19,7 +19,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from cluster_scenarios import FAKE_CARD_MIB, SECOND_NODE, NamespaceUnavailable, run_scenario
+from cluster_scenarios import (
+    FAKE_CARD_MIB,
+    SECOND_NODE,
+    NamespaceUnavailable,
+    hand_start_recipe,
+    run_scenario,
+)
 from conftest import REPO, TINY_MODEL
 
 from trainables.checkpoint import CHECKPOINT_FILE, load_checkpoint
@@ -117,6 +123,22 @@ def test_misspelled_key_fails_ray_validation(path, misspelled):
     with pytest.raises(jsonschema.ValidationError) as err:
         _validate(cfg)
     assert repr(misspelled) in err.value.message or "'resources' is a required property" in err.value.message
+
+
+# --- the hand-run recipe (docs/cluster.md) ------------------------------------------------------
+
+
+def test_hand_run_recipe_starts_a_token_cluster_with_a_cpu_less_head_and_joins_it_by_gcs_address():
+    lines = [" ".join(argv) for argv in hand_start_recipe()]
+    assert lines[0] == "ray get-auth-token --generate"
+    (head,) = [line for line in lines if line.startswith("ray start --head")]
+    assert "--port 6379" in head and "--num-cpus 0" in head and "--dashboard-host 127.0.0.1" in head
+    (worker,) = [line for line in lines if line.startswith("ray start --address")]
+    assert worker.startswith("ray start --address HEAD_IP:6379")
+    # each node's token mode is set before its `ray start`
+    assert lines.index("export RAY_AUTH_MODE=token") < lines.index(head)
+    assert "export RAY_AUTH_MODE=token" in lines[lines.index(head) + 1:lines.index(worker)]
+    assert lines[-1] == "boxtune sweep sweep.yaml --address HEAD_IP:6379"
 
 
 # --- images behind a URI ------------------------------------------------------------------------
@@ -292,24 +314,76 @@ def test_gpu_sweep_no_config_of_which_fits_is_refused_before_any_trial(two_nodes
     assert not (run.parent / "gpu_refused").exists()  # nothing written: the check runs before the run folder
 
 
+# a refused client: exit status 2, and its whole output one line, in seconds (Ray's own retries took 27 to 35 s)
+REFUSED_WITHIN_S = 15
+COPY_TOKEN = "copy the head's ~/.ray/auth_token to this machine's ~/.ray/auth_token (or to a file named by RAY_AUTH_TOKEN_PATH)"
+TOKENLESS = ("boxtune: error: --address 127.0.0.1:6379: the cluster uses token authentication, and this client sends no "
+             "token (RAY_AUTH_MODE is {mode}; Ray sends one only with RAY_AUTH_MODE=token). ")
+
+
+def _refused(seen: dict, case: str) -> str:
+    output = seen[f"{case}_output"]
+    assert seen[f"{case}_rc"] == 2, output
+    assert len(output.strip().splitlines()) == 1, output  # nothing of Ray's around it
+    assert seen[f"{case}_s"] < REFUSED_WITHIN_S, (seen[f"{case}_s"], output)
+    return output.strip()
+
+
 @pytest.mark.cluster
-def test_client_without_token_is_refused_with_a_hint(two_nodes):
+def test_client_without_token_is_refused_in_one_line_with_the_fix(two_nodes):
     seen, run = two_nodes
-    assert seen["tokenless_rc"] == 2, seen["tokenless_output"]
-    last = seen["tokenless_output"].strip().splitlines()[-1]
-    assert last.startswith("boxtune: error: --address 127.0.0.1:6379: cannot connect") and "RAY_AUTH_MODE=token" in last
+    # no token anywhere, and token mode off
+    assert _refused(seen, "tokenless") == TOKENLESS.format(mode="'disabled'") + f"Set RAY_AUTH_MODE=token and {COPY_TOKEN}"
     assert not (run.parent / "tokenless").exists()
+
+
+@pytest.mark.cluster
+def test_client_with_the_token_but_no_token_mode_is_told_to_set_it(two_nodes):
+    seen, run = two_nodes
+    line = _refused(seen, "unset_mode")
+    assert line.startswith(TOKENLESS.format(mode="not set") + "Set RAY_AUTH_MODE=token (Ray then sends the token in "
+                                                                "RAY_AUTH_TOKEN_PATH=/"), line
+    assert line.endswith("/auth_token)"), line
+    assert not (run.parent / "unset_mode").exists()
 
 
 @pytest.mark.cluster
 def test_client_with_another_clusters_token_is_refused_in_one_line(two_nodes):
     seen, run = two_nodes
-    output = seen["wrong_token_output"]
-    assert seen["wrong_token_rc"] == 2 and "Traceback" not in output, output
-    last = output.strip().splitlines()[-1]
-    assert last.startswith("boxtune: error: --address 127.0.0.1:6379: cannot connect to a Ray cluster there ("), last
-    assert "RAY_AUTH_TOKEN" in last
+    line = _refused(seen, "wrong_token")
+    assert line.startswith("boxtune: error: --address 127.0.0.1:6379: the cluster refuses this client's token "
+                           "(from RAY_AUTH_TOKEN_PATH=/"), line
+    assert line.endswith(f"/other_auth_token): it is not the cluster's. To join it, {COPY_TOKEN}"), line
     assert not (run.parent / "wrong_token").exists()
+
+
+@pytest.mark.cluster
+def test_client_whose_token_file_is_missing_is_refused_in_one_line(two_nodes):
+    seen, run = two_nodes
+    line = _refused(seen, "missing_token")
+    assert line.startswith("boxtune: error: --address 127.0.0.1:6379: RAY_AUTH_MODE=token, but there is no token in "
+                           "RAY_AUTH_TOKEN_PATH=/"), line
+    assert line.endswith(f"/no_such_token (missing, unreadable or empty): {COPY_TOKEN}"), line
+
+
+@pytest.mark.cluster
+def test_ray_client_address_is_refused_in_one_line_naming_the_gcs_address(two_nodes):
+    # through Ray Client every line of the sweep's output came back prefixed `(TunerInternal pid=...)`
+    seen, run = two_nodes
+    assert _refused(seen, "ray_client") == (
+        "boxtune: error: --address ray://127.0.0.1:10001: Ray Client (ray://) addresses are not supported: join the "
+        "head's GCS port instead, --address HEAD_IP:6379 (or auto on a node of the cluster)")
+    assert not (run.parent / "ray_client").exists()
+
+
+@pytest.mark.cluster
+def test_the_cluster_was_started_by_the_docs_recipe_as_written(two_nodes):
+    seen, _ = two_nodes
+    assert seen["recipe"] == hand_start_recipe()
+    assert seen["sweep_cmd"][-2:] == ["--address", "127.0.0.1:6379"]  # the recipe's, HEAD_IP on loopback
+    # and the sweep it ends with ran there, without a line of Ray's connection messages
+    assert seen["sweep_rc"] == 0, seen["sweep_output"]
+    assert "Connecting to existing Ray cluster" not in seen["sweep_output"]
 
 
 @pytest.mark.cluster
