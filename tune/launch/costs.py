@@ -24,10 +24,12 @@ from typing import Any
 import optuna
 
 from search_spaces import suggest_hparams
-from trainables.cost import COST_COLUMNS, CostRequest, measure_in_subprocess, structure_key
+from trainables.cost import COST_COLUMNS, COST_TAG_PREFIX, CostRequest, measure_in_subprocess, structure_key
 from trainables.errors import ConfigError
 
-__all__ = ["space_structures", "measure_structures", "cost_figures"]
+__all__ = ["space_structures", "measure_structures", "cost_figures", "write_cost_scalars", "COST_EVENTS_SUFFIX"]
+
+COST_EVENTS_SUFFIX = ".boxtune-cost"  # the trial's one events file of them (written once, kept on a retry)
 
 _SEARCHED = ("architecture", "image_size")  # the sampled keys that change a model's structure
 
@@ -125,3 +127,19 @@ def cost_figures(costs: Mapping[str, Mapping[str, Any]] | None, model_section: M
         value = figures.get(key)
         out[key] = math.nan if value is None else float(value)
     return out
+
+
+def write_cost_scalars(trial_dir, figures: Mapping[str, float]) -> None:
+    """The figures as TensorBoard scalars ``cost/<name>`` at step 0, in their own events file of the trial's
+    folder, once: a retried trial finds the file and writes nothing again. Nothing without figures."""
+    from pathlib import Path
+
+    measured = {k: v for k, v in figures.items() if not math.isnan(v)}
+    if not measured or any(Path(trial_dir).glob(f"*{COST_EVENTS_SUFFIX}")):
+        return
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(trial_dir), filename_suffix=COST_EVENTS_SUFFIX)
+    for key, value in measured.items():
+        writer.add_scalar(f"{COST_TAG_PREFIX}{key}", float(value), 0)
+    writer.close()

@@ -17,7 +17,7 @@ import torch
 from trainables.errors import TrainingError
 from trainables.loop import TrialResources, run_trial
 from trainables.ray_reporter import RayReporter
-from tune.launch.costs import cost_figures
+from tune.launch.costs import cost_figures, write_cost_scalars
 from tune.launch.trial_record import DETERMINISTIC_ERRORS, TrialRecord
 from tune.run.confirmation import CONFIRM_OF, CONFIRM_SEED
 from tune.run.layout import RAY_LOG_FILE
@@ -55,7 +55,9 @@ def sweep_trainable(config: dict[str, Any], *, manifest, base: dict[str, Any], r
         try:
             trial_config = merge_trial_config(base, config)
             # cost.measure: the model's latency, parameters and size, in every result (tune.launch.costs)
-            reporter.add_extra(cost_figures(base.get("costs"), trial_config["model"]))
+            figures = cost_figures(base.get("costs"), trial_config["model"])
+            reporter.add_extra(figures)
+            write_cost_scalars(reporter.trial_dir, figures)
             run_trial(trial_config, manifest=manifest, reporter=reporter, resources=resources)
         except DETERMINISTIC_ERRORS as err:
             if record is not None:

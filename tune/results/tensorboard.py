@@ -14,7 +14,7 @@ then often shows one trial's experiment instead.)
 The experiment lists every hyperparameter that appears in any trial's config (the union:
 conditional ones too), strings and booleans with their values as discrete domains, and the
 metrics ``best/score`` (the ranking key, ``trainables.objective``), ``best/AP``, ``best/AR100`` and
-``coco/AP``. TensorBoard reads an experiment once per
+``coco/AP``, and with ``cost.measure`` each model's ``cost/latency_ms``, ``cost/params``, ... TensorBoard reads an experiment once per
 run, so hyperparameters of trials that start after TensorBoard did appear after a restart.
 """
 
@@ -34,6 +34,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from trainables.cost import COST_COLUMNS, COST_TAG_PREFIX
 from trainables.errors import BoxtuneError, ConfigError
 from trainables.reporting import hparam_value
 from tune.run.folder import TrainFolder
@@ -45,6 +46,7 @@ __all__ = ["EXPERIMENT_METRICS", "experiment_hparams", "write_hparams_experiment
 log = logging.getLogger(__name__)
 
 EXPERIMENT_METRICS = ("best/score", "best/AP", "best/AR100", "coco/AP")
+COST_METRICS = tuple(f"{COST_TAG_PREFIX}{key}" for key in COST_COLUMNS)  # the trials' own cost/ scalars (tune.launch.costs)
 _STARTUP_S = 60.0  # how long TensorBoard may take to answer its first request, s
 _LOG_LINES = 40  # TensorBoard output lines kept for an error message
 
@@ -74,11 +76,11 @@ def experiment_hparams(configs: list[dict[str, Any]]) -> tuple[dict[str, Any], d
     return example, domains
 
 
-def _experiment_summary(configs: list[dict[str, Any]]):
+def _experiment_summary(configs: list[dict[str, Any]], metrics: tuple[str, ...] = EXPERIMENT_METRICS):
     from torch.utils.tensorboard.summary import hparams
 
     example, domains = experiment_hparams(configs)
-    experiment, _, _ = hparams(example, dict.fromkeys(EXPERIMENT_METRICS, 0.0), hparam_domain_discrete=domains)
+    experiment, _, _ = hparams(example, dict.fromkeys(metrics, 0.0), hparam_domain_discrete=domains)
     return experiment
 
 
@@ -98,7 +100,9 @@ def write_hparams_experiment(view: SweepView) -> str | None:
            if info.type == pafs.FileType.File and info.base_name.endswith(HPARAMS_EVENTS_SUFFIX)]
     with tempfile.TemporaryDirectory(prefix="boxtune-hparams-") as tmp:
         writer = SummaryWriter(log_dir=tmp, filename_suffix=HPARAMS_EVENTS_SUFFIX)
-        writer.file_writer.add_summary(_experiment_summary(configs))
+        # cost.measure: each trial's model figures (``cost/latency_ms``, ...) are columns too
+        metrics = EXPERIMENT_METRICS + (COST_METRICS if view.folder.costs() else ())
+        writer.file_writer.add_summary(_experiment_summary(configs, metrics))
         writer.close()
         (local,) = Path(tmp).glob(f"*{HPARAMS_EVENTS_SUFFIX}")
         target = f"{storage.path}/{local.name}"

@@ -14,6 +14,8 @@ from trainables.errors import ConfigError
 from tune.config import SweepConfig
 from tune.launch.costs import cost_figures, space_structures
 from tune.launch.sweep import _define_by_run
+from tune.results.tensorboard import write_hparams_experiment
+from tune.run.view import load_sweep
 from tune.ship.export import export_run
 from tune.trial_config import merge_trial_config, sweep_base
 from tune.workflow import run_sweep
@@ -87,6 +89,17 @@ def test_each_result_and_ranking_row_carries_its_models_figures(measured_and_not
             assert reported["latency_ms"] == figures["latency_ms"] and reported["params"] == figures["params"]
     table = pq.read_table(run / "ranking.parquet").to_pylist()
     assert [r["latency_ms"] for r in table] == [figures["latency_ms"]] * 2
+    # TensorBoard: each trial's figures at step 0, and the sweep's HParams experiment lists them
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    for row in table:
+        acc = ea.EventAccumulator(row["path"], size_guidance={ea.SCALARS: 0})
+        acc.Reload()
+        assert [(e.step, e.value) for e in acc.Scalars("cost/latency_ms")] == [(0, pytest.approx(figures["latency_ms"]))]
+        assert acc.Scalars("cost/params")[0].value == pytest.approx(figures["params"], rel=1e-6)  # float32 in events
+    write_hparams_experiment(load_sweep(str(run)))
+    (experiment,) = run.glob("*.boxtune-hparams")
+    assert b"cost/latency_ms" in experiment.read_bytes() and b"cost/file_mb" in experiment.read_bytes()
     assert [r["file_mb"] for r in table] == [figures["file_mb"]] * 2
 
 
