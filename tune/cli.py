@@ -363,12 +363,16 @@ def _cmd_tensorboard(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from tune.ship.checks import check_export_arguments
+    from tune.ship.pick import parse_pick
 
     check_export_arguments(args.out, args.format, args.score_threshold)
+    if args.pick is not None:
+        parse_pick(args.pick)
     _check_run(args.run)
     from tune.ship.export import chosen_line, export_run
 
-    path, meta = export_run(args.run, args.out, trial=args.trial, fmt=args.format, score_threshold=args.score_threshold)
+    path, meta = export_run(args.run, args.out, trial=args.trial, fmt=args.format, score_threshold=args.score_threshold,
+                            pick=args.pick)
     print(f"exported {path}: {chosen_line(meta)}")
     return 0
 
@@ -503,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("run", help="a sweep folder or URI, or a boxtune train folder")
     ex.add_argument("--out", required=True)
     ex.add_argument("--trial", default=None, help="export this trial id instead of the best")
+    ex.add_argument("--pick", default=None, metavar="RULE",
+                    help="choose by latency (a sweep with cost.measure): fastest-tied, the fastest trial not "
+                         "distinguishable from the best; max-latency=MS, the best trial within MS milliseconds")
     ex.add_argument("--format", choices=("pt", "torchscript", "onnx"), default="pt")
     ex.add_argument("--score-threshold", type=float, default=None, metavar="S",
                     help="torchscript, onnx: the score filter baked into the graph (default: the family's own, "

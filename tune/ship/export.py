@@ -83,6 +83,7 @@ from tune.run.ranking import pick_trial, rank_trials, test_columns, trial_row
 from tune.run.train_run import train_best
 from tune.run.view import load_sweep
 from tune.ship.checks import EXPORT_FORMATS, check_export_arguments
+from tune.ship.pick import parse_pick, pick_row
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -190,7 +191,8 @@ def export_checkpoint(checkpoint_dir: str | os.PathLike, out: str | os.PathLike,
 def _export(checkpoint_dir, out, *, fmt: str, trial_id: str | None = None, sweep: str | None = None,
             test: Mapping[str, Any] | None = None, expect_epoch: int | None = None,
             ranking: Mapping[str, Any] | None = None, score_threshold: float | None = None,
-            train_run: str | None = None, costs: Mapping[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+            train_run: str | None = None, costs: Mapping[str, Any] | None = None,
+            picked: Mapping[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """``export_checkpoint``, returning the path and the metadata written (all but the weights)."""
     check_export_arguments(out, fmt, score_threshold)
     out = Path(out)
@@ -203,6 +205,8 @@ def _export(checkpoint_dir, out, *, fmt: str, trial_id: str | None = None, sweep
     payload["train_run"] = train_run
     if costs:  # cost.measure: the model structure's figures and what they were measured under
         payload["cost"] = dict(costs[structure_key(state.config["model"])])
+    if picked is not None:  # --pick: the rule, the trial it chose and why
+        payload["pick"] = dict(picked)
     if test is not None and int(test["epoch"]) == int(state.epoch):
         payload["test_metrics"] = {k: _float(v) for k, v in test_columns(test["metrics"]).items()}
         payload["test_images"] = int(test["images"])
@@ -254,21 +258,34 @@ def export_best(run: str, out: str | os.PathLike, *, trial: str | None = None, f
 
 
 def export_run(run: str, out: str | os.PathLike, *, trial: str | None = None, fmt: str = "pt",
-               score_threshold: float | None = None) -> tuple[Path, dict[str, Any]]:
-    """``export_best``, returning the path and the metadata written (``chosen_line`` says what it chose)."""
+               score_threshold: float | None = None, pick: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """``export_best``, returning the path and the metadata written (``chosen_line`` says what it chose).
+
+    ``pick`` (``fastest-tied``, ``max-latency=MS``; see ``tune.ship.pick``) chooses the trial by what
+    it costs to run instead of taking the best."""
     check_export_arguments(out, fmt, score_threshold)
+    rule = None if pick is None else parse_pick(pick)
+    if rule is not None and trial is not None:
+        raise BoxtuneError(f"--pick {pick} and --trial {trial}: give one; --pick chooses the trial itself")
     if TrainFolder(run).is_train_run():
-        if trial is not None:
-            raise BoxtuneError(f"--trial {trial}: {run} is a boxtune train folder, which holds one run")
+        if trial is not None or rule is not None:
+            raise BoxtuneError(f"{'--trial ' + trial if trial is not None else '--pick ' + pick}: {run} is a boxtune "
+                               f"train folder, which holds one run")
         best = train_best(run)
         return _export(best.folder.checkpoint_dir(best.epoch), out, fmt=fmt, expect_epoch=best.epoch,
                        ranking=best.ranking(), test=best.test, score_threshold=score_threshold,
                        train_run=best.folder.uri)
     view = load_sweep(run)
-    chosen = pick_trial(view, trial)
+    rows = rank_trials(view)
+    picked = None
+    if rule is not None:
+        picked_id, picked = pick_row(rows, rule, run=view.uri)
+        chosen = view.trial(picked_id)
+    else:
+        chosen = pick_trial(view, trial)
     checkpoint = best_checkpoint(view, chosen)
     expect = trial_row(view, chosen)["best_epoch"]
-    ranking = export_ranking(view, rank_trials(view), chosen.trial_id)
+    ranking = export_ranking(view, rows, chosen.trial_id)
     results = view.test_results or {}
     tested = (results.get("trials") or {}).get(chosen.trial_id)
     test = None if tested is None else {"epoch": tested["epoch"], "images": int(results["images"]),
@@ -276,7 +293,7 @@ def export_run(run: str, out: str | os.PathLike, *, trial: str | None = None, fm
     with checkpoint.as_directory() as directory:
         return _export(directory, out, fmt=fmt, trial_id=chosen.trial_id, sweep=view.uri, test=test,
                        expect_epoch=expect or None, ranking=ranking, score_threshold=score_threshold,
-                       costs=view.folder.costs())
+                       costs=view.folder.costs(), picked=picked)
 
 
 def _number(value: Any) -> str:
@@ -312,6 +329,8 @@ def chosen_line(meta: Mapping[str, Any]) -> str:
         text += f"; {key} {_number(test.get(key))} on {meta.get('test_images')} test images"
     else:
         text += "; test split: -"
+    if meta.get("pick"):
+        text += f"; --pick {meta['pick']['rule']}: {meta['pick']['reason']}"
     return text
 
 

@@ -118,3 +118,23 @@ def test_the_export_records_its_models_figures(measured_and_not, tmp_path):
     assert meta["cost"] == costs[_key(TINY_MODEL["architecture"], 96)]
     _, unmeasured = export_run(str(measured_and_not[False][1]), tmp_path / "plain.pt")
     assert "cost" not in unmeasured
+
+
+def test_export_pick_chooses_from_the_measured_ranking_and_says_why(measured_and_not, tmp_path):
+    from trainables.errors import BoxtuneError
+    from tune.ship.export import chosen_line
+
+    rows, run, _ = measured_and_not[True]
+    latency = rows[0]["latency_ms"]
+    # one model structure: every trial has the same latency, so the best-ranked of those tied wins
+    _, meta = export_run(str(run), tmp_path / "tied.pt", pick="fastest-tied")
+    assert meta["trial_id"] == rows[0]["trial"] and meta["pick"]["rule"] == "fastest-tied"
+    assert meta["pick"]["latency_ms"] == latency and meta["pick"]["tied_with_best"][0] == rows[0]["trial"]
+    assert chosen_line(meta).endswith(f"; --pick fastest-tied: {meta['pick']['reason']}")
+    _, meta = export_run(str(run), tmp_path / "fast.pt", pick=f"max-latency={latency * 2:.3f}")
+    assert meta["trial_id"] == rows[0]["trial"] and meta["pick"]["max_latency_ms"] == pytest.approx(latency * 2, abs=1e-3)
+    with pytest.raises(BoxtuneError, match=rf"no trial runs within 0.001 ms; the fastest is trial \w+ at {latency:.1f} ms"):
+        export_run(str(run), tmp_path / "none.pt", pick="max-latency=0.001")
+    assert not (tmp_path / "none.pt").exists()
+    with pytest.raises(BoxtuneError, match="has no latency figures: the sweep ran without cost.measure"):
+        export_run(str(measured_and_not[False][1]), tmp_path / "plain_pick.pt", pick="fastest-tied")
