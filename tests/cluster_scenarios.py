@@ -373,16 +373,17 @@ def _kill_after_checkpoint(cluster, node, run: Path, epochs: int, record: dict[s
 
 
 def _status_after_loss(run: Path, trial: str, record: dict[str, Any], done: threading.Event) -> None:
-    """`boxtune status RUN` as soon as ``node_losses.jsonl`` is there; whether the lost trial had
-    reported an epoch again (from the other node) before status had read the run."""
+    """`boxtune status RUN` as soon as ``node_losses.jsonl`` is there (or 10 s after the kill); whether
+    the lost trial had reported an epoch again (from the other node) before status had read the run."""
     from tune.run.layout import NODE_LOSS_FILE
 
-    deadline = time.monotonic() + 120
-    while not (run / NODE_LOSS_FILE).exists():
-        if done.is_set() or time.monotonic() > deadline:
-            return
+    # then status runs all the same (what does it say without the record?): still before the retry,
+    # which waits for the other trial's epoch and then trains one of its own
+    deadline = time.monotonic() + 10
+    while not (run / NODE_LOSS_FILE).exists() and time.monotonic() < deadline and not done.is_set():
         time.sleep(0.2)
-    record["loss_recorded_s"] = time.time() - record["removed_at"]
+    if (run / NODE_LOSS_FILE).exists():
+        record["loss_recorded_s"] = time.time() - record["removed_at"]
     status = subprocess.run([sys.executable, "-m", "tune.cli", "status", str(run)], capture_output=True, text=True,
                             cwd=REPO, timeout=120)
     record.update(status_rc=status.returncode, status_output=status.stdout + status.stderr,

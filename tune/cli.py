@@ -339,7 +339,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         told = []
         for trial_id, e in lost.items():
             retries = "" if e.get("retries", -1) < 0 else f" of {e['retries']}"
-            then = "no retries left" if e.get("retry") is None else f"retry {e['retry']}{retries} pending"
+            then = ("no retries left" if e.get("retry") is None else "retry pending" if not e["retry"]
+                    else f"retry {e['retry']}{retries} pending")
             told.append(f"{trial_id} (node {short_id(e['node_id'])}, {e.get('node_ip') or '?'}, "
                         f"lost {time.time() - e['at']:.0f} s ago; {then})")
         print(f"  {len(told)} trial{' lost its' if len(told) == 1 else 's lost their'} node: " + ", ".join(told))

@@ -161,11 +161,13 @@ class ProgressTable(tune.Callback):
         retry = failures if retries < 0 or failures <= retries else None
         result = self._best.get(trial.trial_id) or {}
         epoch = int(result["epoch"]) if getattr(trial, "checkpoint", None) is not None and "epoch" in result else None
+        start = f"from epoch {epoch}'s checkpoint" if epoch is not None else "from the start"
         if retry is None:
             then = "no retries left: ERROR"
+        elif retry == 0:  # Ray does not count the loss of a node it was told is preempted (a spot instance)
+            then = f"retry {start} (a preempted node: not counted against retries)"
         else:
-            then = f"retry {retry}{f' of {retries}' if retries >= 0 else ''} " + (
-                f"from epoch {epoch}'s checkpoint" if epoch is not None else "from the start")
+            then = f"retry {retry}{f' of {retries}' if retries >= 0 else ''} {start}"
         self._echo(f"-- {trial.trial_id} lost its node {node_loss.short_id(node_id)} ({node_ip or '?'}): {then}")
         if self.run is None:
             return

@@ -131,6 +131,7 @@ NODE = "03c211b869e8d7b0f4cff445facdb12fc6e16fa2ee24c666dc9c6b7f"
     (3, 2, "ckpt", True, "no retries left: ERROR", None),
     (1, -1, "ckpt", True, "retry 1 from epoch 2's checkpoint", 1),  # retries: -1, without end
     (1, 1, None, True, "retry 1 of 1 from the start", 1),  # lost before its first checkpoint
+    (0, 2, "ckpt", True, "retry from epoch 2's checkpoint (a preempted node: not counted against retries)", 0),
 ])
 def test_a_lost_node_is_one_line_and_a_record_in_the_run_folder(tmp_path, capsys, failures, retries, checkpoint,
                                                                  failed, then, retry):
