@@ -71,6 +71,7 @@ class NodeWatch:
         self.folder = folder
         self._lock = threading.Lock()
         self._trials: dict[str, tuple[str, str]] = {}  # trial id -> (node id, node IP) of its latest result
+        self._dirs: dict[str, str] = {}  # trial id -> its folder, where its attempts are recorded
         self._lost: dict[str, float] = {}  # node id -> when this driver noticed
         self._nodes: dict[str, dict[str, Any]] = {}  # node id -> its ray.nodes() entry, as last read
         self._polled = 0.0
@@ -84,14 +85,33 @@ class NodeWatch:
             with self._lock:
                 self._trials[trial_id] = (node_id, node_ip or "")
 
+    def started(self, trial_id: str, trial_dir_name: str | None) -> None:
+        """A trial (or its retry) starts: until it reports, its node is the one its attempt record names."""
+        with self._lock:
+            self._trials.pop(trial_id, None)
+            if trial_dir_name:
+                self._dirs[trial_id] = trial_dir_name
+
     def forget(self, trial_id: str) -> None:
         with self._lock:
             self._trials.pop(trial_id, None)
+            self._dirs.pop(trial_id, None)
 
     def node_of(self, trial_id: str) -> tuple[str, str] | None:
-        """(node id, IP) of the trial's latest result, or None before its first."""
+        """(node id, IP) of the trial's latest result; before its first, the node its latest attempt
+        started on (``attempts.jsonl``, ``tune.launch.trial_record``); None when neither is known."""
         with self._lock:
-            return self._trials.get(trial_id)
+            where, folder = self._trials.get(trial_id), self._dirs.get(trial_id)
+        if where is not None or folder is None or self.folder is None:
+            return where
+        from tune.launch.trial_record import TrialRecord
+
+        try:
+            attempts = TrialRecord(self.folder.uri, folder).attempts()
+        except (OSError, ValueError):  # not written yet, or being written
+            return None
+        node = attempts[-1].get("node_id") if attempts else None
+        return (node, self.node_ip(node)) if node else None
 
     # -- liveness ---------------------------------------------------------------------------------
     def poll(self) -> list[str]:
@@ -107,14 +127,14 @@ class NodeWatch:
     def is_lost(self, node_id: str) -> bool:
         """Whether ``node_id`` is lost, looking now (a trial error is being classified)."""
         if node_id not in self._lost:
-            self._look()
+            self._look(probe={node_id})
         return node_id in self._lost
 
     def trial_lost(self, trial_name: str) -> bool:
         """Whether the trial named ``trial_name`` (Tune's ``str(trial)``, ending in its id) ran on a lost node."""
         with self._lock:
-            matches = [node for tid, (node, _) in self._trials.items() if trial_name == tid or trial_name.endswith(f"_{tid}")]
-        return any(self.is_lost(node) for node in matches)
+            ids = [tid for tid in {*self._trials, *self._dirs} if trial_name == tid or trial_name.endswith(f"_{tid}")]
+        return any(where is not None and self.is_lost(where[0]) for where in map(self.node_of, ids))
 
     def lost_nodes(self) -> set[str]:
         return set(self._lost)
@@ -123,7 +143,8 @@ class NodeWatch:
         entry = self._nodes.get(node_id) or {}
         return str(entry.get("NodeManagerAddress") or "")
 
-    def _look(self) -> None:
+    def _look(self, probe: set[str] = frozenset()) -> None:
+        """Read ``ray.nodes()``; try the raylet of each node a running trial reported from, and of ``probe``."""
         import ray
 
         try:
@@ -132,7 +153,7 @@ class NodeWatch:
             log.debug("ray.nodes() failed: %s", err)
             return
         with self._lock:
-            watched = {node for node, _ in self._trials.values()}
+            watched = {node for node, _ in self._trials.values()} | set(probe)
         self._nodes.update(nodes)
         for node_id in list(self._nodes):
             if node_id in self._lost:

@@ -211,9 +211,14 @@ class ProgressTable(tune.Callback):
             on_it = [t for t in running if (watch.node_of(t.trial_id) or ("",))[0] == node_id]
             for trial in on_it:
                 self._lost(trial, node_id, watch.node_of(trial.trial_id)[1] or watch.node_ip(node_id), failed=False)
-            if not on_it:
+            if not on_it and not any(node == node_id for _, node in self._told):
                 self._echo(f"-- Ray node {node_loss.short_id(node_id)} ({watch.node_ip(node_id) or '?'}) lost; "
                            f"no trial was running on it")
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        watch = node_loss.active()
+        if watch is not None:
+            watch.started(trial.trial_id, getattr(getattr(trial, "storage", None), "trial_dir_name", None))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._node_failure(trial)
