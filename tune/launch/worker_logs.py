@@ -1,5 +1,6 @@
-"""Keeps two kinds of Ray worker output off the sweep's terminal: the abort at exit of a stopped
-trial's worker, and the line a trial prints each time it is restored from a checkpoint.
+"""Keeps Ray output off the sweep's terminal: the abort at exit of a stopped trial's worker, the
+line a trial prints each time it is restored from a checkpoint, and Ray's output about a lost node
+(to ``ray_output.log`` in the run folder).
 
 After a scheduler stops a trial, its Ray worker sometimes aborts while exiting and prints about
 50 lines (a C++ stack through ``pthread_exit``, ``take_gil`` and ``SystemExit_dealloc``, then
