@@ -18,9 +18,11 @@ and writes what it saw to ``WORKDIR/scenario.json``. Scenarios:
                 GPU; the scenario appends those flags); preflight checks through ``ray_session``;
                 clients refused (no token, another cluster's token, a missing token file, a
                 ``ray://`` address), each timed; then the recipe's ``boxtune sweep --address``.
-``node_loss``   a ``ray.cluster_utils.Cluster`` of two 1-CPU nodes; the second node is killed
-                (all its processes, no graceful shutdown) once one of its trials has checkpointed,
-                and the sweep has to finish on the first.
+``node_loss``   a ``ray.cluster_utils.Cluster`` of two 1-CPU nodes and `boxtune sweep --address`
+                as a client process, its terminal output kept; the second node is killed (all its
+                processes, no graceful shutdown) once one of its trials has checkpointed, `boxtune
+                status` runs once the driver has recorded the loss, and the sweep has to finish on
+                the first node.
 ``scaling``     the same sweep on one 1-CPU node, then on two; wall time of each.
 """
 
@@ -439,20 +441,44 @@ def _results(run: Path) -> dict[str, list[dict[str, Any]]]:
 
 def _kill_after_checkpoint(cluster, node, run: Path, epochs: int, record: dict[str, Any], done: threading.Event) -> None:
     """Remove ``node`` (a hard kill of all its processes) once a trial on it has reported an epoch
-    before its last: that trial has a checkpoint in storage and work left to do."""
+    before its last: that trial has a checkpoint in storage and work left to do. Then, once the
+    driver has recorded the loss in the run folder, run `boxtune status` on the run, as a user
+    would while the trial waits for its retry."""
     while not done.is_set():
         for trial, rows in _results(run).items():
             if rows and rows[-1].get("node_id") == node.node_id and rows[-1].get("epoch", epochs) < epochs:
                 record.update(trial=trial, epoch_at_kill=rows[-1]["epoch"], killed_at=time.time())
                 cluster.remove_node(node, allow_graceful=False)
                 record["removed_at"] = time.time()
+                _status_after_loss(run, trial, record, done)
                 return
         time.sleep(0.2)
 
 
+def _status_after_loss(run: Path, trial: str, record: dict[str, Any], done: threading.Event) -> None:
+    """`boxtune status RUN` as soon as ``node_losses.jsonl`` is there (or 10 s after the kill); whether
+    the lost trial had reported an epoch again (from the other node) before status had read the run."""
+    from tune.run.layout import NODE_LOSS_FILE
+
+    # then status runs all the same (what does it say without the record?): still before the retry,
+    # which waits for the other trial's epoch and then trains one of its own
+    deadline = time.monotonic() + 10
+    while not (run / NODE_LOSS_FILE).exists() and time.monotonic() < deadline and not done.is_set():
+        time.sleep(0.2)
+    if (run / NODE_LOSS_FILE).exists():
+        record["loss_recorded_s"] = time.time() - record["removed_at"]
+    status = subprocess.run([sys.executable, "-m", "tune.cli", "status", str(run)], capture_output=True, text=True,
+                            cwd=REPO, timeout=120)
+    record.update(status_rc=status.returncode, status_output=status.stdout + status.stderr,
+                  retried_before_status=len(_results(run).get(trial, [])) > record["epoch_at_kill"])
+
+
 def scenario_node_loss(work: Path) -> dict[str, Any]:
-    """Two 1-CPU nodes; the second is killed mid-trial; the sweep must still account for every trial."""
-    from tune.workflow import run_sweep
+    """Two 1-CPU nodes; the second is killed mid-trial; the sweep must still account for every trial.
+
+    The sweep runs as `boxtune sweep --address` in a process of its own, so its terminal output
+    (stdout and stderr, as a user sees them) is kept whole."""
+    import pyarrow.parquet as pq
 
     cfg = _sweep_config(work)
     run = Path(cfg.storage) / cfg.name
@@ -466,8 +492,15 @@ def scenario_node_loss(work: Path) -> dict[str, Any]:
         head_id, worker_id = cluster.head_node.node_id, worker.node_id
         killer.start()
         started = time.monotonic()
-        rows = run_sweep(cfg, address=cluster.address, echo=lambda *_: None)
-        return {"head_node": head_id, "second_node": worker_id, "kill": kill, "sweep_s": time.monotonic() - started,
+        sweep = subprocess.run([sys.executable, "-m", "tune.cli", "sweep", str(work / "sweep.yaml"),
+                                "--address", cluster.address], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, cwd=REPO, timeout=360)
+        sweep_s = time.monotonic() - started
+        done.set()
+        killer.join(timeout=150)
+        rows = pq.read_table(run / "ranking.parquet").to_pylist() if (run / "ranking.parquet").exists() else []
+        return {"head_node": head_id, "second_node": worker_id, "kill": kill, "sweep_s": sweep_s,
+                "sweep_rc": sweep.returncode, "sweep_output": sweep.stdout,
                 "ranking": [{k: r[k] for k in ("trial", "status", "epochs", "error")} for r in rows]}
     finally:
         done.set()

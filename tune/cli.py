@@ -316,18 +316,34 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from tune.run import load_sweep, rank_trials
 
     view = load_sweep(args.run)
+    # trials whose node the driver saw lost, and that have not reported from another node since
+    lost = {entry["trial"]: entry for entry in view.open_node_losses()}
     counts: dict[str, int] = {}
     for t in view.trials:
         # Tune's state snapshot records running trials as PENDING (so a restore restarts them);
         # a trial that has reported epochs has started
-        status = "RUNNING" if t.status == "PENDING" and t.history else t.status
+        status = "LOST" if t.trial_id in lost else "RUNNING" if t.status == "PENDING" and t.history else t.status
         counts[status] = counts.get(status, 0) + 1
     not_started = max(0, view.num_trials - len(view.trials))
     print(f"sweep {view.uri}")
     print(f"  trials: {view.num_trials} asked, {counts.get('TERMINATED', 0)} done, {counts.get('RUNNING', 0)} running, "
           f"{counts.get('PENDING', 0) + not_started} pending, {counts.get('ERROR', 0)} errored"
           # scheduler.name halving: a trial held until its batch has reached the rung
-          + (f", {counts['PAUSED']} waiting at a rung" if counts.get("PAUSED") else ""))
+          + (f", {counts['PAUSED']} waiting at a rung" if counts.get("PAUSED") else "")
+          + (f", {counts['LOST']} lost {'its' if counts['LOST'] == 1 else 'their'} node" if counts.get("LOST") else ""))
+    if lost:
+        import time
+
+        from tune.launch.node_loss import short_id
+
+        told = []
+        for trial_id, e in lost.items():
+            retries = "" if e.get("retries", -1) < 0 else f" of {e['retries']}"
+            then = ("no retries left" if e.get("retry") is None else "retry pending" if not e["retry"]
+                    else f"retry {e['retry']}{retries} pending")
+            told.append(f"{trial_id} (node {short_id(e['node_id'])}, {e.get('node_ip') or '?'}, "
+                        f"lost {time.time() - e['at']:.0f} s ago; {then})")
+        print(f"  {len(told)} trial{' lost its' if len(told) == 1 else 's lost their'} node: " + ", ".join(told))
     if view.confirm is not None:  # search.confirm: the top configs on new seeds
         done = sum(t.status == "TERMINATED" for t in view.confirm.trials)
         print(f"  confirmation stage: {view.confirm.num_trials} seeds asked, {done} done")

@@ -9,6 +9,12 @@ a person watches a sweep for::
     4f1e2_00000  RUNNING   1/4  0.012  0.054    0.012  opt=sgd lr=0.0123 freeze=3 hflip=0.31
     -- 4f1e2_00001 stopped by ASHA after epoch 2/4: best AP 0.008 (sweep best 0.031, 4f1e2_00000; the best is ahead in 88% of paired resamples: within noise)
 
+A trial whose Ray node is lost gets one line as soon as the driver notices (``tune.launch.node_loss``),
+saying whether and from where Tune retries it; Ray's own output about it goes to ``ray_output.log``::
+
+    -- 4f1e2_00001 lost its node 1a2b3c (127.0.0.2): retry 1 of 2 from epoch 2's checkpoint
+    -- 4f1e2_00001 lost its node 1a2b3c (127.0.0.2): no retries left: ERROR
+
 The remark after the sweep best compares the two trials' best epochs on the same bootstrap
 resamples of the val images (``tune.run.intervals``): "told apart" from 95%, else "within noise".
 ``best AP`` is the trial's best epoch so far; ``score`` (the sweep objective's best, when
@@ -22,10 +28,12 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 from typing import Any
 
 from ray import tune
 
+from tune.launch import node_loss
 from tune.run.intervals import BEATS
 from tune.run.ranking import UNNUMBERED, creation_number, rank_order, result_score
 from tune.trial_config import format_hparams
@@ -61,6 +69,7 @@ class ProgressTable(tune.Callback):
     _dirs: dict[str, str] = {}
     _numbers: dict[str, int] = {}
     stopper = "ASHA"
+    _told: set[tuple[str, str]] = set()
 
     def __init__(self, *, max_epochs: int, by_score: bool = False, run: str | None = None, stopper: str = "ASHA"):
         self.max_epochs = max_epochs
@@ -74,6 +83,7 @@ class ProgressTable(tune.Callback):
         self._best: dict[str, dict[str, Any]] = {}  # trial id -> its latest result
         self._score = False  # the objective's score column, once a trial reports one
         self._gpu = False  # peak GPU memory held by the trial (MiB), once a trial on a GPU reports it
+        self._told = set()  # (trial id, node id): the losses already told
 
     def _echo(self, line: str) -> None:
         print(line, file=sys.stdout, flush=True)  # sys.stdout looked up now: a test's capture sees it
@@ -139,8 +149,84 @@ class ProgressTable(tune.Callback):
         state["_paired"] = None  # caches of arrays, rebuilt after a resume
         return state
 
+    # -- a lost node (tune.launch.node_loss) ------------------------------------------------------------
+    def _lost(self, trial, node_id: str, node_ip: str, *, failed: bool) -> None:
+        """Tell (once per trial and node) and record that ``trial`` lost its node. ``failed``: Tune
+        has counted the failure already (on_trial_recover, on_trial_error), else it is still to come."""
+        if (trial.trial_id, node_id) in self._told:
+            return
+        self._told = {*self._told, (trial.trial_id, node_id)}
+        failures = int(getattr(trial, "num_failures", 0)) + (0 if failed else 1)
+        retries = int(getattr(trial, "max_failures", 0))
+        retry = failures if retries < 0 or failures <= retries else None
+        result = self._best.get(trial.trial_id) or {}
+        epoch = int(result["epoch"]) if getattr(trial, "checkpoint", None) is not None and "epoch" in result else None
+        start = f"from epoch {epoch}'s checkpoint" if epoch is not None else "from the start"
+        if retry is None:
+            then = "no retries left: ERROR"
+        elif retry == 0:  # Ray does not count the loss of a node it was told is preempted (a spot instance)
+            then = f"retry {start} (a preempted node: not counted against retries)"
+        else:
+            then = f"retry {retry}{f' of {retries}' if retries >= 0 else ''} {start}"
+        self._echo(f"-- {trial.trial_id} lost its node {node_loss.short_id(node_id)} ({node_ip or '?'}): {then}")
+        if self.run is None:
+            return
+        entry = {"trial": trial.trial_id, "node_id": node_id, "node_ip": node_ip, "at": time.time(), "epoch": epoch,
+                 "retry": retry, "retries": retries}
+        try:
+            from tune.run.folder import RunFolder
+
+            RunFolder.at(self.run).record_node_loss(entry)
+        except OSError as err:  # the storage is unreachable now: the line above still told it
+            log.warning("could not record the lost node of trial %s in %s: %s", trial.trial_id, self.run, err)
+
+    def _node_failure(self, trial) -> bool:
+        """Tune reports a failure of ``trial``: if its node is lost, tell it, and send the block Ray's
+        output engine prints next to ``ray_output.log``; whether it was a lost node."""
+        watch = node_loss.active()
+        where = watch.node_of(trial.trial_id) if watch is not None else None
+        if where is None or not watch.is_lost(where[0]):
+            return False
+        node_id, node_ip = where
+        self._lost(trial, node_id, node_ip or watch.node_ip(node_id), failed=True)
+        watch.diverting = True  # Ray's engine prints its error block right after this callback
+        return True
+
     # -- tune.Callback ------------------------------------------------------------------------------
+    def on_step_begin(self, iteration, trials, **info):
+        watch = node_loss.active()
+        if watch is not None:
+            watch.diverting = False
+
+    def on_step_end(self, iteration, trials, **info):
+        watch = node_loss.active()
+        if watch is None:
+            return
+        watch.diverting = False
+        lost = watch.poll()
+        if not lost:
+            return
+        running = [t for t in trials if str(getattr(t, "status", "")) == "RUNNING"]
+        for node_id in lost:
+            on_it = [t for t in running if (watch.node_of(t.trial_id) or ("",))[0] == node_id]
+            for trial in on_it:
+                self._lost(trial, node_id, watch.node_of(trial.trial_id)[1] or watch.node_ip(node_id), failed=False)
+            if not on_it and not any(node == node_id for _, node in self._told):
+                self._echo(f"-- Ray node {node_loss.short_id(node_id)} ({watch.node_ip(node_id) or '?'}) lost; "
+                           f"no trial was running on it")
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        watch = node_loss.active()
+        if watch is not None:
+            watch.started(trial.trial_id, getattr(getattr(trial, "storage", None), "trial_dir_name", None))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._node_failure(trial)
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        watch = node_loss.active()
+        if watch is not None:
+            watch.note(trial.trial_id, result.get("node_id"), result.get("node_ip"))
         if "AP" not in result:
             return
         self._best[trial.trial_id] = dict(result)
@@ -160,8 +246,16 @@ class ProgressTable(tune.Callback):
         self._echo(self.row(trial.trial_id, "RUNNING", result, dict(trial.config)))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        self._forget(trial)
         self._ended(trial, "complete")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._node_failure(trial)
+        self._forget(trial)
         self._ended(trial, "errored")
+
+    def _forget(self, trial) -> None:
+        watch = node_loss.active()
+        if watch is not None:
+            watch.forget(trial.trial_id)
 

@@ -46,6 +46,7 @@ from tune.launch.costs import measure_structures, space_structures
 from tune.launch.data_source import prepare_manifest
 from tune.launch.experiment import restore_tuner, run_config, trial_runner
 from tune.launch.gpu_preflight import gpu_memory_preflight
+from tune.launch.node_loss import watching
 from tune.launch.ray_session import is_local, ray_session, require_resources
 from tune.launch.resume_logs import truncate_to_checkpoints
 from tune.launch.space_check import check_sampled_space
@@ -242,9 +243,11 @@ def describe_scheduler(cfg: SweepConfig) -> str:
 
 
 @contextlib.contextmanager
-def _tune_environment() -> Iterator[None]:
+def _tune_environment(folder: RunFolder | None = None) -> Iterator[None]:
     """Ray Tune settings it reads from the environment inside ``Tuner.fit()``: set for one fit, then
-    restored, so they never leak into the caller's process (another sweep, a test, a notebook)."""
+    restored, so they never leak into the caller's process (another sweep, a test, a notebook).
+    And the watch for lost nodes (``tune.launch.node_loss``): the live table tells a loss in one
+    line, and Ray's output about it goes to ``folder``'s ``ray_output.log``, not the terminal."""
     settings = {
         # Trials write their own TensorBoard events (grouped tags, one HParams session per trial;
         # see trainables.tensorboard). Ray's TensorBoard logger would add a second, conflicting HParams
@@ -262,7 +265,8 @@ def _tune_environment() -> Iterator[None]:
     slow = logging.getLogger("ray.tune.utils.util")
     slow.addFilter(_drop_slow_operation_lines)
     try:
-        yield
+        with watching(folder):
+            yield
     finally:
         slow.removeFilter(_drop_slow_operation_lines)
         for name, value in before.items():
@@ -331,7 +335,7 @@ def launch_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) ->
              f"{describe_scheduler(cfg)} scheduler, results in {folder.uri}")
         # a new study: a URI run's local journal left by an earlier sweep of the same URI goes
         folder.journal().discard_local_copy()
-        with _tune_environment():
+        with _tune_environment(folder):
             _tuner(cfg, folder, manifest, restore=False).fit()
             folder.journal().upload()  # a URI run: the study as the trials ended (tune.run.study)
             confirm_stage(cfg, folder, manifest, echo=echo)  # search.confirm: nothing when off
@@ -350,7 +354,7 @@ def continue_sweep(run: str, *, address: str | None = None, echo=print) -> tuple
         require_resources(cpu=cfg.resources.cpu, gpu=cfg.resources.gpu)
         echo(f"resuming sweep {cfg.name} in {folder.uri}")
         folder.journal().download()  # a URI run: the study's journal as the run folder has it (tune.run.study)
-        with _tune_environment():
+        with _tune_environment(folder):
             _tuner(cfg, folder, manifest, restore=True).fit()
             folder.journal().upload()
             # started, it resumes without retraining finished seeds; else it starts now

@@ -2,7 +2,8 @@
 
 ``RunFolder`` wraps a sweep folder's ``RunStorage`` (local or behind a URI) and is the one reader
 and writer of each file ``tune.run.layout`` names: the saved config, the manifest, the test
-results, the retention record, the ranking, the search's Optuna journal. ``TrainFolder`` does the same for a ``boxtune train``
+results, the retention record, the ranking, the search's Optuna journal, the lost nodes' record
+and the log of Ray's output about them. ``TrainFolder`` does the same for a ``boxtune train``
 folder, whose trial files ``trainables.reporting.LocalReporter`` writes. Everything else asks
 them, and never opens a file by a name it spelt itself.
 """
@@ -150,6 +151,39 @@ class RunFolder:
 
     def write_retention(self, record: dict[str, Any]) -> None:
         self.storage.write_text(layout.RETENTION_FILE, json.dumps(record, indent=2, sort_keys=True))
+
+    # -- node_losses.jsonl -------------------------------------------------------------------------
+    def node_losses(self) -> list[dict[str, Any]]:
+        """One dict per trial that lost its node, in the order noticed (``tune.launch.node_loss``):
+        ``{"trial", "node_id", "node_ip", "at", "epoch", "retry", "retries"}``; empty when none."""
+        if not self.storage.exists(layout.NODE_LOSS_FILE):
+            return []
+        return [json.loads(line) for line in self.storage.read_text(layout.NODE_LOSS_FILE).splitlines() if line.strip()]
+
+    def record_node_loss(self, entry: dict[str, Any]) -> None:
+        """Add a loss to ``node_losses.jsonl``: read and rewritten whole, atomically (a bucket cannot
+        append; only the driver writes it)."""
+        lines = [*self.node_losses(), entry]
+        self.storage.write_text(layout.NODE_LOSS_FILE, "".join(json.dumps(e) + "\n" for e in lines))
+
+    # -- ray_output.log -----------------------------------------------------------------------------
+    def ray_output_path(self) -> str:
+        """The local file the driver writes Ray's diverted output to: the folder's own, or for a URI
+        run folder a local copy (under the temp folder, named by the run's URI) that
+        ``upload_ray_output`` copies up."""
+        if not self.storage.remote:
+            return f"{self.storage.path}/{layout.RAY_OUTPUT_FILE}"
+        import hashlib
+        import os
+        import tempfile
+
+        key = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
+        return os.path.join(tempfile.gettempdir(), "boxtune-ray-output", key, layout.RAY_OUTPUT_FILE)
+
+    def upload_ray_output(self) -> None:
+        """Copy a URI run folder's local ``ray_output.log`` to the folder (a local folder's is the file itself)."""
+        if self.storage.remote and Path(self.ray_output_path()).is_file():
+            self.storage.upload(self.ray_output_path(), layout.RAY_OUTPUT_FILE)
 
     # -- ranking.parquet ----------------------------------------------------------------------------
     def write_ranking(self, table) -> None:

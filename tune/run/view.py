@@ -71,6 +71,25 @@ class SweepView:
             return self.confirm
         return self
 
+    def open_node_losses(self) -> list[dict[str, Any]]:
+        """The losses of ``node_losses.jsonl`` (``tune.launch.node_loss``) not yet mended: the trial's
+        latest loss, where the trial has not ended and has reported no epoch on another node since
+        (its latest result is still from the lost node). Search and confirmation trials alike."""
+        if self.folder is None:
+            return []
+        latest = {entry["trial"]: entry for entry in self.folder.node_losses()}
+        trials = {t.trial_id: t for t in self.all_trials()}
+        open_ = []
+        for trial_id, entry in latest.items():
+            trial = trials.get(trial_id)
+            if trial is not None and trial.status in ("TERMINATED", "ERROR"):
+                continue
+            last = trial.history[-1] if trial is not None and trial.history else {}
+            if last.get("node_id") not in (None, entry["node_id"]):
+                continue  # the retry has reported an epoch from another node
+            open_.append(entry)
+        return open_
+
     def manifest(self):
         """The run's manifest (read once)."""
         if self._manifest is None:

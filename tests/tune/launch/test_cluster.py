@@ -12,6 +12,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -422,6 +425,7 @@ def node_loss(tmp_path_factory, tiny_demo):
 @pytest.mark.cluster
 def test_node_loss_loses_no_trial(node_loss):
     seen, run = node_loss
+    assert seen["sweep_rc"] == 0, seen["sweep_output"]
     assert seen["kill"].get("removed_at"), "the second node was never killed: no trial of it checkpointed"
     assert [(r["status"], r["epochs"], r["error"]) for r in seen["ranking"]] == [("TERMINATED", EPOCHS, None)] * 2
     results = _trial_results(run)
@@ -443,3 +447,61 @@ def test_lost_trial_continues_from_its_checkpoint_on_the_other_node(node_loss):
     assert (second["epoch"], second["node_id"], second["iterations_since_restore"]) == (2, seen["head_node"], 1)
     assert second["training_iteration"] == 2
     assert (_trial_dir(run, trial_id) / "error.txt").is_file()  # Tune recorded the failure it retried
+
+
+def _killed_trial(seen: dict, run: Path) -> str:
+    (trial_id,) = [t for t in _trial_results(run) if f"_{t}_" in seen["kill"]["trial"]]
+    return trial_id
+
+
+@pytest.mark.cluster
+def test_node_loss_is_one_boxtune_line_not_rays_dump(node_loss):
+    seen, run = node_loss
+    out = seen["sweep_output"]
+    trial_id = _killed_trial(seen, run)
+    lines = out.splitlines()
+    # the trial, the node (id prefix and IP), and the retry: every report carries a checkpoint, so epoch 1's
+    told = f"-- {trial_id} lost its node {seen['second_node'][:6]} (127.0.0.1): retry 1 of 2 from epoch 1's checkpoint"
+    assert told in lines, out
+    for ray_dump in ("Traceback", "Trial task failed", "errored after", f"Trial sweep_trainable_{trial_id} result",
+                     "[state-dump]", "Raylet is terminated", "has been marked dead", "ActorUnavailableError"):
+        assert ray_dump not in out, f"{ray_dump!r} reached the terminal:\n{out}"
+    # from the table's first row to the last trial's end line, only rows and boxtune's own lines
+    first = next(i for i, line in enumerate(lines) if line.startswith("trial ") and "hyperparameters" in line)
+    last = max(i for i, line in enumerate(lines) if line.startswith("-- ") and " after epoch " in line)
+    others = [line for line in lines[first:last + 1]
+              if line.strip() and not line.startswith(("-- ", "trial ")) and "RUNNING" not in line]
+    assert len(others) <= 2, others
+
+
+@pytest.mark.cluster
+def test_rays_output_about_the_lost_node_is_in_the_run_folders_log(node_loss):
+    seen, run = node_loss
+    trial_id = _killed_trial(seen, run)
+    log = (run / "ray_output.log").read_text()
+    assert f"Trial task failed for trial sweep_trainable_{trial_id}" in log and "Traceback" in log
+    assert "ray.exceptions.Actor" in log  # ActorUnavailableError or ActorDiedError: the actor went with its node
+    assert f"Trial sweep_trainable_{trial_id} errored after 1 iterations" in log
+    assert f"Trial sweep_trainable_{trial_id} result" in log  # Ray's result box
+
+
+@pytest.mark.cluster
+def test_status_shows_the_trial_that_lost_its_node_until_it_reports_again(node_loss):
+    seen, run = node_loss
+    kill = seen["kill"]
+    trial_id = _killed_trial(seen, run)
+    assert kill["status_rc"] == 0, kill.get("status_output")
+    assert not kill["retried_before_status"], "the retry reported before status ran: nothing left to show"
+    # recorded by the driver as soon as it saw the raylet gone: seconds, not the half minute until the
+    # retry starts (status runs 10 s after the kill at the latest)
+    assert "loss_recorded_s" in kill, kill["status_output"]
+    status = kill["status_output"].splitlines()
+    assert ", 1 lost its node" in status[1], status
+    (lost,) = [line for line in status if "trial lost its node:" in line]
+    assert re.fullmatch(rf"  1 trial lost its node: {trial_id} \(node {seen['second_node'][:6]}, 127\.0\.0\.1, "
+                        rf"lost \d+ s ago; retry 1 of 2 pending\)", lost), lost
+    # once the retry has reported from the head node, and the sweep has ended, status is plain again
+    after = subprocess.run([sys.executable, "-m", "tune.cli", "status", str(run)], capture_output=True, text=True,
+                           cwd=REPO, timeout=120)
+    assert after.returncode == 0 and "lost" not in after.stdout, after.stdout + after.stderr
+    assert "  trials: 2 asked, 2 done, 0 running, 0 pending, 0 errored" in after.stdout.splitlines()

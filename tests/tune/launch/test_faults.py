@@ -18,7 +18,7 @@ import pytest
 from conftest import tiny_sweep
 from shared_run import RETRIES, result_rows, trial_attempts, trial_dirs, trial_epochs
 
-from tune.run.layout import FAILURE_FILE
+from tune.run.layout import FAILURE_FILE, NODE_LOSS_FILE, RAY_OUTPUT_FILE
 
 # ---- a deterministic failure is recorded once and re-raised by every retry ---------------------
 
@@ -57,7 +57,7 @@ def _kill_worker_after_first_epoch(run: Path, epochs: int, record: dict, stop: t
         time.sleep(0.1)
 
 
-def test_worker_sigkill_continues_from_the_last_checkpoint(tmp_path, tiny_demo, ray_local):
+def test_worker_sigkill_continues_from_the_last_checkpoint(tmp_path, tiny_demo, ray_local, capsys):
     from tune.config import SweepConfig
     from tune.workflow import run_sweep
 
@@ -89,6 +89,9 @@ def test_worker_sigkill_continues_from_the_last_checkpoint(tmp_path, tiny_demo, 
     assert results[restart]["epoch"] == results[restart - 1]["epoch"] + 1
     assert results[-1]["iterations_since_restore"] == epochs - restart
     assert rows[0]["epochs"] == epochs
+    # a process killed on a node that is still up is not a lost node (tune.launch.node_loss)
+    assert "lost its node" not in capsys.readouterr().out
+    assert not (run / NODE_LOSS_FILE).exists() and not (run / RAY_OUTPUT_FILE).exists()
 
 
 def test_reports_keep_one_row_per_epoch_the_latest():

@@ -119,3 +119,35 @@ def test_a_table_pickled_before_by_score_existed_still_ends_trials(capsys):
     table.on_trial_result(0, [], trial, {"epoch": 2, "AP": 0.3, "AR100": 0.4, "best_AP": 0.3, "best_score": 0.3})
     table.on_trial_complete(0, [], trial)
     assert capsys.readouterr().out.splitlines()[-1].startswith("-- a_00000 finished after epoch 2/2: best AP 0.300")
+
+
+NODE = "03c211b869e8d7b0f4cff445facdb12fc6e16fa2ee24c666dc9c6b7f"
+
+
+@pytest.mark.parametrize(("failures", "retries", "checkpoint", "failed", "then", "retry"), [
+    (0, 2, "ckpt", False, "retry 1 of 2 from epoch 2's checkpoint", 1),  # seen by the watch, before Tune's error
+    (1, 2, "ckpt", True, "retry 1 of 2 from epoch 2's checkpoint", 1),  # on_trial_recover: the failure is counted
+    (2, 2, "ckpt", True, "retry 2 of 2 from epoch 2's checkpoint", 2),
+    (3, 2, "ckpt", True, "no retries left: ERROR", None),
+    (1, -1, "ckpt", True, "retry 1 from epoch 2's checkpoint", 1),  # retries: -1, without end
+    (1, 1, None, True, "retry 1 of 1 from the start", 1),  # lost before its first checkpoint
+    (0, 2, "ckpt", True, "retry from epoch 2's checkpoint (a preempted node: not counted against retries)", 0),
+])
+def test_a_lost_node_is_one_line_and_a_record_in_the_run_folder(tmp_path, capsys, failures, retries, checkpoint,
+                                                                 failed, then, retry):
+    from types import SimpleNamespace
+
+    from tune.run.folder import RunFolder
+
+    table = ProgressTable(max_epochs=4, run=str(tmp_path / "run"))
+    trial = SimpleNamespace(trial_id="a_00001", config={"lr": 0.01}, num_failures=failures, max_failures=retries,
+                            checkpoint=checkpoint)
+    table.on_trial_result(0, [], trial, {"epoch": 2, "AP": 0.3, "AR100": 0.4, "best_AP": 0.3, "node_id": NODE})
+    capsys.readouterr()
+    table._lost(trial, NODE, "10.0.0.7", failed=failed)
+    table._lost(trial, NODE, "10.0.0.7", failed=True)  # Tune's error after the watch saw it: told once
+    assert capsys.readouterr().out.splitlines() == [f"-- a_00001 lost its node 03c211 (10.0.0.7): {then}"]
+    (entry,) = RunFolder.at(str(tmp_path / "run")).node_losses()
+    assert {k: entry[k] for k in ("trial", "node_id", "node_ip", "epoch", "retry", "retries")} == {
+        "trial": "a_00001", "node_id": NODE, "node_ip": "10.0.0.7", "epoch": 2 if checkpoint else None,
+        "retry": retry, "retries": retries}

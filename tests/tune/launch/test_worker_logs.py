@@ -101,3 +101,79 @@ def test_tunes_slow_operation_lines_stay_off_the_terminal_during_a_sweep(caplog)
             assert len(messages) == 1 and messages[0].startswith("The `scheduler.on_trial_result` operation took ")
     finally:
         tune_util.START_OF_TIME = started
+
+
+# --- a lost node's output (tune.launch.node_loss) ------------------------------------------------
+
+LOST_NODE = "b54aa1be185f6774156711d9c7cc155e8ef30a4fe16973b448f42293"
+RAYLET_DIED = ("Raylet is terminated. Termination is unexpected. Possible reasons include: (1) SIGKILL by the user "
+               "or system OOM killer, (2) Invalid memory access from Raylet causing SIGSEGV or SIGBUS, (3) Other "
+               "termination signals. Last 20 lines of the Raylet logs:\n    [state-dump] DebugString() time ms: 2")
+
+
+class _Watch:
+    """What the diversion asks ``tune.launch.node_loss.NodeWatch``: here, trial ``lost0001`` ran on LOST_NODE."""
+
+    diverting = False
+
+    def trial_lost(self, trial_name: str) -> bool:
+        return trial_name.endswith("_lost0001")
+
+    def lost_nodes(self) -> set[str]:
+        return {LOST_NODE}
+
+
+def test_lines_naming_a_lost_node_go_to_the_log():
+    quiet, printed, notes = _filter()
+    diverted = []
+    quiet.divert(lambda line: LOST_NODE in line, diverted.append)
+    bundle = f"gcs_placement_group_scheduler.cc:273: Failed to remove 1 bundle(s) at node {LOST_NODE}"
+    quiet.emit({"ip": "127.0.0.1", "pid": "gcs_server", "is_err": True, "lines": ["a line", bundle]})
+    quiet.divert(None)
+    quiet.emit({"ip": "127.0.0.1", "pid": "gcs_server", "is_err": True, "lines": [bundle]})
+    assert printed == [("gcs_server", ["a line"]), ("gcs_server", [bundle])]
+    assert diverted == [f"(gcs_server) {bundle}"]
+
+
+def test_a_lost_nodes_ray_output_goes_to_the_log_and_every_other_error_to_the_terminal(tmp_path, capsys, caplog):
+    """Tune's logger, Ray's output engine and the GCS's error messages, each called as Ray calls it."""
+    import logging
+
+    import ray._private.worker as ray_worker
+    import ray.tune.experimental.output as engine
+    from ray.exceptions import ActorUnavailableError, RayTaskError
+
+    from tune.launch.worker_logs import divert_lost_node_output
+
+    tune_log = logging.getLogger("ray.tune.execution.tune_controller")
+    unavailable = ActorUnavailableError("The actor 4090ef2f is unavailable: RpcError: Socket closed", None)
+    raised = RayTaskError("train", "Traceback (most recent call last):\nValueError: lr", ValueError("lr"))
+    watch, log = _Watch(), tmp_path / "ray_output.log"
+    original = ray_worker.print_to_stdstream
+    with divert_lost_node_output(str(log), watch):
+        tune_log.error("Trial task failed for trial sweep_trainable_lost0001", exc_info=unavailable)
+        tune_log.error("Trial task failed for trial sweep_trainable_live0002", exc_info=unavailable)  # a crash
+        tune_log.error("Trial task failed for trial sweep_trainable_lost0001", exc_info=raised)  # its own code
+        watch.diverting = True  # the table has just told the loss: the engine's block follows
+        engine._print_dict_as_table({"AP": 0.5}, header="Trial sweep_trainable_lost0001 result")
+        watch.diverting = False
+        engine._print_dict_as_table({"AP": 0.25}, header="Trial sweep_trainable_live0002 result")
+        ray_worker.print_to_stdstream({"lines": [RAYLET_DIED], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+        ray_worker.print_to_stdstream({"lines": ["Task was killed due to low memory"], "pid": "raylet", "is_err": False},
+                                      ignore_prefix=False)
+    terminal = capsys.readouterr()
+    text = log.read_text()
+    assert text.count("Trial task failed") == 1 and "sweep_trainable_lost0001" in text
+    assert "ray.exceptions.ActorUnavailableError: The actor None is unavailable" in text  # with its exception
+    assert "Trial sweep_trainable_lost0001 result" in text and "(raylet) Raylet is terminated" in text
+    assert "[state-dump]" in text
+    assert "sweep_trainable_live0002 result" in terminal.out and "Task was killed due to low memory" in terminal.out
+    assert "lost0001" not in terminal.out and "Raylet is terminated" not in terminal.out
+    # Tune's logger goes on to its handlers (the terminal) with the crash on a live node and the error
+    # the trial's own code raised
+    passed = [(r.getMessage(), type(r.exc_info[1]).__name__) for r in caplog.records]
+    assert passed == [("Trial task failed for trial sweep_trainable_live0002", "ActorUnavailableError"),
+                      ("Trial task failed for trial sweep_trainable_lost0001", "RayTaskError")]
+    # all put back
+    assert ray_worker.print_to_stdstream is original and "print" not in vars(engine)
+    assert not tune_log.filters
