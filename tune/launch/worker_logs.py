@@ -47,10 +47,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from tune.launch.node_loss import NodeWatch
+from typing import Any
 
 __all__ = ["quiet_worker_exit", "ExitAbortFilter", "RayOutputLog", "divert_lost_node_output"]
 
@@ -186,7 +183,7 @@ class _LostTrialErrors(logging.Filter):
 
     _format = logging.Formatter("%(levelname)s %(filename)s:%(lineno)s -- %(message)s")
 
-    def __init__(self, out: RayOutputLog, watch: NodeWatch):
+    def __init__(self, out: RayOutputLog, watch: Any):  # watch: tune.launch.node_loss.NodeWatch (which imports this module)
         super().__init__()
         self._out, self._watch = out, watch
 
@@ -212,7 +209,7 @@ def _node_lost_error(exc_info: Any) -> bool:
 
 
 @contextlib.contextmanager
-def divert_lost_node_output(path: str, watch: NodeWatch) -> Iterator[RayOutputLog]:
+def divert_lost_node_output(path: str, watch: Any) -> Iterator[RayOutputLog]:
     """While a fit runs: Ray's output about a node ``watch`` finds lost goes to ``path``, not the
     terminal (see the module docstring); everything is put back afterwards."""
     out = RayOutputLog(path)
