@@ -120,10 +120,13 @@ def check_shared_storage(storage: str, *, cpu: float, gpu: float, timeout_s: flo
         return
     root = os.path.abspath(storage.removeprefix("file://"))
     created = _missing_parents(root)
-    os.makedirs(root, exist_ok=True)
     marker = os.path.join(root, f"{layout.STORAGE_PROBE_PREFIX}{secrets.token_hex(8)}")
     try:
-        Path(marker).write_text("boxtune: every node that runs trials must see this file\n")
+        try:
+            os.makedirs(root, exist_ok=True)
+            Path(marker).write_text("boxtune: every node that runs trials must see this file\n")
+        except OSError as err:
+            raise ConfigError(f"storage: {root}: cannot write there ({err.strerror or type(err).__name__})") from None
         probe = ray.remote(num_cpus=0)(_sees)
         refs = {node: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(marker)
                 for node in targets}
