@@ -24,6 +24,13 @@ and writes what it saw to ``WORKDIR/scenario.json``. Scenarios:
                 status` runs once the driver has recorded the loss, and the sweep has to finish on
                 the first node.
 ``scaling``     the same sweep on one 1-CPU node, then on two; wall time of each.
+``job``         a head with two CPUs and its job server (dashboard) on 127.0.0.1:8265, token
+                authentication on; sweeps submitted with ``ray job submit`` (``params.json``:
+                ``submit``, the command as docs/cluster.md shows it, ``WORKING_DIR`` in place of
+                the folder; ``jobs``, the folders to submit in turn); then a 1-CPU worker whose
+                view of ``params.json``'s ``node_local`` folder is its own (a tmpfs mounted over it
+                in the worker's mount namespace, as a second machine's local disk), and ``boxtune
+                sweep --address`` with that folder as storage, as a client and as a job.
 """
 
 from __future__ import annotations
@@ -534,7 +541,92 @@ def scenario_scaling(work: Path) -> dict[str, Any]:
     return out
 
 
-SCENARIOS = {"ray_start": scenario_ray_start, "node_loss": scenario_node_loss, "scaling": scenario_scaling}
+JOB_SERVER = "http://127.0.0.1:8265"  # the head's dashboard, where `ray job submit` sends a job
+
+
+def _ray_start_own_disk(args: list[str], temp: Path, folder: Path, *, node_dir: str) -> None:
+    """`ray start` in a mount namespace of its own where a fresh tmpfs covers ``folder``: the node and its
+    workers see an empty folder there, whatever the other nodes write (a second machine's local disk)."""
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    (temp / node_dir).mkdir(exist_ok=True)
+    cmd = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs boxtune-node-local "$0" && exec "$@"', str(folder),
+           ray_cli, "start", "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp / node_dir),
+           "--disable-usage-stats", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=_job_node_env(temp), timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {out.returncode}:\n{out.stdout[-3000:]}{out.stderr[-3000:]}")
+
+
+def _job_node_env(temp: Path) -> dict[str, str]:
+    """The node environment, with this checkout first on PYTHONPATH and the Python's scripts on PATH:
+    a job's entrypoint (`boxtune ...`) inherits it from the head's raylet, and its trials likewise."""
+    env = _node_env(temp)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH")) if p)
+    return env
+
+
+def _submit(submit: list[str], working_dir: Path, env: dict[str, str]) -> dict[str, Any]:
+    """One `ray job submit` (it waits for the job and streams its log); the job as the job server then reports it."""
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(JOB_SERVER)
+    before = {job.submission_id for job in client.list_jobs()}
+    argv = [str(working_dir) if arg == "WORKING_DIR" else arg for arg in submit]
+    started = time.monotonic()
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=working_dir.parent, timeout=600)
+    seconds = time.monotonic() - started
+    (job,) = [job for job in client.list_jobs() if job.submission_id not in before]
+    return {"argv": argv, "submit_rc": out.returncode, "submit_output": (out.stdout + out.stderr)[-6000:],
+            "seconds": seconds, "status": str(job.status.value), "entrypoint": job.entrypoint,
+            "driver_exit_code": job.driver_exit_code, "logs": client.get_job_logs(job.submission_id)[-6000:]}
+
+
+def scenario_job(work: Path) -> dict[str, Any]:
+    """`ray job submit` against a head with its job server; then a node with its own disk at the storage path."""
+    temp = _ray_temp_dir()
+    address = f"127.0.0.1:{HEAD_PORT}"
+    env = _job_node_env(temp)
+    os.environ.clear()  # before ray is imported: it reads RAY_AUTH_MODE once, at import
+    os.environ.update(env)
+    params = _params(work)
+    node_local = Path(params["node_local"])
+    node_local.mkdir(parents=True, exist_ok=True)
+    try:
+        _ray_start(["--head", "--port", str(HEAD_PORT), "--num-cpus", "2", "--num-gpus", "0",
+                    "--include-dashboard", "true", "--dashboard-host", "127.0.0.1"], temp, env=env)
+        seen: dict[str, Any] = {"jobs": {name: _submit(params["submit"], work / name, env) for name in params["jobs"]}}
+        # a second node whose storage folder is its own: what the head writes there, it does not see
+        _ray_start_own_disk(["--address", address, "--num-cpus", "1", "--num-gpus", "0"], temp, node_local,
+                            node_dir="ray-own-disk")
+        import ray
+
+        ray.init(address=address)
+        try:
+            nodes = _node_summary(_wait_for_nodes(2))
+        finally:
+            ray.shutdown()
+        seen["nodes"] = nodes
+        client_cmd = [sys.executable, "-m", "tune.cli", "sweep", str(work / params["jobs"][0] / "sweep.yaml"),
+                      "--address", address, "--name", "node_local", "--set", f"storage={node_local}"]
+        started = time.monotonic()
+        client = subprocess.run(client_cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+        seen["node_local_client"] = {"rc": client.returncode, "output": (client.stdout + client.stderr)[-6000:],
+                                     "seconds": time.monotonic() - started}
+        seen["node_local_job"] = _submit([*params["submit"], "--name", "node_local_job", "--set",
+                                          f"storage={node_local}"], work / params["jobs"][0], env)
+        seen["node_local_left"] = sorted(p.name for p in node_local.iterdir())
+        # where a relative storage would have gone: the jobs' working-dir copies on the head
+        seen["working_dir_copies"] = sorted(str(p.relative_to(temp)) for p in temp.glob(
+            "ray/session_2*/runtime_resources/working_dir_files/*/*"))  # not again through session_latest
+        return seen
+    finally:
+        _stop_nodes(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+SCENARIOS = {"ray_start": scenario_ray_start, "node_loss": scenario_node_loss, "scaling": scenario_scaling,
+             "job": scenario_job}
 
 
 def main(argv: list[str]) -> int:

@@ -7,8 +7,10 @@ be good):
 2. compile the search space and run a trial's config checks and builders (optimiser, schedule,
    augmentation) on every corner of it and 64 random draws, with the run's epochs and iterations
    per epoch, so a space that can produce a config the trainable rejects fails now, not in trial 37;
-3. start (or join) Ray; check the per-trial resources fit on some node, and on a GPU that the
-   configs drawn in 2 fit in a trial's share of the smallest card (``tune.launch.gpu_preflight``);
+3. start (or join) Ray; check the per-trial resources fit on some node, that a joined cluster's
+   nodes all see ``storage`` as the driver does (``tune.launch.storage_check``; in a Ray job,
+   ``storage`` was checked before 1 not to lie in the job's temporary working dir), and on a GPU
+   that the configs drawn in 2 fit in a trial's share of the smallest card (``tune.launch.gpu_preflight``);
 4. run the ``Tuner`` (OptunaSearch define-by-run, its study kept in ``<run>/optuna.journal`` by
    ``tune.launch.searcher``; ASHA, batch halving or FIFO), keeping each trial's best epoch by
    ``score`` (``search.metric`` with the AR100 tiebreak, see ``trainables.objective``) plus its
@@ -50,6 +52,7 @@ from tune.launch.node_loss import watching
 from tune.launch.ray_session import is_local, ray_session, require_resources
 from tune.launch.resume_logs import truncate_to_checkpoints
 from tune.launch.space_check import check_sampled_space
+from tune.launch.storage_check import check_job_storage, check_shared_storage
 from tune.launch.trainable import sweep_trainable
 from tune.run.folder import RunFolder
 from tune.trial_config import merge_trial_config, sweep_base
@@ -301,6 +304,7 @@ def _tuner(cfg: SweepConfig, folder: RunFolder, manifest: Manifest, *, restore: 
 
 def launch_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) -> tuple[RunFolder, Manifest]:
     """Check everything, write the run folder's config and manifest, and run the sweep's trials on Ray."""
+    check_job_storage(cfg.storage)  # in a Ray job: not in Ray's temporary copy of its working dir
     folder = RunFolder.create(cfg.storage, cfg.name)
     if folder.is_sweep():
         raise ConfigError(f"name: a sweep {cfg.name!r} already exists in {folder.uri}; "
@@ -321,6 +325,8 @@ def launch_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) ->
     costs = measure_costs(cfg, len(manifest.class_names), echo=echo)  # before Ray: no trial competes with it
     with ray_session(address) as ray_info:
         require_resources(cpu=cfg.resources.cpu, gpu=cfg.resources.gpu)
+        if ray_info != "local":  # joined: every node that can run a trial sees storage as this one does
+            check_shared_storage(cfg.storage, cpu=cfg.resources.cpu, gpu=cfg.resources.gpu)
         # each config against a trial's share of a card, with the training images' distinct sizes
         # (each of ~200 configs goes through them all)
         gpu_memory_preflight(drawn, gpu=cfg.resources.gpu, echo=echo,
@@ -346,12 +352,15 @@ def continue_sweep(run: str, *, address: str | None = None, echo=print) -> tuple
     """Continue an interrupted sweep: finished trials stay, unfinished ones continue from their checkpoint."""
     folder = RunFolder.at(run)
     folder.require_sweep(run)
+    check_job_storage(folder.storage.parent_uri)
     cfg = folder.config()
     manifest = folder.manifest()
-    # result files may run ahead of Ray's last snapshot: no epoch is recorded twice (tune.launch.resume_logs)
-    truncate_to_checkpoints(folder)
-    with ray_session(address):
+    with ray_session(address) as ray_info:
         require_resources(cpu=cfg.resources.cpu, gpu=cfg.resources.gpu)
+        if ray_info != "local":
+            check_shared_storage(folder.storage.parent_uri, cpu=cfg.resources.cpu, gpu=cfg.resources.gpu)
+        # result files may run ahead of Ray's last snapshot: no epoch is recorded twice (tune.launch.resume_logs)
+        truncate_to_checkpoints(folder)
         echo(f"resuming sweep {cfg.name} in {folder.uri}")
         folder.journal().download()  # a URI run: the study's journal as the run folder has it (tune.run.study)
         with _tune_environment(folder):

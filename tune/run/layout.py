@@ -54,7 +54,7 @@ from trainables.files import (
 __all__ = [
     "SWEEP_FILE", "MANIFEST_FILE", "INFO_FILE", "RANKING_FILE", "TEST_RESULTS_FILE", "RETENTION_FILE", "COSTS_FILE",
     "NODE_LOSS_FILE", "RAY_OUTPUT_FILE", "HPARAMS_EVENTS_SUFFIX", "STUDY_FILE", "TUNER_FILE", "CONFIRM_DIR", "RESULT_FILE", "PROGRESS_FILE", "ERROR_FILE", "ATTEMPTS_FILE", "FAILURE_FILE",
-    "RAY_LOG_FILE", "CHECKPOINT_FOLDER_PREFIX", "CHECKPOINT_FILE", "METRICS_FILE", "BEST_FILE", "CHECKPOINTS_DIR",
+    "RAY_LOG_FILE", "CHECKPOINT_FOLDER_PREFIX", "STORAGE_PROBE_PREFIX", "CHECKPOINT_FILE", "METRICS_FILE", "BEST_FILE", "CHECKPOINTS_DIR",
     "epoch_checkpoint_dir", "DETECTIONS_DIR", "detections_file", "TEST_SPLIT", "TEST_PREFIX", "TRAIN_INFO_FILE",
 ]
 
@@ -72,6 +72,10 @@ STUDY_FILE = "optuna.journal"  # Optuna's JournalStorage file (optuna.storages.j
 HPARAMS_EVENTS_SUFFIX = ".boxtune-hparams"  # marks the experiment event file, so a rewrite replaces only it
 TUNER_FILE = "tuner.pkl"  # Ray Tune's: an experiment's Tuner, what Tuner.restore reads
 CONFIRM_DIR = "confirm"  # the confirmation stage's Ray experiment, inside the sweep folder
+
+# in the storage root (beside the sweep folders), for the seconds of the check that every node sees
+# the same storage (tune.launch.storage_check); a random suffix follows, and the file goes at once
+STORAGE_PROBE_PREFIX = ".boxtune-storage-probe-"
 
 # a `boxtune train` folder, besides the trial's own files and MANIFEST_FILE, TEST_RESULTS_FILE
 TRAIN_INFO_FILE = "train.json"

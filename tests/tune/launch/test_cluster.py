@@ -95,7 +95,8 @@ def test_cluster_yaml_head_runs_no_trials_and_gpu_workers_scale():
 def test_cluster_yaml_installs_boxtune_and_exposes_only_ssh():
     cfg = _launcher_config()
     assert cfg["file_mounts"]["/home/ubuntu/boxtune"] == "."
-    assert any("~/boxtune" in cmd and cmd.startswith("pip install") for cmd in cfg["setup_commands"])
+    # the cluster extra: the head's job server and dashboard, for `ray job submit`
+    assert any('"$HOME/boxtune[cluster]"' in cmd and cmd.startswith("pip install") for cmd in cfg["setup_commands"])
     assert any("mount" in cmd and "/mnt/efs" in cmd for cmd in cfg["setup_commands"])
     # Ray adds only the node-to-node and SSH rules to its group; no extra ingress here
     assert cfg["provider"]["security_group"]["IpPermissions"] == []
