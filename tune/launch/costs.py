@@ -26,32 +26,13 @@ import optuna
 from search_spaces import suggest_hparams
 from trainables.cost import COST_COLUMNS, COST_TAG_PREFIX, CostRequest, measure_in_subprocess, structure_key
 from trainables.errors import ConfigError
+from tune.launch.space_check import CornerSampler
 
 __all__ = ["space_structures", "measure_structures", "cost_figures", "write_cost_scalars", "COST_EVENTS_SUFFIX"]
 
 COST_EVENTS_SUFFIX = ".boxtune-cost"  # the trial's one events file of them (written once, kept on a retry)
 
 _SEARCHED = ("architecture", "image_size")  # the sampled keys that change a model's structure
-
-
-class _Pinned(optuna.samplers.BaseSampler):
-    """Gives ``pins[name]`` where pinned, else each parameter's first choice or low end."""
-
-    def __init__(self) -> None:
-        self.pins: dict[str, Any] = {}
-
-    def infer_relative_search_space(self, study, trial):
-        return {}
-
-    def sample_relative(self, study, trial, search_space):
-        return {}
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        if param_name in self.pins:
-            return self.pins[param_name]
-        if isinstance(param_distribution, optuna.distributions.CategoricalDistribution):
-            return param_distribution.choices[0]
-        return param_distribution.low
 
 
 def _choices(trial: optuna.trial.FrozenTrial, name: str) -> list[Any] | None:
@@ -74,11 +55,11 @@ def space_structures(space, merged: Callable[[dict[str, Any]], dict[str, Any]]) 
     per input size offered under that architecture.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = _Pinned()
+    sampler = CornerSampler()  # a pinned parameter takes that choice, every other its first choice or low end
     study = optuna.create_study(sampler=sampler)
 
-    def run(pins: dict[str, Any]) -> tuple[dict[str, Any], optuna.trial.FrozenTrial]:
-        sampler.pins = pins
+    def run(pins: dict[str, int]) -> tuple[dict[str, Any], optuna.trial.FrozenTrial]:
+        sampler.pins, sampler.mode = pins, "low"
         trial = study.ask()
         sampled = suggest_hparams(space, trial)
         study.tell(trial, 0.0)
@@ -86,12 +67,13 @@ def space_structures(space, merged: Callable[[dict[str, Any]], dict[str, Any]]) 
 
     found: dict[str, dict[str, Any]] = {}
     _, first = run({})
-    for arch in _choices(first, "architecture") or [None]:
-        pins = {} if arch is None else {"architecture": arch}
+    archs = _choices(first, "architecture")
+    for a in range(len(archs)) if archs else [None]:
+        pins = {} if a is None else {"architecture": a}  # indices into the choices
         model, trial = run(pins)
         found.setdefault(structure_key(model), model)
-        for size in _choices(trial, "image_size") or []:
-            model, _ = run({**pins, "image_size": size})
+        for s in range(len(_choices(trial, "image_size") or [])):
+            model, _ = run({**pins, "image_size": s})
             found.setdefault(structure_key(model), model)
     return [found[k] for k in sorted(found)]
 

@@ -31,7 +31,7 @@ from trainables.errors import ConfigError
 from trainables.freeze import validate_freeze_depth
 from trainables.optim import build_optimizer, build_scheduler
 
-__all__ = ["iterations_per_epoch", "check_trial_config", "check_sampled_space"]
+__all__ = ["iterations_per_epoch", "check_trial_config", "check_sampled_space", "CornerSampler"]
 
 
 def iterations_per_epoch(n_train: int, batch_size: int) -> int:
@@ -62,7 +62,7 @@ def _corners(dist: optuna.distributions.BaseDistribution) -> list[Any]:
     return [dist.low, dist.high]  # Optuna has already moved high onto the step grid
 
 
-class _CornerSampler(optuna.samplers.BaseSampler):
+class CornerSampler(optuna.samplers.BaseSampler):
     """Draws the corner ``pins[name]`` (an index into the distribution's corners) and, for every
     other parameter, its first corner (``mode`` "low") or its last ("high")."""
 
@@ -82,7 +82,7 @@ class _CornerSampler(optuna.samplers.BaseSampler):
         return corners[min(index, len(corners) - 1)]
 
 
-def _corner_samples(space, study: optuna.Study, sampler: _CornerSampler):
+def _corner_samples(space, study: optuna.Study, sampler: CornerSampler):
     """Yield (sampled hparams, trial) for every corner of every parameter, reached through its branch."""
     queue: list[tuple[dict[str, int], str]] = [({}, "low"), ({}, "high")]
     seen: set[tuple[str, str, int]] = set()
@@ -110,7 +110,7 @@ def check_sampled_space(space, base_for_trial, *, n_train: int, samples: int, se
     raises ConfigError with the sample and the trainable's reason, which names the key.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = _CornerSampler()
+    sampler = CornerSampler()
     corner_study = optuna.create_study(sampler=sampler)
     random_study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
 

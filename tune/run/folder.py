@@ -124,7 +124,7 @@ class RunFolder:
 
     # -- costs.json ---------------------------------------------------------------------------------
     def costs(self) -> dict[str, dict[str, Any]] | None:
-        """``costs.json``: model structure (``tune.launch.costs.structure_key``) -> its figures; None when not measured."""
+        """``costs.json``: model structure (``trainables.cost.structure_key``) -> its figures; None when not measured."""
         if not self.storage.exists(layout.COSTS_FILE):
             return None
         return json.loads(self.storage.read_text(layout.COSTS_FILE))
