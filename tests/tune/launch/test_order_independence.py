@@ -1,8 +1,8 @@
 """The same seeded sweep gives the same answer whatever order its results arrive in, and after a kill.
 
 ``scheduler.name: halving`` (tune.launch.halving) against forced arrival orders: a 4-trial sweep,
-2 at a time, one rung (epoch 1 of 2), run with the first trial's reports delayed and then with the
-last one's, so that different trials reach the rung first and different trials go on from it
+2 at a time, one rung (epoch 1 of 2), run with the first trial's rung report held back until the
+second's is sent and then the other way round, so that different trials reach the rung first and different trials go on from it
 without a pause. Compared by creation number: the sampled configs, which trials stopped where, and
 every epoch's AP and score, exactly, and the Optuna study each leaves in ``optuna.journal``. Then
 the same sweep one trial at a time, its driver SIGKILLed while trials wait at the rung, continued
@@ -36,10 +36,11 @@ from tune.run.study import CREATION_NUMBER
 
 DRIVER = Path(__file__).with_name("delayed_sweep.py")
 EPOCHS, TRIALS = 2, 4
-# creation number -> seconds each report waits. Two run at a time, so trials 1 and 2 reach the
-# rung first, in either order, and the last of 3 and 4 to get there goes on without a pause
-FIRST_LATE = {1: 4.0, 3: 8.0}  # arrival 2, 1, 4, 3
-LAST_LATE = {2: 4.0, 4: 8.0}  # arrival 1, 2, 3, 4
+# creation number -> the trial whose rung report it waits for (delayed_sweep.py). Two run at a
+# time, so trials 1 and 2 reach the rung first, in either order, and the last of 3 and 4 to get
+# there goes on without a pause
+FIRST_LATE = {1: 2, 3: 4}  # arrival 2, 1, 4, 3
+LAST_LATE = {2: 1, 4: 3}  # arrival 1, 2, 3, 4
 
 
 def _config(tmp: Path, data: Path, name: str, *, max_concurrent: int = 2) -> Path:
@@ -59,8 +60,8 @@ def _env() -> dict[str, str]:
             "PYTHONUNBUFFERED": "1"}
 
 
-def _run(config: Path, delays: dict[int, float]) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, str(DRIVER), str(config), json.dumps(delays)], capture_output=True,
+def _run(config: Path, waits: dict[int, int]) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, str(DRIVER), str(config), json.dumps(waits)], capture_output=True,
                          text=True, env=_env(), timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return out
@@ -111,7 +112,7 @@ def test_a_forced_arrival_order_changes_nothing(first_late, tiny_demo, tmp_path)
     _run(_config(tmp_path, tiny_demo, "order"), LAST_LATE)
     second = tmp_path / "runs" / "order"
     orders = _order(first_late), _order(second)
-    assert orders[0][:2] != orders[1][:2] and orders[0][-1] != orders[1][-1], orders  # the delays did reorder
+    assert orders[0][:2] != orders[1][:2] and orders[0][-1] != orders[1][-1], orders  # the waits did reorder
     one, two = _outcome(first_late), _outcome(second)
     assert sorted(one) == list(range(1, TRIALS + 1))
     assert one == two
