@@ -6,7 +6,12 @@
 * one class's number: ``AP[raccoon]`` (also ``AP50[...]``, ``AP75[...]``, ``AR100[...]``), the
   class named as in the manifest;
 * a weighted mix, ``{AP: 0.9, AP50: 0.1}``: the sum of weight * term (weights > 0, not
-  normalised), terms from the same vocabulary.
+  normalised), terms from the same vocabulary;
+* several objectives, a list: one accuracy objective (either form above) and what the model costs
+  to run, minimised: ``[AP, latency_ms]`` (``COST_OBJECTIVES``, measured by ``cost.measure``).
+  Everything here that ranks, stops early or picks a best epoch reads the accuracy objective
+  alone (``parse_objective`` returns it); ``cost_objectives`` names the costs, which the sweep's
+  searcher minimises beside it and the ranking's Pareto front weighs (``tune.run.front``).
 
 Ray's ASHA rungs, OptunaSearch and CheckpointConfig each take one scalar, so every epoch reports
 ``score``, which folds the tiebreak into the objective::
@@ -47,7 +52,10 @@ __all__ = [
     "AREA_RANGES",
     "Objective",
     "Term",
+    "COST_OBJECTIVES",
     "parse_objective",
+    "cost_objectives",
+    "accuracy_metric",
     "class_key",
     "class_metrics",
     "fold_score",
@@ -69,6 +77,10 @@ TIEBREAK_SCALE = 1e-7  # AR100 in [0, 1] adds at most 1e-7, below one objective 
 SCORE = "score"
 BEST_SCORE = "best_score"
 AREA_RANGES = {"APs": (0.0, 32.0**2), "APm": (32.0**2, 96.0**2), "APl": (96.0**2, 1e5**2)}
+
+# a model's cost figures that can be objectives or constraints: result keys of trainables.cost's
+# COST_COLUMNS (every result carries them under cost.measure), all minimised
+COST_OBJECTIVES = ("latency_ms", "onnx_latency_ms", "params", "file_mb")
 
 _TERM = re.compile(r"^\s*([A-Za-z0-9]+)\s*(?:\[(.+)\])?\s*$")
 _ACCEPTED = f"{', '.join(METRICS)}, {'/'.join(CLASS_METRICS)}[class], or a mapping of these to weights > 0"
@@ -238,7 +250,12 @@ def parse_objective(spec: str | Mapping[str, Any] | Objective, *, key: str | Non
     """
     if isinstance(spec, Objective):
         return spec
+    if isinstance(spec, list | tuple):
+        return parse_objective(_split(spec, key)[0], key=key)
     if isinstance(spec, str):
+        if spec.strip() in COST_OBJECTIVES:
+            raise _fail(key, f"{spec.strip()} is what a model costs to run, not an accuracy: name it beside one, "
+                             f"as a list such as [AP, {spec.strip()}], or limit it with search.constraints")
         return Objective((_term(spec, 1.0, key),), key or "metric")
     if isinstance(spec, Mapping):
         if not spec:
@@ -255,6 +272,44 @@ def parse_objective(spec: str | Mapping[str, Any] | Objective, *, key: str | Non
             raise _fail(key, f"{', '.join(dupes)} given more than once")
         return Objective(tuple(terms), key or "metric")
     raise _fail(key, f"expected a metric name or a mapping of metric names to weights, got {spec!r}; accepted: {_ACCEPTED}")
+
+
+def accuracy_metric(spec: Any, *, key: str | None = "search.metric") -> str | Mapping[str, Any]:
+    """The accuracy objective of a metric spec as its config form: a list's one accuracy element, else itself."""
+    return _split(spec, key)[0] if isinstance(spec, list | tuple) else spec
+
+
+def cost_objectives(spec: Any, *, key: str | None = "search.metric") -> tuple[str, ...]:
+    """The cost names of a list ``search.metric``, in its order; () for a single objective."""
+    if isinstance(spec, list | tuple):
+        return _split(spec, key)[1]
+    return ()
+
+
+def _split(spec: list | tuple, key: str | None) -> tuple[Any, tuple[str, ...]]:
+    """A list metric as (its accuracy objective, its cost names); ConfigError for anything else."""
+    costs, accuracy = [], []
+    for item in spec:
+        if isinstance(item, str) and item.strip() in COST_OBJECTIVES:
+            if item.strip() in costs:
+                raise _fail(key, f"{item.strip()} given more than once")
+            costs.append(item.strip())
+            continue
+        try:
+            parse_objective(item, key=key)
+        except ConfigError:
+            if isinstance(item, str) and (close := _closest(item.strip(), COST_OBJECTIVES)):
+                raise _fail(key, f"unknown objective {item.strip()!r}{close}") from None
+            raise
+        accuracy.append(item)
+    if len(accuracy) != 1:
+        found = ", ".join(repr(a) for a in accuracy) or "none"
+        raise _fail(key, f"a list needs exactly one accuracy objective ({_ACCEPTED}) and one or more of "
+                         f"{', '.join(COST_OBJECTIVES)}; its accuracy objectives: {found}")
+    if not costs:
+        raise _fail(key, f"a list of one objective: write it without the list (search.metric: {accuracy[0]}), "
+                         f"or add what to minimise beside it: {', '.join(COST_OBJECTIVES)}")
+    return accuracy[0], tuple(costs)
 
 
 _DEFAULT = Objective((Term("AP"),))

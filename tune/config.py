@@ -14,12 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trainables.config import HParams, ModelConfig, TrainingConfig, format_validation_error
 from trainables.errors import ConfigError
-from trainables.objective import parse_objective
+from trainables.objective import COST_OBJECTIVES, accuracy_metric, cost_objectives, parse_objective
 
 __all__ = [
     "DataConfig",
     "SearchConfig",
     "ConfirmConfig",
+    "Bound",
     "CostConfig",
     "ReportConfig",
     "SchedulerConfig",
@@ -68,22 +69,60 @@ class ConfirmConfig(_Strict):
     seeds: int = Field(default=2, ge=1, le=100)  # new seeds per config: training.seed + 1 .. training.seed + seeds
 
 
+class Bound(_Strict):
+    """One limit of ``search.constraints``: a trial's figure must be <= ``max`` and >= ``min``."""
+
+    max: float | None = None
+    min: float | None = None
+
+    @model_validator(mode="after")
+    def _one_at_least(self) -> Bound:
+        if self.max is None and self.min is None:
+            raise ValueError("give max, min or both, e.g. {max: 30}")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is above max ({self.max:g}): no trial could meet it")
+        return self
+
+
 class SearchConfig(_Strict):
     space: str | dict[str, Any] = "default"  # built-in name, "module:function", or a declarative mapping
     num_trials: int = Field(default=20, ge=1, le=100_000)
     sampler: Literal[SAMPLERS] = "tpe"  # type: ignore[valid-type]
     seed: int = 0
     # what the sweep maximises on the val split, with AR100 as the tiebreak (trainables.objective):
-    # AP, AP50, AP75, AR100, APs, APm, APl, AP[class], or a mapping of these to weights
-    metric: str | dict[str, float] = "AP"
+    # AP, AP50, AP75, AR100, APs, APm, APl, AP[class], or a mapping of these to weights; or a list
+    # of one of these and what to minimise beside it, [AP, latency_ms] (also params, file_mb,
+    # onnx_latency_ms): a multi-objective search whose ranking marks the Pareto front (tune.run.front)
+    metric: str | dict[str, float] | list[str | dict[str, float]] = "AP"
+    # limits on what a trial's model costs, e.g. {latency_ms: {max: 30}}: a trial outside them is
+    # trained and recorded, marked infeasible, told to the sampler as such, and never wins
+    constraints: dict[str, Bound] = Field(default_factory=dict)
     # retrain the top configs on new training seeds after the search (off by default: top 0)
     confirm: ConfirmConfig = Field(default_factory=ConfirmConfig)
 
     @field_validator("metric")
     @classmethod
-    def _metric(cls, v: str | dict[str, float]) -> str | dict[str, float]:
+    def _metric(cls, v: str | dict[str, float] | list) -> str | dict[str, float] | list:
         parse_objective(v, key=None)  # syntax now; classes and measurability once the manifest is built
         return v
+
+    @field_validator("constraints")
+    @classmethod
+    def _constraints(cls, v: dict[str, Bound]) -> dict[str, Bound]:
+        import difflib
+
+        for name in v:
+            if name not in COST_OBJECTIVES:
+                close = difflib.get_close_matches(name, COST_OBJECTIVES, n=1, cutoff=0.5)
+                raise ValueError(f"{name!r} cannot be limited{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                                 f"constraints limit what a model costs: {', '.join(COST_OBJECTIVES)}")
+        return v
+
+    @property
+    def costs(self) -> tuple[str, ...]:
+        """The cost figures the search reads: its cost objectives, then any other constrained one."""
+        named = cost_objectives(self.metric)
+        return named + tuple(k for k in self.constraints if k not in named)
 
     @model_validator(mode="after")
     def _confirm_within_trials(self) -> SearchConfig:
@@ -203,6 +242,25 @@ class SweepConfig(_Strict):
     cost: CostConfig = Field(default_factory=CostConfig)
 
     @model_validator(mode="after")
+    def _costs_measured(self) -> SweepConfig:
+        """A cost named in search.metric or search.constraints turns ``cost.measure`` on (an explicit
+        false is an error); several objectives need a sampler that can weigh them."""
+        named = self.search.costs
+        if not named:
+            return self
+        where = "search.metric" if cost_objectives(self.search.metric) else "search.constraints"
+        if not self.cost.measure and "measure" in self.cost.model_fields_set:
+            raise ValueError(f"{where} names {', '.join(named)}, which only cost.measure measures; "
+                             f"remove cost.measure: false")
+        if "onnx_latency_ms" in named and not self.cost.onnx:
+            raise ValueError(f"{where} names onnx_latency_ms, which cost.onnx: false leaves unmeasured")
+        self.cost.measure = True
+        if cost_objectives(self.search.metric) and self.search.sampler == "cmaes":
+            raise ValueError(f"search.sampler: cmaes optimises one objective, and search.metric names "
+                             f"{len(cost_objectives(self.search.metric)) + 1}; use one of tpe, random, gp, qmc")
+        return self
+
+    @model_validator(mode="after")
     def _keep_test_top(self) -> SweepConfig:
         # the trials evaluated on the test split are read from their checkpoints after the sweep
         if self.checkpoints.keep_trials < self.report.test_top:
@@ -238,14 +296,17 @@ class TrainConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     hparams: HParams = Field(default_factory=HParams)
-    metric: str | dict[str, float] = "AP"  # picks the best epoch, as search.metric does in a sweep
+    metric: str | dict[str, float] = "AP"  # picks the best epoch, as search.metric does in a sweep (one objective)
     # torch intra-op threads; a sweep trial uses resources.cpu (rounded to the nearest, at least 1). CPU float sums depend
     # on it, so a sweep trial's best-config records it. ``--threads`` wins; None: the CPUs the process may use
     threads: int | None = Field(default=None, ge=1, le=1024)
 
-    @field_validator("metric")
+    @field_validator("metric", mode="before")
     @classmethod
-    def _metric(cls, v: str | dict[str, float]) -> str | dict[str, float]:
+    def _metric(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            raise ValueError(f"boxtune train trains one model, with nothing to weigh its cost against: several objectives ({v}) are for a sweep's "
+                             f"search.metric; give the accuracy objective alone here, e.g. {accuracy_metric(v)}")
         parse_objective(v, key=None)
         return v
 

@@ -15,6 +15,7 @@ from search_spaces.builtin import to_hparams
 from trainables.architectures import FAMILIES, FAMILY_MODEL_KEYS
 from trainables.config import resolve_model_section
 from trainables.errors import ConfigError
+from trainables.objective import accuracy_metric
 from tune.config import SweepConfig, TrainConfig
 
 __all__ = ["sweep_base", "merge_trial_config", "train_trial_config", "trial_threads", "SHORT_NAMES", "format_hparams"]
@@ -27,7 +28,7 @@ def sweep_base(cfg: SweepConfig) -> dict[str, Any]:
         "model": cfg.model.model_dump(mode="json"),
         "training": cfg.training.model_dump(mode="json"),
         "hparams": dict(cfg.hparams),
-        "metric": cfg.search.metric,
+        "metric": accuracy_metric(cfg.search.metric),  # a trial reports by the accuracy objective alone
         "resources": cfg.resources.model_dump(mode="json"),
     }
 

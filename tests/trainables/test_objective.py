@@ -168,3 +168,54 @@ def test_unmeasurable_objective_fails_before_ray(tmp_path, tiny_demo, metric, me
     with pytest.raises(ConfigError, match=message):
         run_sweep(cfg, echo=lambda *_: None)
     assert not (tmp_path / "runs").exists()  # refused before the run folder (and Ray) exist
+
+
+# --- several objectives --------------------------------------------------------------------------
+
+def test_a_list_is_one_accuracy_objective_and_the_costs_beside_it():
+    from trainables.objective import accuracy_metric, cost_objectives
+
+    spec = [{"AP": 0.9, "AP50": 0.1}, "latency_ms", "params"]
+    assert parse_objective(spec).label == "0.9*AP + 0.1*AP50"  # what ranks, stops early and picks the best epoch
+    assert cost_objectives(spec) == ("latency_ms", "params") and cost_objectives("AP") == ()
+    assert accuracy_metric(spec) == {"AP": 0.9, "AP50": 0.1} and accuracy_metric("AP50") == "AP50"
+
+
+@pytest.mark.parametrize("spec, message", [
+    (["latency_ms"], r"a list needs exactly one accuracy objective .* its accuracy objectives: none"),
+    (["AP"], r"a list of one objective: write it without the list \(search.metric: AP\)"),
+    (["AP", "AP50", "params"], r"a list needs exactly one accuracy objective .* its accuracy objectives: 'AP', 'AP50'"),
+    (["AP", "latency_ms", "latency_ms"], r"latency_ms given more than once"),
+    (["AP", "lattency_ms"], r"unknown objective 'lattency_ms' \(did you mean 'latency_ms'\?\)"),
+    ("latency_ms", r"latency_ms is what a model costs to run, not an accuracy: .* \[AP, latency_ms\]"),
+])
+def test_a_bad_list_is_refused_naming_what_is_wrong(spec, message):
+    with pytest.raises(ConfigError, match=r"^search\.metric: " + message):
+        parse_objective(spec)
+
+
+@pytest.mark.parametrize("search, cost, message", [
+    ({"metric": ["AP", "latency_ms"]}, {"measure": False},
+     r"search.metric names latency_ms, which only cost.measure measures; remove cost.measure: false"),
+    ({"metric": ["AP", "onnx_latency_ms"]}, {"onnx": False}, r"onnx_latency_ms, which cost.onnx: false leaves unmeasured"),
+    ({"metric": ["AP", "latency_ms"], "sampler": "cmaes"}, {},
+     r"search.sampler: cmaes optimises one objective, and search.metric names 2; use one of tpe, random, gp, qmc"),
+    ({"constraints": {"latncy_ms": {"max": 30}}}, {}, r"search.constraints: 'latncy_ms' cannot be limited \(did you mean 'latency_ms'\?\)"),
+    ({"constraints": {"latency_ms": {}}}, {}, r"search.constraints.latency_ms: give max, min or both"),
+    ({"constraints": {"params": {"min": 5, "max": 1}}}, {}, r"min \(5\) is above max \(1\): no trial could meet it"),
+])
+def test_the_config_refuses_what_several_objectives_cannot_do(search, cost, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, SweepConfig, data={"data": {"path": "x"}, "search": search, "cost": cost})
+
+
+def test_a_named_cost_turns_measuring_on():
+    for search in ({"metric": ["AP", "file_mb"]}, {"constraints": {"latency_ms": {"max": 30}}}):
+        cfg = load_config(None, SweepConfig, data={"data": {"path": "x"}, "search": search})
+        assert cfg.cost.measure is True
+    assert load_config(None, SweepConfig, data={"data": {"path": "x"}}).cost.measure is False
+    cfg = load_config(None, SweepConfig, data={"data": {"path": "x"}, "search": {
+        "metric": ["AP", "latency_ms"], "constraints": {"params": {"max": 5e6}, "latency_ms": {"max": 30}}}})
+    assert cfg.search.costs == ("latency_ms", "params")
+    with pytest.raises(ConfigError, match=r"several objectives .* are for a sweep.s search.metric; give the accuracy objective alone here, e.g. AP"):
+        load_config(None, TrainConfig, data={"data": {"path": "x"}, "metric": ["AP", "latency_ms"]})

@@ -35,6 +35,7 @@ from ray import tune
 
 from tune.launch import node_loss
 from tune.run.intervals import BEATS
+from tune.run.front import meets, violations
 from tune.run.ranking import UNNUMBERED, creation_number, rank_order, result_score
 from tune.trial_config import format_hparams
 
@@ -71,8 +72,10 @@ class ProgressTable(tune.Callback):
     stopper = "ASHA"
     _told: set[tuple[str, str]] = set()
 
-    def __init__(self, *, max_epochs: int, by_score: bool = False, run: str | None = None, stopper: str = "ASHA"):
+    def __init__(self, *, max_epochs: int, by_score: bool = False, run: str | None = None, stopper: str = "ASHA",
+                 limits: dict[str, tuple[float | None, float | None]] | None = None):
         self.max_epochs = max_epochs
+        self.limits = dict(limits or {})  # search.constraints (min, max); a table pickled before them has none
         self._by_score = by_score  # the objective is not plain AP: a trial's end line gives its score too
         self.stopper = stopper  # what stops trials early, as the end line names it
         self.run = run  # the sweep folder: its stored detections say whether a trial is within noise of the best
@@ -105,8 +108,11 @@ class ProgressTable(tune.Callback):
     def _sweep_best(self) -> tuple[str, dict[str, Any]] | None:
         if not self._best:
             return None
-        numbers = self._numbers
-        return min(self._best.items(), key=lambda kv: rank_order(result_score(kv[1]), numbers.get(kv[0], UNNUMBERED), kv[0]))
+        numbers, limits = self._numbers, getattr(self, "limits", {})
+        # search.constraints: a trial outside them is never the sweep's best (tune.run.front)
+        best = min(self._best.items(), key=lambda kv: (not meets(kv[1], limits),
+                                                       *rank_order(result_score(kv[1]), numbers.get(kv[0], UNNUMBERED), kv[0])))
+        return best if meets(best[1], limits) else None  # no trial within the limits yet: no best
 
     def _ended(self, trial, how: str) -> None:
         result = self._best.get(trial.trial_id) or {}
@@ -114,6 +120,9 @@ class ProgressTable(tune.Callback):
         if how == "complete":
             how = "finished" if epochs >= self.max_epochs else f"stopped by {self.stopper}"
         line = f"-- {trial.trial_id} {how} after epoch {epochs}/{self.max_epochs}: best AP {_metric(result.get('best_AP')).strip()}"
+        broken = violations(result, getattr(self, "limits", {})) if result else []
+        if broken:
+            line += f" (outside search.constraints: {', '.join(broken)})"
         # trials rank by the objective: where it is not plain AP, the score is shown and the sweep's best is by it
         if self._by_score:
             line += f", score {_metric(result.get('best_score')).strip()}"

@@ -10,6 +10,10 @@ best epoch and the latest. Without a bound a sweep's disk grows with the number 
   (finished, stopped by ASHA, or errored) outside the top ``keep_trials`` loses all its
   checkpoints. Its results, events and config stay. Best-so-far only grows, so such a trial can
   never climb back;
+* with several objectives (``search.metric: [AP, latency_ms]``) every trial on the Pareto front
+  of the ended and running trials keeps its checkpoint too, beyond ``keep_trials``; and with
+  ``search.constraints`` an infeasible trial ranks after every feasible one (``tune.run.front``).
+  A trial off the front can never return to it: best scores only grow, and costs are fixed;
 * a finished trial inside the top keeps only its best epoch's checkpoint, and that one without the
   optimiser, scheduler and grad-scaler state (export, ``--trial`` and the best-config need the
   weights only; a finished trial is never resumed). An unfinished trial keeps everything.
@@ -28,6 +32,7 @@ from pyarrow import fs as pafs
 from ray import tune
 
 from tune.run.folder import RunFolder
+from tune.run.front import meets, pareto_front
 from tune.run.layout import CHECKPOINT_FILE, CHECKPOINT_FOLDER_PREFIX
 from tune.run.ranking import UNNUMBERED, creation_number, rank_order, result_score
 from tune.run.storage import RunStorage
@@ -67,9 +72,12 @@ def _number_in_folder(trial_id: str, folder: str) -> int:
 class CheckpointRetention(tune.Callback):
     """Deletes and strips checkpoints as trials end (see the module docstring)."""
 
-    def __init__(self, storage: RunStorage, *, keep_trials: int):
+    def __init__(self, storage: RunStorage, *, keep_trials: int, costs: tuple[str, ...] = (),
+                 limits: dict[str, tuple[float | None, float | None]] | None = None):
         self.storage = storage  # pickled in the run's tuner.pkl: the folder is rebuilt from it
         self.keep_trials = keep_trials
+        self.costs = tuple(costs)  # search.metric's cost objectives: the front keeps its checkpoints
+        self.limits = dict(limits or {})  # search.constraints: (min, max) per figure
         self._load()
 
     @property
@@ -89,6 +97,7 @@ class CheckpointRetention(tune.Callback):
         self._numbers: dict[str, int] = {tid: _number_in_folder(tid, folder) for tid, folder in self._dirs.items()}
         self._numbers.update(record.get("numbers", {}))
         self._ended: set[str] = set(record.get("ended", []))
+        self._figures: dict[str, dict[str, float]] = dict(record.get("figures", {}))  # trial id -> its cost figures
         self._best_ckpt: dict[str, str] = dict(record.get("best_checkpoint", {}))
         self._ckpt_by_epoch: dict[str, dict[int, str]] = {}
 
@@ -102,6 +111,8 @@ class CheckpointRetention(tune.Callback):
             return
         tid = trial.trial_id
         self._scores[tid] = result_score(result)
+        if self.costs or self.limits:
+            self._figures[tid] = {k: float(result[k]) for k in (*self.costs, *self.limits) if k in result}
         self._numbers[tid] = creation_number(getattr(trial, "experiment_tag", None))
         self._dirs[tid] = trial.storage.trial_dir_name
         if result.get("checkpoint_dir_name"):
@@ -121,13 +132,13 @@ class CheckpointRetention(tune.Callback):
         tid = trial.trial_id
         self._dirs.setdefault(tid, trial.storage.trial_dir_name)
         self._ended.add(tid)
-        ranked = sorted(self._scores, key=lambda t: rank_order(self._scores[t], self._numbers.get(t, UNNUMBERED), t))
-        top = set(ranked[:self.keep_trials])
+        top = self._top()
         # a trial that never reported an epoch has no checkpoint to delete
         for other in sorted((self._ended & set(self._scores)) - top - set(self._deleted)):
             freed = self._delete(other, keep=None)
             self._deleted[other] = (f"it ended outside the top {self.keep_trials} trials "
-                                    f"(checkpoints.keep_trials: {self.keep_trials})")
+                                    f"(checkpoints.keep_trials: {self.keep_trials})"
+                                    + (" and off the Pareto front" if self.costs else ""))
             self._kept.pop(other, None)
             log.info("trial %s: deleted its checkpoints (%.1f MB)", other, freed / 1e6)
         if finished and tid in top and tid not in self._kept and tid in self._best_ckpt:
@@ -137,6 +148,19 @@ class CheckpointRetention(tune.Callback):
             self._kept[tid] = best
             log.info("trial %s: kept %s without optimiser state (%.1f MB freed)", tid, best, freed / 1e6)
         self._write()
+
+    def _top(self) -> set[str]:
+        """The trials that keep a checkpoint: the first ``keep_trials`` in the ranking's order
+        (feasible ones first), and with cost objectives the front of the feasible ones."""
+        feasible = {t: meets(self._figures.get(t, {}), self.limits) for t in self._scores}
+        ranked = sorted(self._scores, key=lambda t: (not feasible[t],
+                                                     *rank_order(self._scores[t], self._numbers.get(t, UNNUMBERED), t)))
+        top = set(ranked[:self.keep_trials])
+        if self.costs:
+            points = {t: (self._scores[t], *(self._figures.get(t, {}).get(c, float("nan")) for c in self.costs))
+                      for t in self._scores if feasible[t] and self._scores[t] is not None}
+            top |= pareto_front(points)
+        return top
 
     def _delete(self, tid: str, *, keep: str | None) -> int:
         """Delete the trial's checkpoint folders except ``keep``; return the bytes freed."""
@@ -161,4 +185,5 @@ class CheckpointRetention(tune.Callback):
             "trial_dirs": self._dirs,
             "numbers": self._numbers,
             "ended": sorted(self._ended),
+            "figures": self._figures,
         })

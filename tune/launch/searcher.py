@@ -21,6 +21,15 @@ runs. It adds what a study shared with users and a resumable sweep need:
 * **A URI run folder** gets its local journal copied at each snapshot (``save``), and
   ``tune.launch.sweep`` copies it once more when the trials end.
 
+**Several objectives** (``search.metric: [AP, latency_ms]``): the study has a direction per
+objective, maximise the best score and minimise each cost, and each trial is told them together
+when it ends (Optuna takes no intermediate values then). Every result carries the cost figures
+(``tune.launch.costs``), so an early-stopped trial's last one does too. Each trial's figures are
+also stored as user attributes as it ends, and with ``search.constraints`` one constraint value
+per limit (``Trial.set_constraint``, ``tune.run.front.constraint_values``: > 0 outside it), which
+TPE and GP learn from; random and QMC sampling ignore them. Either way the ranking never crowns an
+infeasible trial.
+
 With ``scheduler.name: halving`` ``tune.launch.halving.BatchedSearcher`` wraps it and tells it of
 trials late, in creation order: an ended trial stays RUNNING in the study until its batch is
 told, at the latest when the trials end. The confirmation stage (``tune.launch.confirm``) has no
@@ -41,6 +50,8 @@ from optuna.storages import JournalStorage
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from trainables.cost import COST_COLUMNS
+from tune.run.front import constraint_values
 from tune.run.study import CREATION_NUMBER, FORGOTTEN, RAY_TRIAL_ID, RunJournal
 
 __all__ = ["StudySearch", "FORGOTTEN_REASON"]
@@ -55,8 +66,10 @@ class StudySearch(OptunaSearch):
     """OptunaSearch over the run folder's journal (see the module docstring)."""
 
     def __init__(self, *, space, metric: str, mode: str, sampler: optuna.samplers.BaseSampler, journal: RunJournal,
-                 study_name: str, points_to_evaluate: list[dict[str, Any]] | None = None):
+                 study_name: str, points_to_evaluate: list[dict[str, Any]] | None = None,
+                 limits: dict[str, tuple[float | None, float | None]] | None = None):
         self._journal = journal
+        self._limits = dict(limits or {})  # search.constraints: (min, max) per cost figure
         self._store = JournalStorage(journal)
         self._first = [dict(point) for point in points_to_evaluate or []]
         self._created = 0  # trials asked for: the next one's creation number is one more
@@ -117,6 +130,13 @@ class StudySearch(OptunaSearch):
         state = self._state(trial_id)
         if state is not None and state.is_finished():
             return  # the journal has it: told before a kill that Ray's last snapshot missed
+        trial = self._ot_trials.get(trial_id)
+        if trial is not None and result:  # before the tell: the sampler reads the constraints as it is told
+            for key in COST_COLUMNS:
+                if key in result:
+                    trial.set_user_attr(key, float(result[key]))
+            for key, value in constraint_values(result, self._limits).items():
+                trial.set_constraint(key, value)
         super().on_trial_complete(trial_id, result=result, error=error)
 
     def save(self, checkpoint_path: str) -> None:

@@ -41,7 +41,7 @@ from search_spaces import first_trials, resolve_space
 from trainables.data import Manifest
 from trainables.errors import ConfigError, DataError
 from trainables.freeze import max_freeze_depth
-from trainables.objective import BEST_SCORE, SCORE, check_measurable, parse_objective
+from trainables.objective import BEST_SCORE, SCORE, check_measurable, cost_objectives, parse_objective
 from tune.config import SweepConfig
 from tune.launch.confirm import confirm_stage
 from tune.launch.costs import measure_structures, space_structures
@@ -55,6 +55,7 @@ from tune.launch.space_check import check_sampled_space
 from tune.launch.storage_check import check_job_storage, check_shared_storage
 from tune.launch.trainable import sweep_trainable
 from tune.run.folder import RunFolder
+from tune.run.front import limits_of
 from tune.trial_config import merge_trial_config, sweep_base
 
 __all__ = ["launch_sweep", "continue_sweep", "check_space", "check_objective", "check_models", "make_sampler",
@@ -122,9 +123,12 @@ def make_searcher(cfg: SweepConfig, folder: RunFolder | None = None):
 
     folder = folder if folder is not None else RunFolder.create(cfg.storage, cfg.name)
     first = first_trials(cfg.search.space, epochs=cfg.training.epochs) if isinstance(cfg.search.space, str) else []
-    return StudySearch(space=_define_by_run(cfg), metric=BEST_SCORE, mode="max",
+    # several objectives: the best score maximised and each named cost minimised, in a multi-objective study
+    costs = cost_objectives(cfg.search.metric)
+    metric, mode = ([BEST_SCORE, *costs], ["max", *("min" for _ in costs)]) if costs else (BEST_SCORE, "max")
+    return StudySearch(space=_define_by_run(cfg), metric=metric, mode=mode,
                        sampler=make_sampler(cfg.search.sampler, cfg.search.seed), journal=folder.journal(),
-                       study_name=cfg.name, points_to_evaluate=first)
+                       study_name=cfg.name, points_to_evaluate=first, limits=limits_of(cfg.search))
 
 
 def _define_by_run(cfg: SweepConfig):
@@ -187,9 +191,10 @@ def _callbacks(cfg: SweepConfig, folder: RunFolder) -> list:
 
     # saved with the run config in tuner.pkl: nothing unpicklable in them (the table prints to stdout)
     table = ProgressTable(max_epochs=cfg.training.epochs, by_score=cfg.search.metric != "AP", run=folder.uri,
-                          stopper=_STOPPERS.get(cfg.scheduler.name, cfg.scheduler.name))
+                          stopper=_STOPPERS.get(cfg.scheduler.name, cfg.scheduler.name), limits=limits_of(cfg.search))
     callbacks = [JsonLoggerCallback(), CSVLoggerCallback(), table,
-                 CheckpointRetention(folder.storage, keep_trials=cfg.checkpoints.keep_trials)]
+                 CheckpointRetention(folder.storage, keep_trials=cfg.checkpoints.keep_trials,
+                                     costs=cost_objectives(cfg.search.metric), limits=limits_of(cfg.search))]
     if cfg.tracking.mlflow.uri is not None:  # one parent run for the sweep, a child per trial
         from tune.launch.mlflow_tracking import MlflowTracking
 

@@ -42,6 +42,7 @@ from tune.run.checkpoints import best_checkpoint
 from tune.run.folder import TrainFolder
 from tune.run.intervals import interval, resampled_objective
 from tune.run.layout import TEST_SPLIT
+from tune.run.front import FEASIBLE
 from tune.run.ranking import rank_trials, trial_row
 from tune.run.view import SweepView
 
@@ -108,7 +109,8 @@ def evaluate_sweep_on_test(view: SweepView, manifest, *, top: int, metric_label:
     records = test_records(manifest)
     if not records or top <= 0:
         return None
-    ranked = [r for r in rank_trials(view, intervals=False) if r["best_epoch"] > 0][:top]
+    # the top feasible trials (search.constraints): an infeasible trial never wins (tune.run.front)
+    ranked = [r for r in rank_trials(view, intervals=False) if r["best_epoch"] > 0 and r.get(FEASIBLE) is not False][:top]
     before = (view.test_results or {}).get("trials", {})
     trials: dict[str, Any] = {}
     for row in ranked:

@@ -5,6 +5,11 @@
 * ``ap_vs_<hparam>.png``: each trial's best AP against the value of one searched hyperparameter
   (log x-axis for a positive range spanning more than 20x; categories as a strip plot). The
   best trial is ringed.
+* ``accuracy_vs_latency.png`` (a sweep run with ``cost.measure``): each trial's best objective on
+  val against its model's latency at batch 1, with its 95% interval where the ranking has one.
+  With several objectives the Pareto front (``tune.run.front``) is joined by a line and dominated
+  trials are grey; trials outside ``search.constraints`` are crosses, and a latency limit is a
+  dashed line.
 * ``importance.png``: Optuna's fANOVA importances of the hyperparameters for the objective
   (needs 8 finished trials; see ``tune.results.report.param_importances``).
 
@@ -169,11 +174,53 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def front_figure(view, rows: list[dict[str, Any]]) -> Figure:
+    """Each finished trial's best objective against its latency; the front joined, the winner ringed."""
+    label = view.objective.label if view.objective is not None else "AP"
+    key = "objective" if any("objective" in r for r in rows) else "AP"
+    done = [r for r in rows if r["best_epoch"] > 0 and _is_number(r.get("latency_ms")) and _is_number(r.get(key))]
+    fig = _figure()
+    ax = fig.add_subplot()
+    groups = (("front", lambda r: r.get("front") is True, dict(color="tab:blue", marker="o")),
+              ("dominated", lambda r: r.get("front") is False and r.get("feasible") is not False,
+               dict(color="0.6", marker="o")),
+              ("outside the limits", lambda r: r.get("feasible") is False, dict(color="tab:red", marker="x")),
+              ("trials", lambda r: "front" not in r and r.get("feasible") is not False, dict(color="tab:blue", marker="o")))
+    for name, member, style in groups:
+        chosen = [r for r in done if member(r)]
+        if not chosen:
+            continue
+        xs, ys = [float(r["latency_ms"]) for r in chosen], [float(r[key]) for r in chosen]
+        low = [y - float(r["ci_low"]) if _is_number(r.get("ci_low")) else 0.0 for r, y in zip(chosen, ys, strict=True)]
+        high = [float(r["ci_high"]) - y if _is_number(r.get("ci_high")) else 0.0 for r, y in zip(chosen, ys, strict=True)]
+        ax.errorbar(xs, ys, yerr=[low, high], linestyle="none", capsize=2, alpha=0.8, label=name, **style)
+        if name == "front":
+            line = sorted(zip(xs, ys, strict=True))
+            ax.plot([x for x, _ in line], [y for _, y in line], color="tab:blue", linewidth=1, alpha=0.6)
+    winner = next((r for r in done if r.get("feasible") is not False), None)
+    if winner is not None:
+        ax.scatter([float(winner["latency_ms"])], [float(winner[key])], s=160, facecolors="none", edgecolors="crimson",
+                   linewidths=1.5, label="rank 1", zorder=3)
+    search = view.config.search if view.config is not None else None
+    bound = search.constraints.get("latency_ms") if search is not None else None
+    if bound is not None and bound.max is not None:
+        ax.axvline(bound.max, color="tab:red", linestyle="--", linewidth=1, label=f"latency_ms <= {bound.max:g}")
+    ax.set_xlabel("latency at batch 1 (ms, median; cost.measure)")
+    ax.set_ylabel(f"best {label} on val (95% interval where stored)")
+    ax.set_title(f"{label} against latency ({len(done)} trials)")
+    ax.grid(alpha=0.3)
+    if done:
+        ax.legend(loc="best", fontsize="small")
+    return fig
+
+
 def write_plots(view, rows: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     """Write the sweep's PNG plots into ``out_dir``; return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [_save(ap_per_epoch_figure(view, planned_epochs=_planned_epochs(view)), out / "ap_per_epoch.png")]
+    if any("latency_ms" in r for r in rows):  # cost.measure
+        written.append(_save(front_figure(view, rows), out / "accuracy_vs_latency.png"))
     for name in searched_hparams(view):
         written.append(_save(hparam_figure(view, rows, name), out / f"ap_vs_{_file_name(name)}.png"))
     finished = sum(1 for r in rows if r["best_epoch"] > 0)

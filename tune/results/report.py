@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from search_spaces.builtin import PARAM_ALIASES
 from trainables.atomic import strict_json
 from trainables.errors import ConfigError
-from trainables.objective import class_key, score_of
+from trainables.objective import class_key, cost_objectives, score_of
 from tune.results.holdout import OPTIMISTIC_NOTE
 from tune.run.confirmation import CONFIRM_COLUMNS
 from tune.run.intervals import class_intervals
@@ -29,7 +29,7 @@ from tune.run.layout import TEST_PREFIX
 from tune.run.ranking import INTERVAL_COLUMNS, METRIC_COLUMNS, ranking_table, varying_keys
 from tune.run.view import SweepView
 
-__all__ = ["interval_notes", "format_ranking", "param_importances", "Importances", "MIN_TRIALS_FOR_IMPORTANCE", "sweep_notes",
+__all__ = ["interval_notes", "front_notes", "format_ranking", "param_importances", "Importances", "MIN_TRIALS_FOR_IMPORTANCE", "sweep_notes",
            "per_class_rows", "format_per_class", "best_per_class", "sweep_summary"]
 
 
@@ -50,11 +50,34 @@ def sweep_notes(view: SweepView) -> list[str]:
                      f"closest to the mean (ship)")
     if view.intervals is not None:
         notes += interval_notes(view.intervals, label)
+    notes += front_notes(view)
     if not view.has_test_split:
         notes.append(OPTIMISTIC_NOTE)
     elif view.test_results:
         notes.append(f"test_* columns: the best epoch evaluated once on the held-out test split "
                      f"({view.test_results.get('images', 0)} images); they do not rank")
+    return notes
+
+
+def front_notes(view: SweepView) -> list[str]:
+    """With several objectives or search.constraints: what the front and limit columns mean."""
+    search = view.config.search if view.config is not None else None
+    if search is None:
+        return []
+    label = view.objective.label if view.objective is not None else "AP"
+    notes = []
+    costs = cost_objectives(search.metric)
+    if costs:
+        notes.append(f"front: on the Pareto front of {label} (best epoch, val) against {', '.join(costs)} "
+                     f"(cost.measure: batch 1, CPU, {view.config.cost.threads} thread"
+                     f"{'s' if view.config.cost.threads != 1 else ''}): no other feasible trial is as good on "
+                     f"each and better on one; rank 1 is the most accurate feasible trial, and "
+                     f"boxtune export --pick fastest-tied or --pick max-latency=MS choose along the front")
+    if search.constraints:
+        limits = ", ".join(f"{k}{'' if b.min is None else f' >= {b.min:g}'}{'' if b.max is None else f' <= {b.max:g}'}"
+                           for k, b in search.constraints.items())
+        notes.append(f"limits: search.constraints ({limits}); a trial outside them (limits: outside) is "
+                     f"ranked after every trial within them and never wins")
     return notes
 
 
@@ -278,7 +301,8 @@ def format_ranking(rows: list[dict[str, Any]], *, fmt: str = "table", top: int |
 
 
 NOT_TESTED = "-"  # one marker for a number that was not measured (no epoch, not evaluated on test)
-_CORE = ("rank", "trial", "status", "mean", "seeds", "AP", "objective", "95%CI", "vs_leader", "AR100", "epoch")
+_CORE = ("rank", "trial", "status", "mean", "seeds", "AP", "objective", "95%CI", "vs_leader", "AR100", "epoch",
+         "latency_ms", "front", "limits")
 _FIXED_MAX = 4  # never drop below rank, trial, status and the objective
 
 
@@ -347,11 +371,20 @@ def _table_columns(rows: list[dict[str, Any]], *, wide: bool):
         columns.append(("AR100", value("AR100")))
     if "best_epoch" in keys:
         columns.append(("epoch", epochs))
+    if "front" in keys or "feasible" in keys:  # several objectives, search.constraints (tune.run.front)
+        columns.append(("latency_ms", value("latency_ms")))
+    if "front" in keys:
+        columns.append(("front", lambda r: NOT_TESTED if r.get("front") is None or r.get("feasible") is False
+                         else ("front" if r["front"] else "dominated")))
+    if "feasible" in keys:
+        columns.append(("limits", lambda r: "within" if r.get("feasible") else "outside"))
     test = f"{TEST_PREFIX}{'AP' if objective == 'objective' else objective}"
     if test in keys:
         columns.append((test, value(test)))
     hidden = {*METRIC_COLUMNS, "objective", "score", "best_epoch", "epochs", "number", *INTERVAL_COLUMNS,
-              *CONFIRM_COLUMNS}
+              *CONFIRM_COLUMNS, "front", "feasible"}
+    if "front" in keys or "feasible" in keys:
+        hidden.add("latency_ms")
     columns += [(k, value(k)) for k in keys
                 if k not in hidden and not k.startswith(TEST_PREFIX) and k not in ("rank", "trial", "status")]
     return columns

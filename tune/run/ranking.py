@@ -15,6 +15,11 @@ of the objective (``ci_low``, ``ci_high``), the share of paired resamples in whi
 beats it (``leader_beats``) and whether it can be told apart from the leader
 (``distinguishable``; see ``tune.run.intervals``).
 
+With several objectives or ``search.constraints`` (``tune.run.front``), rows also get ``front``
+(on the Pareto front of the best score and the named costs) and ``feasible`` (within every
+limit); infeasible trials rank after every feasible one, so the first row, the winner, is the
+most accurate feasible trial.
+
 With a confirmation stage (``search.confirm``), each confirmed config's row also gets its seeds'
 summary (``tune.run.confirmation``: ``seeds``, ``mean``, ``seed_sd``, ``seed_min``, ``seed_max``
 and ``ship``, the trial whose checkpoint ships). Confirmed configs rank first, by their mean score,
@@ -31,8 +36,9 @@ from typing import Any
 
 from trainables.cost import COST_COLUMNS
 from trainables.errors import BoxtuneError
-from trainables.objective import BEST_SCORE, fold_score, parse_objective, score_of
+from trainables.objective import BEST_SCORE, cost_objectives, fold_score, parse_objective, score_of
 from tune.run.confirmation import CONFIRM_COLUMNS, seed_members, summarise_seeds
+from tune.run.front import FEASIBLE, FRONT, limits_of, meets, pareto_front
 from tune.run.intervals import Intervals, paired_intervals, run_objective, val_ground_truth
 from tune.run.layout import TEST_PREFIX
 from tune.run.view import UNNUMBERED, SweepView, TrialView, creation_number
@@ -176,6 +182,8 @@ def rank_trials(view: SweepView, *, intervals: bool = True) -> list[dict[str, An
     rows.sort(key=lambda r: rank_order(r["score"] if r["best_epoch"] else None, r["number"], r["trial"]))
     if view.config is not None and view.config.search.confirm.top:
         rows = _confirmed(view, rows)
+    if view.config is not None:
+        rows = _weigh_costs(rows, limits_of(view.config.search), cost_objectives(view.config.search.metric))
     for i, row in enumerate(rows, 1):
         row["rank"] = i
     if intervals:
@@ -189,6 +197,32 @@ def rank_trials(view: SweepView, *, intervals: bool = True) -> list[dict[str, An
             for i, row in enumerate(rows):
                 rows[i] = _with_interval(row, found)
     return rows
+
+
+def _weigh_costs(rows: list[dict[str, Any]], limits, costs: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Rows with ``feasible`` (with limits) and ``front`` (with cost objectives) after ``score``,
+    infeasible rows moved after the feasible ones (otherwise in order)."""
+    if not limits and not costs:
+        return rows
+    marks = {}
+    for row in rows:
+        marks[row["trial"]] = {FEASIBLE: meets(row, limits)} if limits else {}
+    if costs:
+        candidates = {r["trial"]: (r["score"], *(r.get(c, math.nan) for c in costs)) for r in rows
+                      if r["best_epoch"] > 0 and marks[r["trial"]].get(FEASIBLE, True)}
+        members = pareto_front(candidates)
+        for row in rows:
+            marks[row["trial"]][FRONT] = (row["trial"] in members) if row["best_epoch"] > 0 else None
+    out = []
+    for row in rows:
+        new: dict[str, Any] = {}
+        for key, value in row.items():
+            new[key] = value
+            if key == "score":
+                new.update(marks[row["trial"]])
+        out.append(new)
+    out.sort(key=lambda r: r.get(FEASIBLE) is False)  # stable: the order within each group stays
+    return out
 
 
 def _with_interval(row: dict[str, Any], found: Intervals) -> dict[str, Any]:
@@ -253,6 +287,11 @@ def pick_trial(view: SweepView, trial: str | None = None) -> TrialView:
     ranked = [row for row in rank_trials(view, intervals=False) if row["best_epoch"] > 0]
     if not ranked:
         raise BoxtuneError(f"{view.uri}: no trial has finished an epoch yet; nothing to export")
+    if ranked[0].get(FEASIBLE) is False:  # infeasible rows rank last: none meets the limits
+        limits = ", ".join(f"{k} {'' if lo is None else f'>= {lo:g} '}{'' if hi is None else f'<= {hi:g}'}".strip()
+                           for k, (lo, hi) in limits_of(view.config.search).items())
+        raise BoxtuneError(f"{view.uri}: no trial meets search.constraints ({limits}), so none wins; choose one "
+                           f"with --trial (the ranking lists them, marked feasible: no)")
     return by_id[ranked[0].get("ship") or ranked[0]["trial"]]  # a confirmed config: its seed closest to the mean
 
 

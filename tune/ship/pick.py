@@ -12,7 +12,8 @@ Two rules, over the ranked trials that finished an epoch, for a sweep run with `
 ``max-latency=MS``
     The best-ranked trial whose latency is at most ``MS`` milliseconds.
 
-A confirmed config (``search.confirm``) ships its seed closest to the mean, as ``export`` does
+Trials outside ``search.constraints`` (``feasible: False``) are never picked, and the leader is the
+most accurate feasible trial (``tune.run.front``). A confirmed config (``search.confirm``) ships its seed closest to the mean, as ``export`` does
 without ``--pick``. The choice and its reason go into the export's metadata (``pick``).
 """
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainables.errors import BoxtuneError
+from tune.run.front import FEASIBLE
 
 __all__ = ["Pick", "parse_pick", "pick_row", "PICK_RULES"]
 
@@ -61,6 +63,9 @@ def pick_row(rows: list[dict[str, Any]], pick: Pick, *, run: str) -> tuple[str, 
     ranked = [r for r in rows if r["best_epoch"] > 0]
     if not ranked:
         raise BoxtuneError(f"{run}: no trial has finished an epoch yet; nothing to export")
+    ranked = [r for r in ranked if r.get(FEASIBLE) is not False]  # outside search.constraints: never picked
+    if not ranked:
+        raise BoxtuneError(f"--pick: no trial of {run} meets its search.constraints; choose one with --trial")
     if not any(math.isfinite(_latency(r)) for r in ranked):
         raise BoxtuneError(f"--pick: {run} has no latency figures: the sweep ran without cost.measure "
                            f"(set `cost: {{measure: true}}` in its config); export the best with no --pick")
