@@ -34,8 +34,8 @@ from typing import Any
 from ray import tune
 
 from tune.launch import node_loss
-from tune.run.intervals import BEATS
 from tune.run.front import meets, violations
+from tune.run.intervals import BEATS
 from tune.run.ranking import UNNUMBERED, creation_number, rank_order, result_score
 from tune.trial_config import format_hparams
 

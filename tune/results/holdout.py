@@ -40,9 +40,9 @@ from trainables.model import set_score_threshold
 from trainables.objective import Objective, class_metrics
 from tune.run.checkpoints import best_checkpoint
 from tune.run.folder import TrainFolder
+from tune.run.front import FEASIBLE
 from tune.run.intervals import interval, resampled_objective
 from tune.run.layout import TEST_SPLIT
-from tune.run.front import FEASIBLE
 from tune.run.ranking import rank_trials, trial_row
 from tune.run.view import SweepView
 
