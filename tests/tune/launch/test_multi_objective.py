@@ -36,11 +36,17 @@ MAX_PARAMS = 10e6
 TRIALS = 6
 
 
+def rows_by_number(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: r["number"])
+
+
 @pytest.fixture(scope="module")
 def front_run(tiny_demo, tmp_path_factory, ray_local):
     root = tmp_path_factory.mktemp("front")
     cfg = SweepConfig.model_validate(tiny_sweep(
-        "front", tiny_demo, root / "runs", model=MODEL, training={"epochs": 1, "seed": 0},
+        "front", tiny_demo, root / "runs", model=MODEL, training={"epochs": 2, "seed": 0},
+        # batch halving with one rung at epoch 1: a batch of 3 keeps its best 2 (by accuracy alone)
+        scheduler={"name": "halving", "grace_period": 1, "reduction_factor": 2, "batch": 3, "stop_on": "score"},
         search={"space": SPACE, "num_trials": TRIALS, "sampler": "tpe", "seed": 0, "metric": ["AP", "latency_ms"],
                 "constraints": {"params": {"max": MAX_PARAMS}}},
         checkpoints={"keep_trials": 1}, cost={"repeats": 3, "warmup": 1, "onnx": False}, max_concurrent=2))
@@ -54,7 +60,11 @@ def front_run(tiny_demo, tmp_path_factory, ray_local):
 
 def test_the_sweep_ends_with_a_front_and_the_constraint_respected(front_run):
     rows, run, _ = front_run
-    assert len(rows) == TRIALS and all(r["status"] == "TERMINATED" and r["best_epoch"] == 1 for r in rows)
+    assert len(rows) == TRIALS and all(r["status"] == "TERMINATED" and r["best_epoch"] >= 1 for r in rows)
+    # each batch's rung stopped its least accurate trial, whatever its latency
+    for batch in (rows_by_number(rows)[:3], rows_by_number(rows)[3:]):
+        stopped = [r for r in batch if r["epochs"] == 1]
+        assert len(stopped) == 1 and stopped[0]["score"] <= min(r["score"] for r in batch), batch
     shapes = {(r["architecture"], r.get("image_size")) for r in rows}
     assert {a for a, _ in shapes} == set(ARCHS), shapes  # the draws cover both families
     for row in rows:  # every trial has its model's figures
