@@ -24,6 +24,7 @@ from trainables.errors import ConfigError
 from trainables.objective import class_key, cost_objectives, score_of
 from tune.results.holdout import OPTIMISTIC_NOTE
 from tune.run.confirmation import CONFIRM_COLUMNS
+from tune.run.front import describe_limits, limits_of
 from tune.run.intervals import class_intervals
 from tune.run.layout import TEST_PREFIX
 from tune.run.ranking import INTERVAL_COLUMNS, METRIC_COLUMNS, ranking_table, varying_keys
@@ -74,9 +75,7 @@ def front_notes(view: SweepView) -> list[str]:
                      f"each and better on one; rank 1 is the most accurate feasible trial, and "
                      f"boxtune export --pick fastest-tied or --pick max-latency=MS choose along the front")
     if search.constraints:
-        limits = ", ".join(f"{k}{'' if b.min is None else f' >= {b.min:g}'}{'' if b.max is None else f' <= {b.max:g}'}"
-                           for k, b in search.constraints.items())
-        notes.append(f"limits: search.constraints ({limits}); a trial outside them (limits: outside) is "
+        notes.append(f"limits: search.constraints ({describe_limits(limits_of(search))}); a trial outside them (limits: outside) is "
                      f"ranked after every trial within them and never wins")
     return notes
 

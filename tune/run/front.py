@@ -24,7 +24,7 @@ import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["Limits", "limits_of", "meets", "violations", "constraint_values", "pareto_front", "FEASIBLE", "FRONT"]
+__all__ = ["Limits", "limits_of", "describe_limits", "meets", "violations", "constraint_values", "pareto_front", "FEASIBLE", "FRONT"]
 
 FEASIBLE = "feasible"  # the ranking's columns: with search.constraints, and with several objectives
 FRONT = "front"
@@ -35,6 +35,12 @@ Limits = Mapping[str, tuple[float | None, float | None]]  # figure -> (min, max)
 def limits_of(search) -> dict[str, tuple[float | None, float | None]]:
     """``search.constraints`` (a ``SearchConfig``) as plain (min, max) pairs, picklable."""
     return {name: (bound.min, bound.max) for name, bound in search.constraints.items()}
+
+
+def describe_limits(limits: Limits) -> str:
+    """``latency_ms <= 30, params >= 1e+06 <= 5e+06``: the limits as the report and errors write them."""
+    return ", ".join(f"{name}{'' if low is None else f' >= {low:g}'}{'' if high is None else f' <= {high:g}'}"
+                     for name, (low, high) in limits.items())
 
 
 def _figure(figures: Mapping[str, Any], name: str) -> float:

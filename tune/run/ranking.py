@@ -38,7 +38,7 @@ from trainables.cost import COST_COLUMNS
 from trainables.errors import BoxtuneError
 from trainables.objective import BEST_SCORE, cost_objectives, fold_score, parse_objective, score_of
 from tune.run.confirmation import CONFIRM_COLUMNS, seed_members, summarise_seeds
-from tune.run.front import FEASIBLE, FRONT, limits_of, meets, pareto_front
+from tune.run.front import FEASIBLE, FRONT, describe_limits, limits_of, meets, pareto_front
 from tune.run.intervals import Intervals, paired_intervals, run_objective, val_ground_truth
 from tune.run.layout import TEST_PREFIX
 from tune.run.view import UNNUMBERED, SweepView, TrialView, creation_number
@@ -288,10 +288,9 @@ def pick_trial(view: SweepView, trial: str | None = None) -> TrialView:
     if not ranked:
         raise BoxtuneError(f"{view.uri}: no trial has finished an epoch yet; nothing to export")
     if ranked[0].get(FEASIBLE) is False:  # infeasible rows rank last: none meets the limits
-        limits = ", ".join(f"{k} {'' if lo is None else f'>= {lo:g} '}{'' if hi is None else f'<= {hi:g}'}".strip()
-                           for k, (lo, hi) in limits_of(view.config.search).items())
+        limits = describe_limits(limits_of(view.config.search))
         raise BoxtuneError(f"{view.uri}: no trial meets search.constraints ({limits}), so none wins; choose one "
-                           f"with --trial (the ranking lists them, marked feasible: no)")
+                           f"with --trial (boxtune report lists them, limits: outside)")
     return by_id[ranked[0].get("ship") or ranked[0]["trial"]]  # a confirmed config: its seed closest to the mean
 
 
