@@ -140,7 +140,8 @@ class ReportConfig(_Strict):
 class SchedulerConfig(_Strict):
     # halving: successive halving decided per batch of trials in creation order, so the same seed
     # gives the same stops and configs whatever order results arrive in (tune.launch.halving); on
-    # the demo it ran 1.34x the trials per hour of asha (benchmarks/bench_schedulers.py);
+    # idle cores it ran 1.34x the trials per hour of asha on the demo (benchmarks/bench_schedulers.py)
+    # and 1.22x on a 12-trial transfer sweep (bench_transfer.py --part 3);
     # asha: Ray's asynchronous successive halving, each rung decided as results arrive;
     # fifo: no early stopping
     name: Literal["asha", "halving", "fifo"] = "halving"
