@@ -348,7 +348,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         done = sum(t.status == "TERMINATED" for t in view.confirm.trials)
         print(f"  confirmation stage: {view.confirm.num_trials} seeds asked, {done} done")
     rows = [r for r in rank_trials(view, intervals=False) if r["best_epoch"]]
-    if rows:
+    if rows and rows[0].get("feasible") is False:  # infeasible rows rank last: none is within the limits
+        print(f"  best so far: none within search.constraints ({len(rows)} trial{'s' if len(rows) != 1 else ''} "
+              f"with an epoch, all outside)")
+    elif rows:
         b = rows[0]
         state = "RUNNING" if b["status"] == "PENDING" else b["status"]
         print(f"  best so far: trial {b['trial']} AP {b['AP']:.4f} AR100 {b['AR100']:.4f} at epoch {b['best_epoch']} ({state})")

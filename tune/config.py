@@ -72,8 +72,8 @@ class ConfirmConfig(_Strict):
 class Bound(_Strict):
     """One limit of ``search.constraints``: a trial's figure must be <= ``max`` and >= ``min``."""
 
-    max: float | None = None
-    min: float | None = None
+    max: float | None = Field(default=None, allow_inf_nan=False)
+    min: float | None = Field(default=None, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _one_at_least(self) -> Bound:
@@ -249,12 +249,14 @@ class SweepConfig(_Strict):
         named = self.search.costs
         if not named:
             return self
-        where = "search.metric" if cost_objectives(self.search.metric) else "search.constraints"
+        def where(name: str) -> str:
+            return "search.metric" if name in cost_objectives(self.search.metric) else "search.constraints"
+
         if not self.cost.measure and "measure" in self.cost.model_fields_set:
-            raise ValueError(f"{where} names {', '.join(named)}, which only cost.measure measures; "
+            raise ValueError(f"{where(named[0])} names {named[0]}, which only cost.measure measures; "
                              f"remove cost.measure: false")
         if "onnx_latency_ms" in named and not self.cost.onnx:
-            raise ValueError(f"{where} names onnx_latency_ms, which cost.onnx: false leaves unmeasured")
+            raise ValueError(f"{where('onnx_latency_ms')} names onnx_latency_ms, which cost.onnx: false leaves unmeasured")
         self.cost.measure = True
         if cost_objectives(self.search.metric) and self.search.sampler == "cmaes":
             raise ValueError(f"search.sampler: cmaes optimises one objective, and search.metric names "
@@ -307,7 +309,7 @@ class TrainConfig(_Strict):
     def _metric(cls, v: Any) -> Any:
         if isinstance(v, list):
             raise ValueError(f"boxtune train trains one model, with nothing to weigh its cost against: several objectives ({v}) are for a sweep's "
-                             f"search.metric; give the accuracy objective alone here, e.g. {accuracy_metric(v)}")
+                             f"search.metric; give the accuracy objective alone here, e.g. {accuracy_metric(v, key='metric')}")
         parse_objective(v, key=None)
         return v
 

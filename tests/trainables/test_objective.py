@@ -203,6 +203,7 @@ def test_a_bad_list_is_refused_naming_what_is_wrong(spec, message):
     ({"constraints": {"latncy_ms": {"max": 30}}}, {}, r"search.constraints: 'latncy_ms' cannot be limited \(did you mean 'latency_ms'\?\)"),
     ({"constraints": {"latency_ms": {}}}, {}, r"search.constraints.latency_ms: give max, min or both"),
     ({"constraints": {"params": {"min": 5, "max": 1}}}, {}, r"min \(5\) is above max \(1\): no trial could meet it"),
+    ({"constraints": {"latency_ms": {"max": float("nan")}}}, {}, r"search.constraints.latency_ms.max: Input should be a finite number"),
 ])
 def test_the_config_refuses_what_several_objectives_cannot_do(search, cost, message):
     with pytest.raises(ConfigError, match=message):

@@ -44,7 +44,8 @@ def _choices(trial: optuna.trial.FrozenTrial, name: str) -> list[Any] | None:
         return list(dist.choices)
     raise ConfigError(f"cost.measure: the space searches {name} over a range ({dist.low} to {dist.high}), so the "
                       f"models it can train cannot be measured before the trials start; search it as a choice "
-                      f"(declarative spaces: `{name}: {{choice: [...]}}`), or set cost.measure: false")
+                      f"(declarative spaces: `{name}: {{choice: [...]}}`), or set cost.measure: false where search.metric "
+                      f"and search.constraints name no cost")
 
 
 def space_structures(space, merged: Callable[[dict[str, Any]], dict[str, Any]]) -> list[dict[str, Any]]:

@@ -275,7 +275,8 @@ class MlflowTracking(tune.Callback):
             ranked = [{k: v for k, v in r.items() if k != "path"} for r in rows]
             self._artifact(self.parent_id, json.dumps(ranked, indent=1, default=str), "ranking.json")
         tags, metrics = [(STATUS_TAG, "FINISHED")], []
-        leader = rows[0] if rows and rows[0]["best_epoch"] else None
+        # the winner: none when no trial is within search.constraints (they rank last)
+        leader = rows[0] if rows and rows[0]["best_epoch"] and rows[0].get("feasible") is not False else None
         if leader is not None:
             tags.append((BEST_TAG, leader["trial"]))
             keys = ("AP", "AP50", "AR100", "objective", "ci_low", "ci_high")

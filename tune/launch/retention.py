@@ -72,6 +72,10 @@ def _number_in_folder(trial_id: str, folder: str) -> int:
 class CheckpointRetention(tune.Callback):
     """Deletes and strips checkpoints as trials end (see the module docstring)."""
 
+    # a callback unpickled from a sweep started before several objectives has neither
+    costs: tuple[str, ...] = ()
+    limits: dict[str, tuple[float | None, float | None]] = {}  # noqa: RUF012 - read only
+
     def __init__(self, storage: RunStorage, *, keep_trials: int, costs: tuple[str, ...] = (),
                  limits: dict[str, tuple[float | None, float | None]] | None = None):
         self.storage = storage  # pickled in the run's tuner.pkl: the folder is rebuilt from it

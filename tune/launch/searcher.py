@@ -65,6 +65,8 @@ FORGOTTEN_REASON = ("asked after Ray's last experiment snapshot, then lost when 
 class StudySearch(OptunaSearch):
     """OptunaSearch over the run folder's journal (see the module docstring)."""
 
+    _limits: dict[str, tuple[float | None, float | None]] = {}  # noqa: RUF012 - a searcher pickled before constraints
+
     def __init__(self, *, space, metric: str, mode: str, sampler: optuna.samplers.BaseSampler, journal: RunJournal,
                  study_name: str, points_to_evaluate: list[dict[str, Any]] | None = None,
                  limits: dict[str, tuple[float | None, float | None]] | None = None):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import platform
 import sys
@@ -145,8 +146,16 @@ def measure_costs(cfg: SweepConfig, num_classes: int, *, echo=print) -> dict[str
     models = space_structures(_define_by_run(cfg), lambda sampled: merge_trial_config(base, sampled))
     echo(f"cost.measure: {len(models)} model structure{'s' if len(models) != 1 else ''} to time, one process each")
     c = cfg.cost
-    return measure_structures(models, num_classes=num_classes, threads=c.threads, warmup=c.warmup, repeats=c.repeats,
-                              onnx=c.onnx, echo=echo)
+    costs = measure_structures(models, num_classes=num_classes, threads=c.threads, warmup=c.warmup, repeats=c.repeats,
+                               onnx=c.onnx, echo=echo)
+    for name in cfg.search.costs:  # a named cost nobody measured would leave every trial unranked or infeasible
+        missing = [k for k, figures in costs.items() if not math.isfinite(float(figures.get(name) or math.nan))]
+        if missing:
+            key = "search.metric" if name in cost_objectives(cfg.search.metric) else "search.constraints"
+            hint = " (pip install 'boxtune[onnx]': ONNX Runtime is not installed)" if name == "onnx_latency_ms" else ""
+            raise ConfigError(f"{key} names {name}, which could not be measured for {len(missing)} of "
+                              f"{len(costs)} model structures{hint}")
+    return costs
 
 
 def check_space(cfg: SweepConfig, *, n_train: int, samples: int = 64, drawn: list | None = None) -> int:

@@ -27,6 +27,7 @@ import yaml
 from trainables.atomic import atomic_write_text
 from trainables.config import TrialConfig
 from trainables.errors import BoxtuneError
+from trainables.objective import accuracy_metric
 from tune.run.confirmation import trial_sample
 from tune.run.ranking import pick_trial
 from tune.run.view import SweepView
@@ -52,8 +53,8 @@ def best_train_config(view: SweepView, *, trial: str | None = None) -> tuple[str
         "hparams": resolved["hparams"],
     }
     metric = getattr(sweep.search, "metric", None)
-    if metric is not None:
-        out["metric"] = metric
+    if metric is not None:  # boxtune train weighs one objective: a list's accuracy part
+        out["metric"] = accuracy_metric(metric)
     return chosen.trial_id, out
 
 

@@ -145,7 +145,7 @@ def _ranking_table(rows: list[dict[str, Any]]) -> str:
         kind = []
         if row.get("distinguishable") is False and row["rank"] != 1:
             kind.append("noise")
-        if row["rank"] == 1 and row["best_epoch"]:
+        if row["rank"] == 1 and row["best_epoch"] and row.get("feasible") is not False:
             kind.append("leader")
         if row.get("error"):
             kind.append("errored")

@@ -140,7 +140,8 @@ def per_class_rows(view: SweepView, rows: list[dict[str, Any]], *, top: int = 1)
 
 def best_per_class(view: SweepView, rows: list[dict[str, Any]]) -> str:
     """The end-of-sweep summary's per-class table of the best trial ('' before any epoch)."""
-    lines = per_class_rows(view, rows, top=1)
+    # the winner: a trial outside search.constraints never is one (they rank last)
+    lines = per_class_rows(view, [r for r in rows if r.get("feasible") is not False], top=1)
     if not lines:
         return ""
     return f"per class, best trial {lines[0]['trial']} at epoch {lines[0]['epoch']}:\n{format_per_class(lines)}"

@@ -12,8 +12,9 @@ after every feasible one, and is never on the front.
 
 The winner, wherever one trial is chosen (``export`` without ``--pick``, ``report.test_top``, the
 confirmation stage, the best-config), is the first row of the ranking: the most accurate feasible
-trial, which is always on the front (an exact tie on accuracy goes to the trial created first, as
-with one objective). ``checkpoints.keep_trials`` keeps the front's checkpoints beside the top
+trial. It is on the front unless another feasible trial has exactly its score and costs less: an
+exact tie goes to the trial created first, as with one objective, so that every place that
+ranks keeps one order (``tune.run.ranking.rank_order``). ``checkpoints.keep_trials`` keeps the front's checkpoints beside the top
 trials (``tune.launch.retention``), and ``boxtune export --pick`` chooses elsewhere on the front
 (``tune.ship.pick``).
 """

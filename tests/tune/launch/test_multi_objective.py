@@ -163,3 +163,13 @@ def test_the_report_marks_the_front_and_plots_it(front_run, tmp_path):
     assert drawn == {k: v for k, v in {"front": sum(bool(r["front"]) for r in rows),
                                        "dominated": sum(r["front"] is False and r["feasible"] for r in rows),
                                        "outside the limits": sum(not r["feasible"] for r in rows)}.items() if v}
+
+
+def test_the_best_config_trains_on_the_accuracy_objective(front_run, tmp_path):
+    rows, run, _ = front_run
+    from tune.config import TrainConfig, load_config
+    from tune.results.best_config import write_best_config
+
+    path = write_best_config(load_sweep(str(run)), tmp_path / "best.yaml")
+    cfg = load_config(path, TrainConfig)  # boxtune train weighs one objective: the list's accuracy part
+    assert cfg.metric == "AP" and cfg.model.architecture == rows[0]["architecture"]
