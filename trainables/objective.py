@@ -132,7 +132,7 @@ class Objective:
         """The objective of one epoch's metrics; NaN when any term is missing or NaN."""
         total = 0.0
         for term in self.terms:
-            v = _number(metrics.get(term.key))
+            v = as_number(metrics.get(term.key))
             if math.isnan(v):
                 return math.nan
             total += term.weight * v
@@ -143,7 +143,8 @@ class Objective:
         return fold_score(self.value(metrics), metrics.get("AR100"))
 
 
-def _number(value: Any) -> float:
+def as_number(value: Any) -> float:
+    """``value`` as a finite float, or NaN (for None, a bool, text, inf or NaN)."""
     if isinstance(value, bool):
         return math.nan
     try:
@@ -155,17 +156,17 @@ def _number(value: Any) -> float:
 
 def fold_score(objective: Any, ar100: Any) -> float:
     """``round(objective, 6) + AR100 * 1e-7``; ``NAN_SCORE`` for a NaN objective; a NaN AR100 adds 0."""
-    obj = _number(objective)
+    obj = as_number(objective)
     if math.isnan(obj):
         return NAN_SCORE
-    ar = _number(ar100)
+    ar = as_number(ar100)
     ar = 0.0 if math.isnan(ar) else min(max(ar, 0.0), 1.0)
     return round(obj, OBJECTIVE_DIGITS) + ar * TIEBREAK_SCALE
 
 
 def score_of(row: Mapping[str, Any], objective: Objective | None = None) -> float:
     """An epoch's reported ``score``, or (for results from before scores were reported) the one computed."""
-    v = _number(row.get(SCORE))
+    v = as_number(row.get(SCORE))
     if not math.isnan(v):
         return v
     return (objective or _DEFAULT).score(row)
@@ -262,7 +263,7 @@ def parse_objective(spec: str | Mapping[str, Any] | Objective, *, key: str | Non
             raise _fail(key, f"an empty mapping; accepted: {_ACCEPTED}")
         terms = []
         for text, weight in spec.items():
-            w = _number(weight)
+            w = as_number(weight)
             if math.isnan(w) or w <= 0:
                 raise _fail(key, f"weight of {text!r} must be a finite number > 0, got {weight!r}")
             terms.append(_term(text, w, key))

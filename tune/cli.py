@@ -314,6 +314,7 @@ def _peak_gpu_mib(history: list[dict]) -> float | None:
 def _cmd_status(args: argparse.Namespace) -> int:
     _check_run(args.run, train=False)
     from tune.run import load_sweep, rank_trials
+    from tune.run.front import eligible
 
     view = load_sweep(args.run)
     # trials whose node the driver saw lost, and that have not reported from another node since
@@ -348,7 +349,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         done = sum(t.status == "TERMINATED" for t in view.confirm.trials)
         print(f"  confirmation stage: {view.confirm.num_trials} seeds asked, {done} done")
     rows = [r for r in rank_trials(view, intervals=False) if r["best_epoch"]]
-    if rows and rows[0].get("feasible") is False:  # infeasible rows rank last: none is within the limits
+    if rows and not eligible(rows[0]):  # infeasible rows rank last: none is within the limits
         print(f"  best so far: none within search.constraints ({len(rows)} trial{'s' if len(rows) != 1 else ''} "
               f"with an epoch, all outside)")
     elif rows:

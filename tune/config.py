@@ -124,6 +124,10 @@ class SearchConfig(_Strict):
         named = cost_objectives(self.metric)
         return named + tuple(k for k in self.constraints if k not in named)
 
+    def key_naming(self, cost: str) -> str:
+        """The config key that names ``cost``: ``search.metric`` when it is an objective, else ``search.constraints``."""
+        return "search.metric" if cost in cost_objectives(self.metric) else "search.constraints"
+
     @model_validator(mode="after")
     def _confirm_within_trials(self) -> SearchConfig:
         if self.confirm.top > self.num_trials:
@@ -249,9 +253,7 @@ class SweepConfig(_Strict):
         named = self.search.costs
         if not named:
             return self
-        def where(name: str) -> str:
-            return "search.metric" if name in cost_objectives(self.search.metric) else "search.constraints"
-
+        where = self.search.key_naming
         if not self.cost.measure and "measure" in self.cost.model_fields_set:
             raise ValueError(f"{where(named[0])} names {named[0]}, which only cost.measure measures; "
                              f"remove cost.measure: false")

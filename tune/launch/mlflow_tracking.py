@@ -246,6 +246,7 @@ class MlflowTracking(tune.Callback):
         if self._down or self.parent_id is None:
             return
         from tune.run import load_sweep, rank_trials
+        from tune.run.front import eligible
 
         for trial in trials:
             if str(trial.status) not in _FINAL and trial.trial_id in self.runs:
@@ -276,7 +277,7 @@ class MlflowTracking(tune.Callback):
             self._artifact(self.parent_id, json.dumps(ranked, indent=1, default=str), "ranking.json")
         tags, metrics = [(STATUS_TAG, "FINISHED")], []
         # the winner: none when no trial is within search.constraints (they rank last)
-        leader = rows[0] if rows and rows[0]["best_epoch"] and rows[0].get("feasible") is not False else None
+        leader = rows[0] if rows and rows[0]["best_epoch"] and eligible(rows[0]) else None
         if leader is not None:
             tags.append((BEST_TAG, leader["trial"]))
             keys = ("AP", "AP50", "AR100", "objective", "ci_low", "ci_high")

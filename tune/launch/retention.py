@@ -32,7 +32,7 @@ from pyarrow import fs as pafs
 from ray import tune
 
 from tune.run.folder import RunFolder
-from tune.run.front import meets, pareto_front
+from tune.run.front import feasible_front, meets
 from tune.run.layout import CHECKPOINT_FILE, CHECKPOINT_FOLDER_PREFIX
 from tune.run.ranking import UNNUMBERED, creation_number, rank_order, result_score
 from tune.run.storage import RunStorage
@@ -161,9 +161,8 @@ class CheckpointRetention(tune.Callback):
                                                      *rank_order(self._scores[t], self._numbers.get(t, UNNUMBERED), t)))
         top = set(ranked[:self.keep_trials])
         if self.costs:
-            points = {t: (self._scores[t], *(self._figures.get(t, {}).get(c, float("nan")) for c in self.costs))
-                      for t in self._scores if feasible[t] and self._scores[t] is not None}
-            top |= pareto_front(points)
+            scored = {t: (s, self._figures.get(t, {})) for t, s in self._scores.items() if s is not None}
+            top |= feasible_front(scored, self.costs, self.limits)
         return top
 
     def _delete(self, tid: str, *, keep: str | None) -> int:

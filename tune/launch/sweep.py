@@ -151,7 +151,7 @@ def measure_costs(cfg: SweepConfig, num_classes: int, *, echo=print) -> dict[str
     for name in cfg.search.costs:  # a named cost nobody measured would leave every trial unranked or infeasible
         missing = [k for k, figures in costs.items() if not math.isfinite(float(figures.get(name) or math.nan))]
         if missing:
-            key = "search.metric" if name in cost_objectives(cfg.search.metric) else "search.constraints"
+            key = cfg.search.key_naming(name)
             hint = " (pip install 'boxtune[onnx]': ONNX Runtime is not installed)" if name == "onnx_latency_ms" else ""
             raise ConfigError(f"{key} names {name}, which could not be measured for {len(missing)} of "
                               f"{len(costs)} model structures{hint}")

@@ -40,7 +40,7 @@ from trainables.model import set_score_threshold
 from trainables.objective import Objective, class_metrics
 from tune.run.checkpoints import best_checkpoint
 from tune.run.folder import TrainFolder
-from tune.run.front import FEASIBLE
+from tune.run.front import eligible
 from tune.run.intervals import interval, resampled_objective
 from tune.run.layout import TEST_SPLIT
 from tune.run.ranking import rank_trials, trial_row
@@ -110,7 +110,7 @@ def evaluate_sweep_on_test(view: SweepView, manifest, *, top: int, metric_label:
     if not records or top <= 0:
         return None
     # the top feasible trials (search.constraints): an infeasible trial never wins (tune.run.front)
-    ranked = [r for r in rank_trials(view, intervals=False) if r["best_epoch"] > 0 and r.get(FEASIBLE) is not False][:top]
+    ranked = [r for r in rank_trials(view, intervals=False) if r["best_epoch"] > 0 and eligible(r)][:top]
     before = (view.test_results or {}).get("trials", {})
     trials: dict[str, Any] = {}
     for row in ranked:

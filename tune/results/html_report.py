@@ -41,6 +41,7 @@ from tune.results.report import (
     per_class_rows,
     sweep_notes,
 )
+from tune.run.front import eligible
 from tune.run.view import SweepView
 
 __all__ = ["FIGURES", "render_html", "write_html_report", "IMAGES_SHOWN", "PER_CLASS_TOP"]
@@ -145,7 +146,7 @@ def _ranking_table(rows: list[dict[str, Any]]) -> str:
         kind = []
         if row.get("distinguishable") is False and row["rank"] != 1:
             kind.append("noise")
-        if row["rank"] == 1 and row["best_epoch"] and row.get("feasible") is not False:
+        if row["rank"] == 1 and row["best_epoch"] and eligible(row):
             kind.append("leader")
         if row.get("error"):
             kind.append("errored")

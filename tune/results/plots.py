@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from tune.results.report import MIN_TRIALS_FOR_IMPORTANCE, param_importances
+from tune.run.front import eligible
 from tune.run.ranking import varying_keys
 
 __all__ = ["AP_LABEL", "LOG_SPAN", "searched_hparams", "ap_per_epoch_figure", "hparam_figure", "importance_figure",
@@ -197,7 +198,7 @@ def front_figure(view, rows: list[dict[str, Any]]) -> Figure:
         if name == "front":
             line = sorted(zip(xs, ys, strict=True))
             ax.plot([x for x, _ in line], [y for _, y in line], color="tab:blue", linewidth=1, alpha=0.6)
-    winner = next((r for r in done if r.get("feasible") is not False), None)
+    winner = next((r for r in done if eligible(r)), None)
     if winner is not None:
         ax.scatter([float(winner["latency_ms"])], [float(winner[key])], s=160, facecolors="none", edgecolors="crimson",
                    linewidths=1.5, label="rank 1", zorder=3)

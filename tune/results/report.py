@@ -24,7 +24,7 @@ from trainables.errors import ConfigError
 from trainables.objective import class_key, cost_objectives, score_of
 from tune.results.holdout import OPTIMISTIC_NOTE
 from tune.run.confirmation import CONFIRM_COLUMNS
-from tune.run.front import describe_limits, limits_of
+from tune.run.front import describe_limits, eligible, limits_of
 from tune.run.intervals import class_intervals
 from tune.run.layout import TEST_PREFIX
 from tune.run.ranking import INTERVAL_COLUMNS, METRIC_COLUMNS, ranking_table, varying_keys
@@ -141,7 +141,7 @@ def per_class_rows(view: SweepView, rows: list[dict[str, Any]], *, top: int = 1)
 def best_per_class(view: SweepView, rows: list[dict[str, Any]]) -> str:
     """The end-of-sweep summary's per-class table of the best trial ('' before any epoch)."""
     # the winner: a trial outside search.constraints never is one (they rank last)
-    lines = per_class_rows(view, [r for r in rows if r.get("feasible") is not False], top=1)
+    lines = per_class_rows(view, [r for r in rows if eligible(r)], top=1)
     if not lines:
         return ""
     return f"per class, best trial {lines[0]['trial']} at epoch {lines[0]['epoch']}:\n{format_per_class(lines)}"

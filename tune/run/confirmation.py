@@ -22,7 +22,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from tune.run.front import FEASIBLE
+from tune.run.front import eligible
 
 __all__ = ["CONFIRM_OF", "CONFIRM_SEED", "CONFIRM_COLUMNS", "SeedSummary", "confirm_seeds", "confirm_top",
            "config_of", "trial_sample", "seed_members", "summarise_seeds"]
@@ -42,7 +42,7 @@ def confirm_top(view, rows: list[dict[str, Any]]) -> list[str]:
     """The search trials the stage retrains: the top ``search.confirm.top`` ranked ones with a finished
     epoch, within ``search.constraints`` (``tune.run.front``)."""
     return [row["trial"] for row in rows
-            if row["best_epoch"] > 0 and row.get(FEASIBLE) is not False][:view.config.search.confirm.top]
+            if row["best_epoch"] > 0 and eligible(row)][:view.config.search.confirm.top]
 
 
 def config_of(view, trial_id: str) -> str:

@@ -25,7 +25,10 @@ import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["Limits", "limits_of", "describe_limits", "meets", "violations", "constraint_values", "pareto_front", "FEASIBLE", "FRONT"]
+from trainables.objective import as_number
+
+__all__ = ["Limits", "limits_of", "describe_limits", "meets", "violations", "constraint_values", "pareto_front",
+           "feasible_front", "eligible", "FEASIBLE", "FRONT"]
 
 FEASIBLE = "feasible"  # the ranking's columns: with search.constraints, and with several objectives
 FRONT = "front"
@@ -45,12 +48,7 @@ def describe_limits(limits: Limits) -> str:
 
 
 def _figure(figures: Mapping[str, Any], name: str) -> float:
-    value = figures.get(name)
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return value
+    return as_number(figures.get(name))
 
 
 def violations(figures: Mapping[str, Any], limits: Limits) -> list[str]:
@@ -83,6 +81,12 @@ def meets(figures: Mapping[str, Any], limits: Limits) -> bool:
     return not violations(figures, limits)
 
 
+def eligible(row: Mapping[str, Any]) -> bool:
+    """Whether a ranking row may be taken as a winner: not marked outside ``search.constraints``
+    (a row without the ``feasible`` column, from a sweep without limits, always may)."""
+    return row.get(FEASIBLE) is not False
+
+
 def _dominates(a: Sequence[float], b: Sequence[float]) -> bool:
     """``a`` at least as good as ``b`` everywhere and better somewhere (first maximised, rest minimised)."""
     better = False
@@ -101,3 +105,11 @@ def pareto_front(points: Mapping[Hashable, Sequence[float]]) -> set[Hashable]:
     clean = {k: tuple((-math.inf if i == 0 else math.inf) if math.isnan(float(v)) else float(v)
                       for i, v in enumerate(p)) for k, p in points.items()}
     return {k for k, p in clean.items() if not any(_dominates(q, p) for other, q in clean.items() if other != k)}
+
+
+def feasible_front(trials: Mapping[Hashable, tuple[float, Mapping[str, Any]]], costs: Sequence[str],
+                   limits: Limits) -> set[Hashable]:
+    """The front of ``trials`` (key -> (best score, cost figures)) among those that meet ``limits``."""
+    points = {k: (score, *(_figure(figures, c) for c in costs))
+              for k, (score, figures) in trials.items() if meets(figures, limits)}
+    return pareto_front(points)

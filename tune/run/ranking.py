@@ -38,7 +38,7 @@ from trainables.cost import COST_COLUMNS
 from trainables.errors import BoxtuneError
 from trainables.objective import BEST_SCORE, cost_objectives, fold_score, parse_objective, score_of
 from tune.run.confirmation import CONFIRM_COLUMNS, seed_members, summarise_seeds
-from tune.run.front import FEASIBLE, FRONT, describe_limits, limits_of, meets, pareto_front
+from tune.run.front import FEASIBLE, FRONT, describe_limits, feasible_front, limits_of, meets
 from tune.run.intervals import Intervals, paired_intervals, run_objective, val_ground_truth
 from tune.run.layout import TEST_PREFIX
 from tune.run.view import UNNUMBERED, SweepView, TrialView, creation_number
@@ -208,9 +208,7 @@ def _weigh_costs(rows: list[dict[str, Any]], limits, costs: tuple[str, ...]) -> 
     for row in rows:
         marks[row["trial"]] = {FEASIBLE: meets(row, limits)} if limits else {}
     if costs:
-        candidates = {r["trial"]: (r["score"], *(r.get(c, math.nan) for c in costs)) for r in rows
-                      if r["best_epoch"] > 0 and marks[r["trial"]].get(FEASIBLE, True)}
-        members = pareto_front(candidates)
+        members = feasible_front({r["trial"]: (r["score"], r) for r in rows if r["best_epoch"] > 0}, costs, limits)
         for row in rows:
             marks[row["trial"]][FRONT] = (row["trial"] in members) if row["best_epoch"] > 0 else None
     out = []

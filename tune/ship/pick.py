@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainables.errors import BoxtuneError
-from tune.run.front import FEASIBLE
+from tune.run.front import eligible
 
 __all__ = ["Pick", "parse_pick", "pick_row", "PICK_RULES"]
 
@@ -63,7 +63,7 @@ def pick_row(rows: list[dict[str, Any]], pick: Pick, *, run: str) -> tuple[str, 
     ranked = [r for r in rows if r["best_epoch"] > 0]
     if not ranked:
         raise BoxtuneError(f"{run}: no trial has finished an epoch yet; nothing to export")
-    ranked = [r for r in ranked if r.get(FEASIBLE) is not False]  # outside search.constraints: never picked
+    ranked = [r for r in ranked if eligible(r)]  # outside search.constraints: never picked
     if not ranked:
         raise BoxtuneError(f"--pick: no trial of {run} meets its search.constraints; choose one with --trial")
     if not any(math.isfinite(_latency(r)) for r in ranked):
