@@ -11,8 +11,10 @@ run with the same seeds, and prints (and writes to ``--out``/partN.json) its num
     python benchmarks/bench_transfer.py --part 3 --schedulers fifo asha halving   # and batch halving: trials per hour
     python benchmarks/bench_transfer.py --part 4   # the `seed` space against `default` under TPE, same epoch budget,
                                                    # and `default` with one shared `lr` name (before lr_sgd/lr_adam)
+    python benchmarks/bench_transfer.py --part 5 --keep DIR   # accuracy against latency: the source's family at
+                                                   # three input sizes against SSDlite from random weights
 
-Parts 1 and 2 are single trials (``run_trial``, no Ray); parts 3 and 4 are sweeps on a local Ray
+Parts 1 and 2 are single trials (``run_trial``, no Ray); parts 3, 4 and 5 are sweeps on a local Ray
 bound to loopback (``--concurrent`` trials at a time, two by default, one CPU each). The source model is trained first if it is
 not cached. Sizes are flags; the defaults are the full benchmark (about an hour on 2 idle cores).
 ``--smoke`` runs a part at tiny sizes from a one-epoch source, to check that it runs.
@@ -64,7 +66,7 @@ def _target(args, tmp: Path):
 
 # --smoke: every part in minutes, from a one-epoch source; the numbers mean nothing
 _SMOKE = {"images": 16, "size": 64, "at": [1, 2], "depths": [0, 8], "trials": 2, "concurrent": 1, "seeds": [0]}
-_SMOKE_EPOCHS = {2: 1, 3: 2, 4: 4}  # part 4's `seed` recipes need 4 epochs to act
+_SMOKE_EPOCHS = {2: 1, 3: 2, 4: 4, 5: 2}  # part 4's `seed` recipes need 4 epochs to act
 _SMOKE_IMAGES = {4: 32}  # `default`'s one-cycle needs a few iterations per epoch at batch 8
 
 
@@ -369,9 +371,72 @@ def _sampler_check(space_spec: str, *, epochs: int, seeds: int = 10, trials: int
             "adam_decades_from_best_median": [None if d is None else round(d, 2) for d in dist]}
 
 
+# part 5: the families searched. The source's own family starts from the source model (its class
+# rows copied) at three input sizes; SSDlite has no source model, so it starts from random weights.
+SSDLITE = "ssdlite320_mobilenet_v3_large"
+
+
+def part5_config(args, tmp: Path, data: Path, weights: str):
+    """The sweep of part 5: ``search.metric: [AP, latency_ms]`` over the source's architecture at
+    ``--image-sizes`` (pretrained) and SSDlite (random weights, 320 px fixed), batch halving."""
+    from source_model import ARCHITECTURE
+
+    from tune.config import SweepConfig
+
+    space = {"architecture": {"choice": [ARCHITECTURE, SSDLITE]},
+             "image_size": {"choice": list(args.image_sizes), "when": {"architecture": ARCHITECTURE}},
+             "optimizer": "sgd", "lr": {"loguniform": [0.003, 0.03]}, "momentum": 0.9, "weight_decay": 1e-4,
+             "batch_size": 4, "warmup_iters": 20, "hflip_p": 0.5}
+    return SweepConfig.model_validate({
+        "name": "front",
+        "data": {"path": str(data), "val_fraction": 0.25, "seed": 0},
+        "model": {"architecture": ARCHITECTURE, "weights": weights, "class_map": COPY_MAP,
+                  "by_architecture": {ARCHITECTURE: {"box_batch_size_per_image": 128}, SSDLITE: {"weights": None}}},
+        "training": {"epochs": args.epochs, "seed": 0},
+        "search": {"space": space, "num_trials": args.trials, "sampler": "tpe", "seed": 0,
+                   "metric": ["AP", "latency_ms"]},
+        "cost": {"threads": 1, "onnx": True},
+        "resources": {"cpu": 1},
+        "max_concurrent": args.concurrent,
+        "storage": str(tmp / "runs"),
+        "retries": 0,
+    })
+
+
+def part5(args, tmp: Path) -> dict:
+    """Accuracy against latency on the target: each trial's architecture, input size, best AP with
+    its 95% interval, latency (PyTorch and ONNX Runtime, one thread, batch 1), parameters and
+    whether it is on the front, in ranking order."""
+    import ray
+
+    from tune.workflow import run_sweep
+
+    data, _ = _target(args, tmp)
+    weights = _source(args)
+    cfg = part5_config(args, tmp, data, weights)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        t0 = time.perf_counter()
+        rows = run_sweep(cfg, echo=print)
+        wall = time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+
+    def number(value, digits):
+        return None if value is None or value != value else round(float(value), digits)
+
+    keep = ("rank", "trial", "architecture", "image_size", "epochs", "front")
+    return {"run": str(Path(cfg.storage) / cfg.name), "wall_s": round(wall, 1), "epochs": sum(r["epochs"] for r in rows),
+            "trials": [{**{k: r.get(k) for k in keep}, "AP": number(r["score"], 4), "ci_low": number(r.get("ci_low"), 4),
+                        "ci_high": number(r.get("ci_high"), 4), "latency_ms": number(r["latency_ms"], 2),
+                        "latency_p10_ms": number(r["latency_p10_ms"], 2), "latency_p90_ms": number(r["latency_p90_ms"], 2),
+                        "onnx_latency_ms": number(r.get("onnx_latency_ms"), 2), "params": r["params"],
+                        "file_mb": number(r["file_mb"], 2)} for r in rows]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", type=int, choices=(1, 2, 3, 4), required=True)
+    p.add_argument("--part", type=int, choices=(1, 2, 3, 4, 5), required=True)
     p.add_argument("--target", choices=("shapes", "raccoon"), default="shapes",
                    help="parts 1, 2, 3: the generated target task, or the raccoon photos (../shared/data/raccoon)")
     p.add_argument("--images", type=int, default=150, help="target images (a quarter of them val)")
@@ -381,14 +446,16 @@ def main(argv=None) -> int:
     p.add_argument("--at", type=int, nargs="+", default=[1, 2, 4], help="part 1: epochs to report AP after")
     p.add_argument("--variants", nargs="+", choices=("copy", "fresh_head", "random_init"), help="part 1: which")
     p.add_argument("--depths", type=int, nargs="+", default=[0, 2, 5, 8], help="part 2: freeze depths")
-    p.add_argument("--epochs", type=int, default=None, help="part 2: epochs per depth; parts 3, 4: per trial (6)")
+    p.add_argument("--epochs", type=int, default=None, help="part 2: epochs per depth; parts 3, 4, 5: per trial (6)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="part 2: training seeds (the split stays)")
     p.add_argument("--trials", type=int, default=None,
-                   help="parts 3, 4: trials per sweep (12; 16 for part 4, whose `seed` space runs 2)")
+                   help="parts 3, 4, 5: trials per sweep (12; 16 for part 4, whose `seed` space runs 2)")
     p.add_argument("--space", default="quick", help="part 3: the search space")
+    p.add_argument("--image-sizes", type=int, nargs="+", default=[96, 128, 160],
+                   help="part 5: the input sizes searched for the source's architecture, px")
     p.add_argument("--spaces", nargs="+", choices=tuple(PART4_SPACES), default=list(PART4_SPACES),
                    help="part 4: which spaces")
-    p.add_argument("--concurrent", type=int, default=2, help="parts 3, 4: trials at a time (one CPU each)")
+    p.add_argument("--concurrent", type=int, default=2, help="parts 3, 4, 5: trials at a time (one CPU each)")
     p.add_argument("--grace-period", type=int, default=None,
                    help="part 3: ASHA's grace period, epochs (boxtune's default: 2 from the pretrained source)")
     p.add_argument("--reduction-factor", type=float, default=2.0, help="part 3: ASHA's reduction factor")
@@ -402,8 +469,8 @@ def main(argv=None) -> int:
                         "in DIR instead of a temporary folder, e.g. for benchmarks/bench_interval_width.py")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and a one-epoch source: checks the script runs")
     args = p.parse_args(argv)
-    if args.target != "shapes" and args.part == 4:
-        p.error(f"--target {args.target}: part 4 sweeps the generated target only")
+    if args.target != "shapes" and args.part in (4, 5):
+        p.error(f"--target {args.target}: part {args.part} sweeps the generated target only")
     if args.smoke:
         vars(args).update(_SMOKE, epochs=_SMOKE_EPOCHS.get(args.part))
         args.images = _SMOKE_IMAGES.get(args.part, args.images)
@@ -417,7 +484,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="boxtune-transfer-") as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        result = {1: part1, 2: part2, 3: part3, 4: part4}[args.part](args, work)
+        result = {1: part1, 2: part2, 3: part3, 4: part4, 5: part5}[args.part](args, work)
     report = {"part": args.part, "setup": vars(args), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
               "load_average_1min": round(os.getloadavg()[0], 1), "wall_s": round(time.perf_counter() - started, 1),
               **result}
