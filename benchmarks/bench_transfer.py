@@ -12,7 +12,7 @@ run with the same seeds, and prints (and writes to ``--out``/partN.json) its num
     python benchmarks/bench_transfer.py --part 4   # the `seed` space against `default` under TPE, same epoch budget,
                                                    # and `default` with one shared `lr` name (before lr_sgd/lr_adam)
     python benchmarks/bench_transfer.py --part 5 --keep DIR   # accuracy against latency: the source's family at
-                                                   # three input sizes against SSDlite from random weights
+                                                   # two input sizes against SSDlite from random weights
 
 Parts 1 and 2 are single trials (``run_trial``, no Ray); parts 3, 4 and 5 are sweeps on a local Ray
 bound to loopback (``--concurrent`` trials at a time, two by default, one CPU each). The source model is trained first if it is
@@ -378,7 +378,9 @@ SSDLITE = "ssdlite320_mobilenet_v3_large"
 
 def part5_config(args, tmp: Path, data: Path, weights: str):
     """The sweep of part 5: ``search.metric: [AP, latency_ms]`` over the source's architecture at
-    ``--image-sizes`` (pretrained) and SSDlite (random weights, 320 px fixed), batch halving."""
+    ``--image-sizes`` (pretrained) and SSDlite (random weights, 320 px fixed), ``--scheduler`` (fifo:
+    a rung would rank trials from random weights before they take off; see
+    ``tune.launch.sweep.mixed_starts_note``)."""
     from source_model import ARCHITECTURE
 
     from tune.config import SweepConfig
@@ -395,6 +397,7 @@ def part5_config(args, tmp: Path, data: Path, weights: str):
         "training": {"epochs": args.epochs, "seed": 0},
         "search": {"space": space, "num_trials": args.trials, "sampler": "tpe", "seed": 0,
                    "metric": ["AP", "latency_ms"]},
+        "scheduler": {"name": args.scheduler},
         "cost": {"threads": 1, "onnx": True},
         "resources": {"cpu": 1},
         "max_concurrent": args.concurrent,
@@ -407,25 +410,21 @@ def part5(args, tmp: Path) -> dict:
     """Accuracy against latency on the target: each trial's architecture, input size, best AP with
     its 95% interval, latency (PyTorch and ONNX Runtime, one thread, batch 1), parameters and
     whether it is on the front, in ranking order."""
-    import ray
-
     from tune.workflow import run_sweep
 
     data, _ = _target(args, tmp)
     weights = _source(args)
     cfg = part5_config(args, tmp, data, weights)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        t0 = time.perf_counter()
-        rows = run_sweep(cfg, echo=print)
-        wall = time.perf_counter() - t0
-    finally:
-        ray.shutdown()
+    # the sweep starts its own local Ray after timing the models, as `boxtune sweep` does: Ray's
+    # starting processes would share the cores with the timing
+    t0 = time.perf_counter()
+    rows = run_sweep(cfg, echo=print)
+    wall = time.perf_counter() - t0
 
     def number(value, digits):
         return None if value is None or value != value else round(float(value), digits)
 
-    keep = ("rank", "trial", "architecture", "image_size", "epochs", "front")
+    keep = ("rank", "trial", "architecture", "image_size", "lr", "epochs", "front")
     return {"run": str(Path(cfg.storage) / cfg.name), "wall_s": round(wall, 1), "epochs": sum(r["epochs"] for r in rows),
             "trials": [{**{k: r.get(k) for k in keep}, "AP": number(r["score"], 4), "ci_low": number(r.get("ci_low"), 4),
                         "ci_high": number(r.get("ci_high"), 4), "latency_ms": number(r["latency_ms"], 2),
@@ -451,8 +450,10 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=None,
                    help="parts 3, 4, 5: trials per sweep (12; 16 for part 4, whose `seed` space runs 2)")
     p.add_argument("--space", default="quick", help="part 3: the search space")
-    p.add_argument("--image-sizes", type=int, nargs="+", default=[96, 128, 160],
+    p.add_argument("--image-sizes", type=int, nargs="+", default=[160, 320],
                    help="part 5: the input sizes searched for the source's architecture, px")
+    p.add_argument("--scheduler", choices=("fifo", "halving", "asha"), default="fifo",
+                   help="part 5: the sweep's scheduler (boxtune's default grace period)")
     p.add_argument("--spaces", nargs="+", choices=tuple(PART4_SPACES), default=list(PART4_SPACES),
                    help="part 4: which spaces")
     p.add_argument("--concurrent", type=int, default=2, help="parts 3, 4, 5: trials at a time (one CPU each)")

@@ -60,7 +60,8 @@ from tune.run.front import limits_of
 from tune.trial_config import merge_trial_config, sweep_base
 
 __all__ = ["launch_sweep", "continue_sweep", "check_space", "check_objective", "check_models", "make_sampler",
-           "grace_period", "make_searcher", "pretrained_start", "describe_scheduler"]
+           "grace_period", "make_searcher", "pretrained_start", "describe_scheduler",
+           "mixed_starts_note"]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,32 @@ def grace_period(cfg: SweepConfig) -> int:
     if chosen is None:
         chosen = 2 if pretrained_start(cfg) else max(1, epochs // 2)
     return min(chosen, epochs)
+
+
+def mixed_starts_note(cfg: SweepConfig, drawn: list[dict[str, Any]]) -> str | None:
+    """A note when early stopping will compare trials that start from ``model.weights`` with trials
+    that start from random weights (the preflight's ``drawn`` configs say which architectures the
+    space gives which start); None when the scheduler is fifo or every start is alike.
+
+    From random weights a detector's AP can stay near 0 for half the run and then rise: on the
+    transfer benchmark's target (``bench_transfer.py --part 5``) SSDlite from random weights had AP
+    0.001 at epoch 3 and 0.554 at epoch 6, while Faster R-CNN from the source model had 0.19 at
+    epoch 3. A rung at epoch 3 stopped two SSDlite trials, one with nearly the winner's config.
+    """
+    if cfg.scheduler.name == "fifo":
+        return None
+    starts: dict[str, set[bool]] = {}
+    for config in drawn:
+        model = config["model"]
+        starts.setdefault(model["architecture"], set()).add(model.get("weights") is not None)
+    pretrained = sorted(a for a, s in starts.items() if True in s)
+    random = sorted(a for a, s in starts.items() if False in s)
+    if not pretrained or not random:
+        return None
+    return (f"note: the space starts {', '.join(pretrained)} from model.weights and {', '.join(random)} from "
+            f"random weights; {cfg.scheduler.name}'s first rung (epoch {grace_period(cfg)}) ranks them together, "
+            f"and trials from random weights may not have taken off by then. scheduler.name: fifo, or one sweep "
+            f"per start, judges each trial on its whole run")
 
 
 def make_searcher(cfg: SweepConfig, folder: RunFolder | None = None):
@@ -336,6 +363,8 @@ def launch_sweep(cfg: SweepConfig, *, address: str | None = None, echo=print) ->
     n_test = splits.count("test")  # held out: evaluated once when the sweep ends (tune.results.holdout)
     echo(f"  {n_train} train / {n_val} val{f' / {n_test} test' if n_test else ''} images, "
          f"classes: {', '.join(manifest.class_names)}")
+    if (note := mixed_starts_note(cfg, drawn)) is not None:
+        echo(note)
     costs = measure_costs(cfg, len(manifest.class_names), echo=echo)  # before Ray: no trial competes with it
     with ray_session(address) as ray_info:
         require_resources(cpu=cfg.resources.cpu, gpu=cfg.resources.gpu)

@@ -23,7 +23,7 @@ from search_spaces import first_trials
 from trainables.errors import ConfigError
 from tune.config import SweepConfig
 from tune.launch.space_check import iterations_per_epoch
-from tune.launch.sweep import check_space, grace_period, make_searcher, pretrained_start
+from tune.launch.sweep import check_space, grace_period, make_searcher, mixed_starts_note, pretrained_start
 
 N_TRAIN = 18  # the tiny demo's train split: 24 images, val_fraction 0.25
 
@@ -165,6 +165,35 @@ def test_asha_grace_period_follows_the_start(tmp_path, tiny_demo, weights, by_ar
     cfg = _config(tmp_path, tiny_demo, "quick", epochs=epochs, model=model, scheduler=scheduler)
     assert pretrained_start(cfg) == (weights is not None and not by_architecture)
     assert grace_period(cfg) == expected
+
+
+MIXED_ARCHS = ["ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_fpn"]
+
+
+@pytest.mark.parametrize("scheduler, weights, by_architecture, noted", [
+    ("halving", "source.pth", {MIXED_ARCHS[0]: {"weights": None}}, True),  # SSDlite from random weights
+    ("asha", None, {MIXED_ARCHS[1]: {"weights": "source.pth"}}, True),
+    ("fifo", "source.pth", {MIXED_ARCHS[0]: {"weights": None}}, False),  # no rung compares them
+    ("halving", "source.pth", {}, False),  # every trial from the same start
+    ("halving", None, {}, False),
+])
+def test_early_stopping_across_pretrained_and_random_starts_is_noted(tmp_path, tiny_demo, scheduler, weights,
+                                                                      by_architecture, noted):
+    space = {"architecture": {"choice": MIXED_ARCHS}, "batch_size": 4}
+    cfg = _config(tmp_path, tiny_demo, space, epochs=6, scheduler={"name": scheduler},
+                  model={"weights": weights, "by_architecture": by_architecture})
+    drawn: list[dict] = []
+    check_space(cfg, n_train=N_TRAIN, drawn=drawn)
+    note = mixed_starts_note(cfg, drawn)
+    if not noted:
+        assert note is None
+        return
+    random = next(a for a in MIXED_ARCHS if (by_architecture.get(a, {}).get("weights", weights)) is None)
+    pretrained = next(a for a in MIXED_ARCHS if a != random)
+    assert note == (f"note: the space starts {pretrained} from model.weights and {random} from random weights; "
+                    f"{scheduler}'s first rung (epoch 3) ranks them together, and trials from random weights may not "
+                    f"have taken off by then. scheduler.name: fifo, or one sweep per start, judges each trial on its "
+                    f"whole run")
 
 
 def test_default_sweeps_evaluate_the_seed_sgd_recipe_first(tmp_path, tiny_demo):
