@@ -14,8 +14,16 @@ timed three ways, each in a fresh process with the same thread count, ``--rounds
 The table gives each way's figure per round and the spread between rounds (max/min), and the
 ratios of the plain loop and ONNX Runtime to boxtune's figure.
 
+``--trained RUN`` asks whether the weights matter: boxtune times an untrained model of each
+structure, once per sweep. For each trial of a sweep whose checkpoint is kept, its ``.pt`` export
+is timed with the plain loop on boxtune's image (uniform noise) and on the run's val images
+(cycled), beside the untrained figure the trial was ranked by, with the detections each returns.
+A detector's post-processing (score threshold, per-class NMS) costs more the more boxes pass the
+threshold, and an untrained head passes nearly all of them.
+
     python benchmarks/bench_latency.py
     python benchmarks/bench_latency.py --models fasterrcnn_mobilenet_v3_large_320_fpn:320 retinanet_resnet50_fpn:512 --threads 2
+    python benchmarks/bench_latency.py --trained RUN
 """
 
 from __future__ import annotations
@@ -49,6 +57,29 @@ with torch.inference_mode():
     for _ in range({repeats}):
         model([image])
 print(json.dumps((time.perf_counter() - start) / {repeats} * 1000))
+"""
+
+# a trained export: the same loop on boxtune's noise image and on real images, with the detections returned
+_TRAINED = """
+import json, sys, time, torch, torchvision
+from torchvision.io import ImageReadMode, decode_image
+torch.set_num_threads({threads})
+ckpt = torch.load({pt!r}, weights_only=True)
+model = torchvision.models.get_model(ckpt["architecture"], weights=None, weights_backbone=None, num_classes=ckpt["num_classes"], **ckpt["model_kwargs"])
+model.load_state_dict(ckpt["state_dict"]); model.eval()
+noise = [torch.rand(3, {h}, {w}, generator=torch.Generator().manual_seed(0))]
+real = [decode_image(p, mode=ImageReadMode.RGB).float() / 255 for p in {images!r}]
+out = {{}}
+with torch.inference_mode():
+    for name, images in (("noise", noise), ("val", real)):
+        for i in range({warmup}):
+            model([images[i % len(images)]])
+        found = 0
+        start = time.perf_counter()
+        for i in range({repeats}):
+            found += len(model([images[i % len(images)]])[0]["boxes"])
+        out[name] = [(time.perf_counter() - start) / {repeats} * 1000, found / {repeats}]
+print(json.dumps(out))
 """
 
 _ORT = """
@@ -97,6 +128,52 @@ def _script(code: str, threads: int) -> float:
     return float(json.loads(out.stdout))
 
 
+def trained(run: str, *, threads: int, warmup: int, repeats: int, rounds: int) -> None:
+    """Each kept trial's export against the untrained figure it was ranked by (see the module's docstring)."""
+    from trainables.cost import input_hw
+    from trainables.errors import BoxtuneError
+    from tune.run import load_sweep, rank_trials
+    from tune.ship.export import export_run
+
+    view = load_sweep(run)
+    costs = view.folder.costs() or {}  # structure key -> the untrained model's figures
+    images = [r.path for r in view.manifest().records("val")]
+    print(f"{run}: threads {threads}, {warmup} warm-up + {repeats} timed calls per figure, {rounds} rounds, "
+          f"{len(images)} val images cycled; ms per image at batch 1 on CPU (median of rounds)")
+    print(f"{'trial':<9} {'model':<44} {'untrained':>9} {'noise':>13} {'val images':>13} {'detections (untrained, noise, val)':>36}")
+    for row in rank_trials(view, intervals=False):
+        with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
+            pt = Path(tmp) / "model.pt"
+            try:
+                export_run(run, pt, trial=row["trial"], fmt="pt")
+            except BoxtuneError:  # its checkpoints were not kept
+                continue
+            arch, kwargs = _structure(pt)
+            h, w = input_hw(arch, kwargs)
+            code = _TRAINED.format(threads=threads, pt=str(pt), h=h, w=w, images=images, warmup=warmup, repeats=repeats)
+            results = [json.loads(_run_script(code, threads)) for _ in range(rounds)]
+        noise = statistics.median(r["noise"][0] for r in results)
+        val = statistics.median(r["val"][0] for r in results)
+        base = row["latency_ms"]
+        untrained = costs.get(json.dumps({"architecture": arch, **kwargs}, sort_keys=True), {})
+        model = f"{arch} {h}x{w}"
+        print(f"{row['trial']:<9} {model:<44} {base:9.1f} {noise:7.1f} {noise / base:4.2f}x {val:7.1f} {val / base:4.2f}x "
+              f"{untrained.get('detections', float('nan')):>14.0f} {results[0]['noise'][1]:>8.0f} "
+              f"{results[0]['val'][1]:>10.1f}")
+
+
+def _structure(pt: Path) -> tuple[str, dict]:
+    import torch
+
+    ckpt = torch.load(pt, weights_only=True)
+    return ckpt["architecture"], dict(ckpt["model_kwargs"])
+
+
+def _run_script(code: str, threads: int) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+
+
 def main() -> int:
     from trainables.cost import CostRequest, input_hw, measure_in_subprocess
 
@@ -108,7 +185,11 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--trained", metavar="RUN", help="time each kept trial's export of this sweep instead (see above)")
     args = p.parse_args()
+    if args.trained:
+        trained(args.trained, threads=args.threads, warmup=args.warmup, repeats=args.repeats, rounds=args.rounds)
+        return 0
     print(f"threads {args.threads}, {args.warmup} warm-up + {args.repeats} timed calls per figure, "
           f"{args.rounds} rounds; ms per image at batch 1 on CPU")
     print(f"{'model':<48} {'way':<12} {'rounds (ms)':<28} {'median':>8} {'spread':>7} {'/ boxtune':>9}")

@@ -1,9 +1,17 @@
 """What a detector costs to run: latency at batch 1 on CPU, parameters, and the exported file's size.
 
-Latency hardly depends on the weights, so it is measured once per (architecture, input size, class
-count) on the untrained model of the trained model's structure, in a process of its own
-(``measure_in_subprocess``), never inside a training trial, where the trial's own threads would
-compete with it.
+Latency is measured once per (architecture, input size, class count) on the untrained model of the
+trained model's structure, in a process of its own (``measure_in_subprocess``), never inside a
+training trial, where the trial's own threads would compete with it.
+
+The weights matter in one place: Faster R-CNN's box head (two large linear layers, the bulk of
+the MobileNet models' time) runs once per RPN proposal, and the RPN drops proposals below its
+score filter (0.05 for the MobileNet builders). An untrained RPN scores every proposal about 0.5,
+so all of them (150 for the 320 model) reach the box head; a trained one keeps those near objects
+(1 to 90 on the transfer benchmark's val images). Faster R-CNN's figure is therefore an upper
+bound for the trained model (``benchmarks/bench_latency.py --trained RUN`` measures by how much).
+The one-stage heads run on every location whatever the weights; only their post-processing
+varies with how many boxes pass the score filter.
 
 The timed span is one call ``model([image])`` in eval mode under ``torch.inference_mode()``: the
 model's own transform (resize to the input size, normalisation), the backbone, the heads and the

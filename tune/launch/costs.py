@@ -1,7 +1,10 @@
 """What each model a sweep can train costs to run, measured once before its trials start (``cost.measure``).
 
-Latency hardly depends on the weights, so it is a property of the model's structure: the
-architecture, its input size (``model_kwargs``: ``min_size``/``max_size``) and the class count.
+Latency is taken as a property of the model's structure: the architecture, its input size
+(``model_kwargs``: ``min_size``/``max_size``) and the class count, timed on an untrained model. For
+the one-stage families the weights barely change it; Faster R-CNN's box head runs once per RPN
+proposal that passes the RPN's score filter, which an untrained RPN passes all of, so its figure is
+an upper bound (``trainables.cost``).
 The sweep finds every such structure its space can produce (``space_structures``), measures each
 in a process of its own while no trial runs (``trainables.cost``), writes the table to the run
 folder (``costs.json``) and hands it to the trials, which add their structure's figures to every

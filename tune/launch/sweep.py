@@ -123,9 +123,10 @@ def mixed_starts_note(cfg: SweepConfig, drawn: list[dict[str, Any]]) -> str | No
     space gives which start); None when the scheduler is fifo or every start is alike.
 
     From random weights a detector's AP can stay near 0 for half the run and then rise: on the
-    transfer benchmark's target (``bench_transfer.py --part 5``) SSDlite from random weights had AP
-    0.001 at epoch 3 and 0.554 at epoch 6, while Faster R-CNN from the source model had 0.19 at
-    epoch 3. A rung at epoch 3 stopped two SSDlite trials, one with nearly the winner's config.
+    transfer benchmark's target (``bench_transfer.py --part 5 --scheduler halving``) SSDlite from
+    random weights had AP 0.0013 by epoch 3 and 0.554 at epoch 6, while Faster R-CNN from the source
+    model had 0.016 to 0.36 by epoch 3. The rung at epoch 3 stopped three of the four SSDlite
+    trials, one with nearly the winner's config (docs/search-spaces.md).
     """
     if cfg.scheduler.name == "fifo":
         return None

@@ -19,6 +19,7 @@ import optuna
 import pyarrow.parquet as pq
 
 from search_spaces.builtin import PARAM_ALIASES
+from trainables.architectures import FAMILIES
 from trainables.atomic import strict_json
 from trainables.errors import ConfigError
 from trainables.objective import class_key, cost_objectives, score_of
@@ -74,6 +75,13 @@ def front_notes(view: SweepView) -> list[str]:
                      f"{'s' if view.config.cost.threads != 1 else ''}): no other feasible trial is as good on "
                      f"each and better on one; rank 1 is the most accurate feasible trial, and "
                      f"boxtune export --pick fastest-tied or --pick max-latency=MS choose along the front")
+    timed = [c for c in ("latency_ms", "onnx_latency_ms") if c in search.costs]
+    if timed and view.folder is not None:
+        archs = {figures.get("architecture") for figures in (view.folder.costs() or {}).values()}
+        if any(FAMILIES.get(a) == "fasterrcnn" for a in archs):
+            notes.append(f"{timed[0]}: Faster R-CNN's figure is an upper bound: it is timed untrained, when every "
+                         f"RPN proposal passes the RPN's score filter and goes through the box head; a trained model "
+                         f"passes fewer and runs faster (docs/benchmarks.md, \"Latency figures\")")
     if search.constraints:
         notes.append(f"limits: search.constraints ({describe_limits(limits_of(search))}); a trial outside them (limits: outside) is "
                      f"ranked after every trial within them and never wins")

@@ -153,6 +153,8 @@ def test_the_report_marks_the_front_and_plots_it(front_run, tmp_path):
         assert cells[header.index("limits")] == ("within" if row["feasible"] else "outside")
     assert any(t.startswith("front: on the Pareto front of AP (best epoch, val) against latency_ms") for t in table)
     assert any(t.startswith("limits: search.constraints (params <= 1e+07)") for t in table)
+    # Faster R-CNN was timed untrained, with every RPN proposal kept: the note says the figure is an upper bound
+    assert any(t.startswith("latency_ms: Faster R-CNN's figure is an upper bound") for t in table)
     assert f"wrote {tmp_path / 'plots' / 'accuracy_vs_latency.png'}" in out.stderr
     # the figure: one point per trial, in its group
     from tune.results.plots import front_figure
