@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from search_spaces.builtin import PARAM_ALIASES
 from trainables.architectures import FAMILIES
 from trainables.atomic import strict_json
+from trainables.cost import COST_COLUMNS
 from trainables.errors import ConfigError
 from trainables.objective import class_key, cost_objectives, score_of
 from tune.results.holdout import OPTIMISTIC_NOTE
@@ -393,8 +394,10 @@ def _table_columns(rows: list[dict[str, Any]], *, wide: bool):
               *CONFIRM_COLUMNS, "front", "feasible"}
     if "front" in keys or "feasible" in keys:
         hidden.add("latency_ms")
-    columns += [(k, value(k)) for k in keys
-                if k not in hidden and not k.startswith(TEST_PREFIX) and k not in ("rank", "trial", "status")]
+    rest = [k for k in keys if k not in hidden and not k.startswith(TEST_PREFIX) and k not in ("rank", "trial", "status")]
+    # the hyperparameters (architecture, image_size, ...) before the cost figures' spread and sizes,
+    # so that a table cut to 120 columns keeps what tells the trials apart
+    columns += [(k, value(k)) for k in sorted(rest, key=lambda k: k in COST_COLUMNS)]
     return columns
 
 
