@@ -1,10 +1,11 @@
 """What each model a sweep can train costs to run, measured once before its trials start (``cost.measure``).
 
 Latency is taken as a property of the model's structure: the architecture, its input size
-(``model_kwargs``: ``min_size``/``max_size``) and the class count, timed on an untrained model. For
-the one-stage families the weights barely change it; Faster R-CNN's box head runs once per RPN
-proposal that passes the RPN's score filter, which an untrained RPN passes all of, so its figure is
-an upper bound (``trainables.cost``).
+(``model_kwargs``: ``min_size``/``max_size``) and the class count, timed on an untrained model. That
+is an upper bound: for the one-stage families the weights change only the post-processing
+(trained SSDlite ran at 0.70x to 0.96x of its figure), and Faster R-CNN's box head runs once per
+RPN proposal that passes the RPN's score filter, which an untrained RPN passes all of (trained:
+0.35x to 0.54x; ``trainables.cost``, docs/benchmarks.md).
 The sweep finds every such structure its space can produce (``space_structures``), measures each
 in a process of its own while no trial runs (``trainables.cost``), writes the table to the run
 folder (``costs.json``) and hands it to the trials, which add their structure's figures to every
