@@ -123,9 +123,7 @@ def _export(arch: str, size: int, folder: Path) -> tuple[Path, Path, dict]:
 
 
 def _script(code: str, threads: int) -> float:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    return float(json.loads(out.stdout))
+    return float(json.loads(_run_script(code, threads)))
 
 
 def trained(run: str, *, threads: int, warmup: int, repeats: int, rounds: int) -> None:
