@@ -28,6 +28,14 @@ thread count fixed (``torch.set_num_threads``; ONNX Runtime's ``intra_op_num_thr
 recorded. With the ``onnx`` extra installed, the same model exported as ``boxtune export
 --format onnx`` writes it is timed in ONNX Runtime on the same image.
 
+**A trained model** (``CostRequest.checkpoint``): after a sweep's trials end, each kept trial's best
+checkpoint is timed the same way (``tune.results.trained_costs``), as the plain build its ``.pt``
+export loads, on real images instead of noise: the run's val images (``CostRequest.images``, a
+file of uint8 tensors), each resized outside the timed span to what the model's transform would
+make of it (``fit_to_input``), cycled through the ``repeats`` timed calls. Its detections per image
+are what its score filter passes on those images, so the figure is what the shipped model costs
+on the user's kind of image.
+
 ``python -m trainables.cost`` reads one JSON request on stdin and writes the figures as JSON on
 stdout: what ``measure_in_subprocess`` runs.
 """
@@ -50,12 +58,14 @@ from typing import Any
 
 from trainables.errors import BoxtuneError
 
-__all__ = ["CostRequest", "measure_cost", "measure_in_subprocess", "input_hw", "summarize_times", "structure_key",
-           "COST_COLUMNS", "COST_TAG_PREFIX"]
+__all__ = ["CostRequest", "measure_cost", "measure_in_subprocess", "input_hw", "fit_to_input", "summarize_times",
+           "structure_key", "COST_COLUMNS", "TIMED_COLUMNS", "COST_TAG_PREFIX"]
 
 # the figures a cost measurement gives, in the order results and tables show them: what each result
 # of a trial carries (``cost.measure``), and the ranking's columns
 COST_COLUMNS = ("latency_ms", "latency_p10_ms", "latency_p90_ms", "onnx_latency_ms", "params", "file_mb")
+# the ones that depend on the weights: a trained model's timing replaces them (the rest is the structure's)
+TIMED_COLUMNS = ("latency_ms", "latency_p10_ms", "latency_p90_ms", "onnx_latency_ms")
 COST_TAG_PREFIX = "cost/"  # TensorBoard: each trial's figures as cost/latency_ms, cost/params, ... at step 0
 _MB = 1e6  # file sizes in megabytes (10^6 bytes), as disk tools and model hubs state them
 
@@ -71,6 +81,10 @@ class CostRequest:
     warmup: int = 3
     repeats: int = 20
     onnx: bool = True  # also time the ONNX export, when onnxruntime is installed
+    # a trained model instead of an untrained one: a checkpoint folder (or its checkpoint.pt), timed on
+    # ``images``, a ``torch.save``d list of uint8 (3, H, W) images (the run's val images)
+    checkpoint: str | None = None
+    images: str | None = None
 
     def __post_init__(self):
         if self.num_classes < 1:
@@ -78,6 +92,8 @@ class CostRequest:
         if self.threads < 1 or self.warmup < 0 or self.repeats < 1:
             raise ValueError(f"threads and repeats should be at least 1 and warmup at least 0, got "
                              f"threads {self.threads}, warmup {self.warmup}, repeats {self.repeats}")
+        if (self.checkpoint is None) != (self.images is None):
+            raise ValueError("a trained model is timed on images: give checkpoint and images together")
 
 
 def structure_key(model_section: Mapping[str, Any]) -> str:
@@ -106,6 +122,29 @@ def input_hw(architecture: str, model_kwargs: Mapping[str, Any]) -> tuple[int, i
     return short, max(short, min(cap, round(short * 4 / 3)))
 
 
+def fit_to_input(image, architecture: str, model_kwargs: Mapping[str, Any]):
+    """``image`` (3, H, W) resized, aspect kept, to the size the model's transform resizes it to
+    (short side ``min_size``, long side at most ``max_size``; SSDlite: short side 320, long side
+    at most 427, as ``input_hw``), as a float image in [0, 1]: what a trained model is timed on, so
+    that the resize inside the timed span is an identity or close to one, as on ``input_hw``'s image."""
+    import torch
+    from torch.nn.functional import interpolate
+
+    from trainables.architectures import FAMILIES
+
+    if FAMILIES[architecture] == "ssd":
+        short, cap = 320, 427
+    else:
+        short, cap = int(model_kwargs.get("min_size", 800)), int(model_kwargs.get("max_size", 1333))
+    h, w = int(image.shape[-2]), int(image.shape[-1])
+    scale = min(short / min(h, w), cap / max(h, w))
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    pixels = image.to(torch.float32) / 255.0 if not image.is_floating_point() else image.to(torch.float32)
+    if size == (h, w):
+        return pixels.contiguous()
+    return interpolate(pixels[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp_(0, 1)
+
+
 def summarize_times(seconds: list[float]) -> dict[str, float]:
     """Median, 10th and 90th percentiles, fastest and slowest of timed calls, in milliseconds."""
     if not seconds:
@@ -119,16 +158,36 @@ def summarize_times(seconds: list[float]) -> dict[str, float]:
     return {"median": statistics.median(ms), "p10": p10, "p90": p90, "min": ms[0], "max": ms[-1]}
 
 
-def _timed(call, *, warmup: int, repeats: int) -> tuple[list[float], Any]:
-    out = None
-    for _ in range(warmup):
-        out = call()
-    times = []
-    for _ in range(repeats):
+def _timed(call, *, warmup: int, repeats: int) -> tuple[list[float], list[Any]]:
+    """``call(i)`` for ``warmup`` untimed calls, then ``repeats`` timed ones (``i`` counts from 0
+    in each): the timed calls' seconds and outputs."""
+    for i in range(warmup):
+        call(i)
+    times, outs = [], []
+    for i in range(repeats):
         start = time.perf_counter()
-        out = call()
+        outs.append(call(i))
         times.append(time.perf_counter() - start)
-    return times, out
+    return times, outs
+
+
+def _trained(request: CostRequest):
+    """The checkpoint's model in the plain build its ``.pt`` export loads, and its images fitted."""
+    import torch
+
+    from trainables.checkpoint import load_checkpoint
+    from trainables.inference import trained_model
+
+    path = Path(request.checkpoint)
+    state = load_checkpoint(path.parent if path.is_file() else path)
+    if state.architecture != request.architecture or len(state.classes) != request.num_classes:
+        raise BoxtuneError(f"{request.checkpoint}: the checkpoint is {state.architecture} with {len(state.classes)} "
+                           f"classes, not the {request.architecture} with {request.num_classes} asked to time")
+    raw = torch.load(request.images, map_location="cpu", weights_only=True)
+    if not raw:
+        raise BoxtuneError(f"{request.images}: no images to time the trained model on")
+    images = [fit_to_input(image, request.architecture, state.model_kwargs) for image in raw]
+    return trained_model(state).model, images
 
 
 def measure_cost(request: CostRequest) -> dict[str, Any]:
@@ -136,9 +195,11 @@ def measure_cost(request: CostRequest) -> dict[str, Any]:
 
     Returns ``latency_ms`` (median), ``latency_p10_ms``/``latency_p90_ms``, ``latency_min_ms``/
     ``latency_max_ms``, ``params``, ``file_mb`` (the ``.pt`` export's state dict as ``torch.save``
-    writes it), and what they were measured under: ``threads``, ``repeats``, ``warmup``,
-    ``input_hw``, ``score_threshold``, ``detections_per_img``, ``detections`` (mean returned), the
-    torch version; with ONNX Runtime, ``onnx_latency_ms`` and its spread, and ``onnx_mb``.
+    writes it), and what they were measured under: ``weights`` (``untrained``, or ``trained`` for
+    a checkpoint), ``images`` (how many distinct images the timed calls went through: 1 noise image
+    untrained), ``threads``, ``repeats``, ``warmup``, ``input_hw``, ``score_threshold``,
+    ``detections_per_img``, ``detections`` (mean returned per timed call), the torch version;
+    with ONNX Runtime, ``onnx_latency_ms`` and its spread, and ``onnx_mb``.
     """
     import torch
 
@@ -146,15 +207,19 @@ def measure_cost(request: CostRequest) -> dict[str, Any]:
 
     torch.set_num_threads(request.threads)
     torch.manual_seed(0)
-    model = build_inference_model(request.architecture, request.num_classes, dict(request.model_kwargs)).eval()
     h, w = input_hw(request.architecture, request.model_kwargs)
-    image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0))
+    if request.checkpoint is not None:
+        model, images = _trained(request)
+    else:
+        model = build_inference_model(request.architecture, request.num_classes, dict(request.model_kwargs))
+        images = [torch.rand(3, h, w, generator=torch.Generator().manual_seed(0))]
+    model.eval()
 
-    def run():
+    def run(i: int):
         with torch.inference_mode():
-            return model([image])
+            return model([images[i % len(images)]])
 
-    times, out = _timed(run, warmup=request.warmup, repeats=request.repeats)
+    times, outs = _timed(run, warmup=request.warmup, repeats=request.repeats)
     torch_ms = summarize_times(times)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
@@ -162,6 +227,8 @@ def measure_cost(request: CostRequest) -> dict[str, Any]:
         "architecture": request.architecture,
         "num_classes": request.num_classes,
         "model_kwargs": dict(request.model_kwargs),
+        "weights": "untrained" if request.checkpoint is None else "trained",
+        "images": min(len(images), request.repeats),
         "input_hw": [h, w],
         "threads": request.threads,
         "warmup": request.warmup,
@@ -175,7 +242,7 @@ def measure_cost(request: CostRequest) -> dict[str, Any]:
         "file_mb": buffer.getbuffer().nbytes / _MB,
         "score_threshold": score_threshold(model),
         "detections_per_img": max_detections(model),
-        "detections": float(len(out[0]["boxes"])),
+        "detections": statistics.fmean(len(out[0]["boxes"]) for out in outs),
         "torch": torch.__version__,
         "onnx_latency_ms": None,
         "onnx_latency_p10_ms": None,
@@ -183,11 +250,11 @@ def measure_cost(request: CostRequest) -> dict[str, Any]:
         "onnx_mb": None,
     }
     if request.onnx:
-        figures.update(_onnx_cost(model, image, request))
+        figures.update(_onnx_cost(model, images, request))
     return figures
 
 
-def _onnx_cost(model, image, request: CostRequest) -> dict[str, Any]:
+def _onnx_cost(model, images, request: CostRequest) -> dict[str, Any]:
     """The same model as ``boxtune export --format onnx`` writes it, timed in ONNX Runtime; {} without it."""
     try:
         import onnxruntime as ort
@@ -197,13 +264,14 @@ def _onnx_cost(model, image, request: CostRequest) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory(prefix="boxtune-cost-") as tmp:
         path = Path(tmp) / "model.onnx"
-        save_onnx(model, path, size=image.shape[1])
+        save_onnx(model, path, size=images[0].shape[1])
         options = ort.SessionOptions()
         options.intra_op_num_threads = request.threads
         options.inter_op_num_threads = 1
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feed = {"image": image.numpy()}
-        times, _ = _timed(lambda: session.run(None, feed), warmup=request.warmup, repeats=request.repeats)
+        feeds = [{"image": image.numpy()} for image in images]
+        times, _ = _timed(lambda i: session.run(None, feeds[i % len(feeds)]), warmup=request.warmup,
+                          repeats=request.repeats)
         size = path.stat().st_size
     onnx_ms = summarize_times(times)
     return {"onnx_latency_ms": onnx_ms["median"], "onnx_latency_p10_ms": onnx_ms["p10"],
@@ -220,11 +288,15 @@ def measure_in_subprocess(request: CostRequest, *, timeout_s: float = 600.0) -> 
         proc = subprocess.run(cmd, input=json.dumps(asdict(request)), capture_output=True, text=True,
                               timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
-        raise BoxtuneError(f"measuring {request.architecture}'s latency took over {timeout_s:.0f} s") from None
+        raise BoxtuneError(f"measuring {_what(request)}'s latency took over {timeout_s:.0f} s") from None
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-        raise BoxtuneError(f"measuring {request.architecture}'s latency failed: {tail[0]}")
+        raise BoxtuneError(f"measuring {_what(request)}'s latency failed: {tail[0]}")
     return json.loads(proc.stdout)
+
+
+def _what(request: CostRequest) -> str:
+    return request.architecture if request.checkpoint is None else f"the trained {request.architecture} in {request.checkpoint}"
 
 
 def _main() -> int:

@@ -218,6 +218,9 @@ class CostConfig(_Strict):
     warmup: int = Field(default=3, ge=0, le=1000)
     repeats: int = Field(default=20, ge=1, le=10_000)
     onnx: bool = True  # also time the ONNX export in ONNX Runtime, where the onnx extra is installed
+    # once the trials end, time each kept trial's best checkpoint on the val images (tune.results.trained_costs):
+    # the ranking, the front, the limits and export --pick then read the trained figure where there is one
+    trained: bool = True
 
 
 class TrackingConfig(_Strict):

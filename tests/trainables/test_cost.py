@@ -7,9 +7,11 @@ import io
 import pytest
 import torch
 
-from trainables.cost import CostRequest, input_hw, measure_in_subprocess, summarize_times
+from trainables.checkpoint import TrialState, capture_rng, save_checkpoint
+from trainables.config import TrialConfig
+from trainables.cost import CostRequest, fit_to_input, input_hw, measure_in_subprocess, summarize_times
 from trainables.errors import BoxtuneError
-from trainables.model import build_inference_model
+from trainables.model import build_inference_model, build_model, model_kwargs
 
 ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
 SIZE = {"min_size": 96, "max_size": 96}
@@ -81,3 +83,68 @@ def test_request_out_of_range_is_refused(kwargs, message):
 def test_a_failed_measurement_names_the_architecture_and_why():
     with pytest.raises(BoxtuneError, match=r"^measuring fasterrcnn_nope's latency failed: .*fasterrcnn_nope"):
         measure_in_subprocess(CostRequest("fasterrcnn_nope", 2, SIZE, repeats=1, warmup=0, onnx=False))
+
+
+def _checkpoint(folder, *, objectness_bias: float | None = None):
+    """A checkpoint of ARCH at SIZE, 2 classes, as a trial writes it; with ``objectness_bias``, its
+    RPN scores every anchor sigmoid(bias): at -20 no proposal passes the RPN's 0.05 filter."""
+    cfg = TrialConfig.model_validate({"model": {"architecture": ARCH, "weights": None, **SIZE}})
+    torch.manual_seed(0)
+    model = build_model(cfg.model, ["a", "b"])
+    if objectness_bias is not None:
+        with torch.no_grad():
+            model.rpn.head.cls_logits.bias.fill_(objectness_bias)
+    state = TrialState(epoch=3, model=model.state_dict(), optimizer={}, scheduler={}, scaler={}, rng=capture_rng(),
+                       config=cfg.model_dump(mode="json"), metrics={"AP": 0.0}, architecture=ARCH,
+                       classes=[{"label": 1, "name": "a", "dataset_id": 1}, {"label": 2, "name": "b", "dataset_id": 2}],
+                       model_kwargs=model_kwargs(cfg.model), history=[{"AP": 0.0}])
+    return save_checkpoint(folder / "checkpoint", state).parent
+
+
+def _images(path, shapes):
+    g = torch.Generator().manual_seed(1)
+    torch.save([torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for h, w in shapes], path)
+    return str(path)
+
+
+def test_a_trained_checkpoint_is_timed_with_its_own_weights_on_the_images_given(tmp_path, figures):
+    images = _images(tmp_path / "images.pt", [(120, 160), (160, 120), (96, 96)])
+    request = CostRequest(ARCH, 2, SIZE, warmup=1, repeats=REPEATS, onnx=False, images=images,
+                          checkpoint=str(_checkpoint(tmp_path / "quiet", objectness_bias=-20.0)))
+    quiet = measure_in_subprocess(request)
+    assert (quiet["weights"], quiet["images"], quiet["repeats"]) == ("trained", 3, REPEATS)
+    # its RPN passes no proposal, so nothing reaches the box head: no detection on any image;
+    # the untrained model of the same structure returns some on noise
+    assert quiet["detections"] == 0 and figures["detections"] > 0
+    assert (figures["weights"], figures["images"]) == ("untrained", 1)
+    assert 0 < quiet["latency_p10_ms"] <= quiet["latency_ms"] <= quiet["latency_p90_ms"]
+    assert quiet["params"] == figures["params"]  # the same structure
+    # the checkpoint's own weights, untouched: an untrained RPN passes proposals and the box head finds boxes
+    loud = measure_in_subprocess(CostRequest(ARCH, 2, SIZE, warmup=0, repeats=2, onnx=False, images=images,
+                                             checkpoint=str(_checkpoint(tmp_path / "loud"))))
+    assert loud["detections"] > 0
+
+
+def test_a_checkpoint_of_another_model_than_asked_is_refused(tmp_path):
+    images = _images(tmp_path / "images.pt", [(96, 96)])
+    checkpoint = str(_checkpoint(tmp_path / "c"))
+    with pytest.raises(BoxtuneError, match=rf"^measuring the trained retinanet_resnet50_fpn in {checkpoint}'s latency "
+                                           rf"failed: .*is {ARCH} with 2 classes, not the retinanet_resnet50_fpn"):
+        measure_in_subprocess(CostRequest("retinanet_resnet50_fpn", 2, SIZE, repeats=1, warmup=0, onnx=False,
+                                          images=images, checkpoint=checkpoint))
+    with pytest.raises(ValueError, match="checkpoint and images together"):
+        CostRequest(ARCH, 2, SIZE, checkpoint=checkpoint)
+
+
+@pytest.mark.parametrize("arch, kwargs, hw, expected", [
+    (ARCH, {"min_size": 96, "max_size": 96}, (480, 640), (72, 96)),  # the long side caps it
+    (ARCH, {"min_size": 320, "max_size": 640}, (480, 640), (320, 427)),  # the short side sets it
+    (ARCH, {"min_size": 320, "max_size": 640}, (300, 1200), (160, 640)),  # a panorama: the cap
+    ("ssdlite320_mobilenet_v3_large", {}, (480, 640), (320, 427)),  # as input_hw
+    (ARCH, {"min_size": 96, "max_size": 96}, (72, 96), (72, 96)),  # already fitted: only made float
+])
+def test_images_are_fitted_to_what_the_models_transform_makes_of_them(arch, kwargs, hw, expected):
+    image = torch.full((3, *hw), 255, dtype=torch.uint8)
+    fitted = fit_to_input(image, arch, kwargs)
+    assert tuple(fitted.shape) == (3, *expected)
+    assert fitted.dtype == torch.float32 and float(fitted.max()) == pytest.approx(1.0)

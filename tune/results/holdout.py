@@ -120,7 +120,13 @@ def evaluate_sweep_on_test(view: SweepView, manifest, *, top: int, metric_label:
         if old is not None and int(old["epoch"]) == cells["best_epoch"]:
             trials[chosen.trial_id] = {**old, "rank": row["rank"]}
             continue
-        checkpoint = best_checkpoint(view, chosen)
+        try:
+            checkpoint = best_checkpoint(view, chosen)
+        except BoxtuneError as err:
+            # kept checkpoints follow the ranking as the trials ended; a trained latency timed since
+            # (tune.results.trained_costs) can move a trial whose checkpoint is gone into the top
+            echo(f"trial {chosen.trial_id} (rank {row['rank']}) is not evaluated on the test split: {err}")
+            continue
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(directory)
         if state.epoch != cells["best_epoch"]:

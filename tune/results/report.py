@@ -29,7 +29,7 @@ from tune.run.confirmation import CONFIRM_COLUMNS
 from tune.run.front import describe_limits, eligible, limits_of
 from tune.run.intervals import class_intervals
 from tune.run.layout import TEST_PREFIX
-from tune.run.ranking import INTERVAL_COLUMNS, METRIC_COLUMNS, ranking_table, varying_keys
+from tune.run.ranking import INTERVAL_COLUMNS, METRIC_COLUMNS, TRAINED_COLUMNS, ranking_table, varying_keys
 from tune.run.view import SweepView
 
 __all__ = ["interval_notes", "front_notes", "format_ranking", "param_importances", "Importances", "MIN_TRIALS_FOR_IMPORTANCE", "sweep_notes",
@@ -78,15 +78,34 @@ def front_notes(view: SweepView) -> list[str]:
                      f"boxtune export --pick fastest-tied or --pick max-latency=MS choose along the front")
     timed = [c for c in ("latency_ms", "onnx_latency_ms") if c in search.costs]
     if timed and view.folder is not None:
-        archs = {figures.get("architecture") for figures in (view.folder.costs() or {}).values()}
-        if any(FAMILIES.get(a) == "fasterrcnn" for a in archs):
-            notes.append(f"{timed[0]}: Faster R-CNN's figure is an upper bound: it is timed untrained, when every "
-                         f"RPN proposal passes the RPN's score filter and goes through the box head; a trained model "
-                         f"passes fewer and runs faster (docs/benchmarks.md, \"Latency figures\")")
+        notes += _latency_notes(view, timed[0])
     if search.constraints:
         notes.append(f"limits: search.constraints ({describe_limits(limits_of(search))}); a trial outside them (limits: outside) is "
                      f"ranked after every trial within them and never wins")
     return notes
+
+
+def _latency_notes(view: SweepView, name: str) -> list[str]:
+    """Which latency each row's figure is: its trained model's, timed after the trials ended
+    (``tune.results.trained_costs``), or its structure's, timed untrained (an upper bound for Faster R-CNN)."""
+    structures = (view.folder.costs() or {}).values()
+    fasterrcnn = any(FAMILIES.get(figures.get("architecture")) == "fasterrcnn" for figures in structures)
+    trained = view.trained_costs
+    if trained:
+        images = max(int(figures.get("images") or 0) for figures in trained.values())
+        line = (f"{name}: trained (latency_from) for the {len(trained)} trial{'s' if len(trained) != 1 else ''} whose best "
+                f"checkpoint was kept, timed after the sweep on {images} val images; the others carry their "
+                f"structure's figure, timed untrained (untrained_latency_ms)")
+        if fasterrcnn:
+            line += (", which for Faster R-CNN is an upper bound: an untrained RPN passes every proposal to the "
+                     "box head")
+        return [line]
+    if not fasterrcnn:
+        return []
+    why = "cost.trained: false" if view.config is not None and not view.config.cost.trained else "no kept checkpoint timed"
+    return [f"{name}: Faster R-CNN's figure is an upper bound ({why}): it is timed untrained, when every "
+            f"RPN proposal passes the RPN's score filter and goes through the box head; a trained model "
+            f"passes fewer and runs faster (docs/benchmarks.md, \"Latency figures\")"]
 
 
 def _ranks(ranks: list[int]) -> str:
@@ -382,6 +401,8 @@ def _table_columns(rows: list[dict[str, Any]], *, wide: bool):
         columns.append(("epoch", epochs))
     if "front" in keys or "feasible" in keys:  # several objectives, search.constraints (tune.run.front)
         columns.append(("latency_ms", value("latency_ms")))
+        if "latency_from" in keys:  # trained or untrained (tune.results.trained_costs)
+            columns.append(("timed", value("latency_from")))
     if "front" in keys:
         columns.append(("front", lambda r: NOT_TESTED if r.get("front") is None or r.get("feasible") is False
                          else ("front" if r["front"] else "dominated")))
@@ -393,11 +414,11 @@ def _table_columns(rows: list[dict[str, Any]], *, wide: bool):
     hidden = {*METRIC_COLUMNS, "objective", "score", "best_epoch", "epochs", "number", *INTERVAL_COLUMNS,
               *CONFIRM_COLUMNS, "front", "feasible"}
     if "front" in keys or "feasible" in keys:
-        hidden.add("latency_ms")
+        hidden.update(("latency_ms", "latency_from"))
     rest = [k for k in keys if k not in hidden and not k.startswith(TEST_PREFIX) and k not in ("rank", "trial", "status")]
     # the hyperparameters (architecture, image_size, ...) before the cost figures' spread and sizes,
     # so that a table cut to 120 columns keeps what tells the trials apart
-    columns += [(k, value(k)) for k in sorted(rest, key=lambda k: k in COST_COLUMNS)]
+    columns += [(k, value(k)) for k in sorted(rest, key=lambda k: k in COST_COLUMNS or k in TRAINED_COLUMNS)]
     return columns
 
 

@@ -132,6 +132,17 @@ class RunFolder:
     def write_costs(self, costs: dict[str, dict[str, Any]]) -> None:
         self.storage.write_text(layout.COSTS_FILE, json.dumps(costs, indent=2))
 
+    # -- trained_costs.json -------------------------------------------------------------------------
+    def trained_costs(self) -> dict[str, dict[str, Any]]:
+        """``trained_costs.json``: trial id -> its best checkpoint's figures (``trainables.cost``, with
+        ``epoch`` and ``checkpoint``); empty when nothing was timed trained."""
+        if not self.storage.exists(layout.TRAINED_COSTS_FILE):
+            return {}
+        return json.loads(self.storage.read_text(layout.TRAINED_COSTS_FILE))
+
+    def write_trained_costs(self, figures: dict[str, dict[str, Any]]) -> None:
+        self.storage.write_text(layout.TRAINED_COSTS_FILE, json.dumps(figures, indent=2, sort_keys=True))
+
     # -- test_results.json --------------------------------------------------------------------------
     def test_results(self) -> dict[str, Any] | None:
         """``test_results.json``, or None when the sweep evaluated nothing on a test split."""

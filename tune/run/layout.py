@@ -9,6 +9,8 @@ A sweep folder (``<storage>/<name>``, local or behind a URI)::
     test_results.json     the top trials' best epochs on the test split (``tune.results.holdout``)
     retention.json        which checkpoints were deleted and why (``tune.launch.retention``)
     costs.json            each model structure's latency, parameters and size (``cost.measure``; ``tune.launch.costs``)
+    trained_costs.json    each kept trial's best checkpoint timed after the trials ended, on the val images
+                          (``cost.trained``; ``tune.results.trained_costs``)
     node_losses.jsonl     one JSON line per trial whose Ray node was lost, written by the driver as it
                           notices (``tune.launch.node_loss``); ``boxtune status`` shows the open ones
     ray_output.log        Ray's own output about a lost node (the trial's traceback, Ray's result box,
@@ -52,7 +54,7 @@ from trainables.files import (
 )
 
 __all__ = [
-    "SWEEP_FILE", "MANIFEST_FILE", "INFO_FILE", "RANKING_FILE", "TEST_RESULTS_FILE", "RETENTION_FILE", "COSTS_FILE",
+    "SWEEP_FILE", "MANIFEST_FILE", "INFO_FILE", "RANKING_FILE", "TEST_RESULTS_FILE", "RETENTION_FILE", "COSTS_FILE", "TRAINED_COSTS_FILE",
     "NODE_LOSS_FILE", "RAY_OUTPUT_FILE", "HPARAMS_EVENTS_SUFFIX", "STUDY_FILE", "TUNER_FILE", "CONFIRM_DIR", "RESULT_FILE", "PROGRESS_FILE", "ERROR_FILE", "ATTEMPTS_FILE", "FAILURE_FILE",
     "RAY_LOG_FILE", "CHECKPOINT_FOLDER_PREFIX", "STORAGE_PROBE_PREFIX", "CHECKPOINT_FILE", "METRICS_FILE", "BEST_FILE", "CHECKPOINTS_DIR",
     "epoch_checkpoint_dir", "DETECTIONS_DIR", "detections_file", "TEST_SPLIT", "TEST_PREFIX", "TRAIN_INFO_FILE",
@@ -66,6 +68,7 @@ RANKING_FILE = "ranking.parquet"
 TEST_RESULTS_FILE = "test_results.json"
 RETENTION_FILE = "retention.json"
 COSTS_FILE = "costs.json"
+TRAINED_COSTS_FILE = "trained_costs.json"
 NODE_LOSS_FILE = "node_losses.jsonl"  # a lost node's trials, as the driver noticed them
 RAY_OUTPUT_FILE = "ray_output.log"  # Ray's output on the driver that the terminal is spared
 STUDY_FILE = "optuna.journal"  # Optuna's JournalStorage file (optuna.storages.journal.JournalFileBackend)

@@ -52,6 +52,9 @@ class SweepView:
     has_test_split: bool = False  # the run's manifest holds test images
     config: SweepConfig | None = None  # the run's sweep.yaml
     folder: RunFolder | None = field(default=None, repr=False)
+    # trained_costs.json: trial id -> its best checkpoint's timing (tune.results.trained_costs); search and
+    # confirmation trials alike
+    trained_costs: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     intervals: Any = None  # tune.run.intervals.Intervals, once rank_trials has computed them
     confirm: SweepView | None = None  # the confirmation stage's trials (``confirm/``), when it has started
@@ -104,7 +107,7 @@ def load_sweep(run: str) -> SweepView:
     folder.require_sweep(run)
     cfg = folder.config()
     extras = {"objective": parse_objective(cfg.search.metric), "has_test_split": folder.has_test_split(),
-              "config": cfg}
+              "config": cfg, "trained_costs": folder.trained_costs()}
     analysis, trials = _experiment(folder)
     view = SweepView(folder.uri, trials, cfg.search.num_trials, analysis, test_results=folder.test_results(),
                      folder=folder, **extras)

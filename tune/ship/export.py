@@ -20,8 +20,10 @@ A ``.pt`` export is a ``torch.save`` dict of tensors, numbers and strings (it lo
      "train_run": None,               # a `boxtune train` folder's export: its path (trial_id, sweep None)
      "score_threshold": 0.05,         # the model's own score filter (baked into TorchScript and ONNX)
      "eval_score_threshold": 0.001,   # the one its val numbers were measured with
-     "cost": {"latency_ms": ..., "latency_p10_ms": ..., "params": ..., "file_mb": ..., "threads": 1, ...}}
+     "cost": {"latency_ms": ..., "latency_p10_ms": ..., "params": ..., "file_mb": ..., "threads": 1, ...},
                                       # only with cost.measure: its model structure's figures (trainables.cost)
+     "trained_cost": {"latency_ms": ..., "weights": "trained", "images": 20, "epoch": 7, ...}}
+                                      # only where cost.trained timed this checkpoint (tune.results.trained_costs)
 
 A train folder's best epoch ships with the same keys (``tune.run.train_run``): ``ranking`` is rank
 1 of 1 with the interval of its best epoch. An ONNX export's ``.onnx.json`` adds ``onnx``, its
@@ -192,6 +194,7 @@ def _export(checkpoint_dir, out, *, fmt: str, trial_id: str | None = None, sweep
             test: Mapping[str, Any] | None = None, expect_epoch: int | None = None,
             ranking: Mapping[str, Any] | None = None, score_threshold: float | None = None,
             train_run: str | None = None, costs: Mapping[str, Any] | None = None,
+            trained_cost: Mapping[str, Any] | None = None,
             picked: Mapping[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """``export_checkpoint``, returning the path and the metadata written (all but the weights)."""
     check_export_arguments(out, fmt, score_threshold)
@@ -205,6 +208,8 @@ def _export(checkpoint_dir, out, *, fmt: str, trial_id: str | None = None, sweep
     payload["train_run"] = train_run
     if costs:  # cost.measure: the model structure's figures and what they were measured under
         payload["cost"] = dict(costs[structure_key(state.config["model"])])
+    if trained_cost is not None and int(trained_cost["epoch"]) == int(state.epoch):  # this checkpoint, timed
+        payload["trained_cost"] = dict(trained_cost)
     if picked is not None:  # --pick: the rule, the trial it chose and why
         payload["pick"] = dict(picked)
     if test is not None and int(test["epoch"]) == int(state.epoch):
@@ -293,7 +298,8 @@ def export_run(run: str, out: str | os.PathLike, *, trial: str | None = None, fm
     with checkpoint.as_directory() as directory:
         return _export(directory, out, fmt=fmt, trial_id=chosen.trial_id, sweep=view.uri, test=test,
                        expect_epoch=expect or None, ranking=ranking, score_threshold=score_threshold,
-                       costs=view.folder.costs(), picked=picked)
+                       costs=view.folder.costs(), trained_cost=view.trained_costs.get(chosen.trial_id),
+                       picked=picked)
 
 
 def _number(value: Any) -> str:

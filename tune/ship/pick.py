@@ -1,7 +1,9 @@
 """``boxtune export --pick``: choosing the trial to ship by what it costs to run, from the ranking.
 
 Two rules, over the ranked trials that finished an epoch, for a sweep run with ``cost.measure``
-(every ranking row then has ``latency_ms``):
+(every ranking row then has ``latency_ms``: its trained model's where its checkpoint was timed
+after the sweep, ``latency_from: trained``, else its structure's untrained figure; see
+``tune.results.trained_costs``):
 
 ``fastest-tied``
     The fastest trial whose accuracy cannot be told apart from the best's: the leader and every
@@ -95,4 +97,4 @@ def pick_row(rows: list[dict[str, Any]], pick: Pick, *, run: str) -> tuple[str, 
         extra = {"max_latency_ms": limit}
     trial = chosen.get("ship") or chosen["trial"]
     return trial, {"rule": pick.rule, "trial": trial, "rank": chosen["rank"], "latency_ms": _latency(chosen),
-                   "reason": reason, **extra}
+                   "latency_from": chosen.get("latency_from"), "reason": reason, **extra}

@@ -15,6 +15,7 @@ from tune.config import SweepConfig
 from tune.launch.costs import cost_figures, space_structures
 from tune.launch.sweep import _define_by_run
 from tune.results.tensorboard import write_hparams_experiment
+from tune.results.trained_costs import time_trained_models
 from tune.run.view import load_sweep
 from tune.ship.export import export_run
 from tune.trial_config import merge_trial_config, sweep_base
@@ -88,7 +89,18 @@ def test_each_result_and_ranking_row_carries_its_models_figures(measured_and_not
             reported = json.loads(line)
             assert reported["latency_ms"] == figures["latency_ms"] and reported["params"] == figures["params"]
     table = pq.read_table(run / "ranking.parquet").to_pylist()
-    assert [r["latency_ms"] for r in table] == [figures["latency_ms"]] * 2
+    assert [r["untrained_latency_ms"] for r in table] == [figures["latency_ms"]] * 2
+    # both kept their checkpoints (keep_trials 5), so both were timed trained after the sweep, on
+    # the val images, and the ranking's latency is that
+    trained = json.loads((run / "trained_costs.json").read_text())
+    assert [(r["latency_from"], r["latency_ms"]) for r in table] == [("trained", trained[r["trial"]]["latency_ms"])
+                                                                     for r in table]
+    assert {t: (f["weights"], f["epoch"], f["repeats"]) for t, f in trained.items()} == {
+        r["trial"]: ("trained", 1, 3) for r in table}
+    # finishing the sweep again (a resume) times nothing again
+    again: list[str] = []
+    view = load_sweep(str(run))
+    assert time_trained_models(view, view.manifest(), echo=again.append) == trained and again == []
     # TensorBoard: each trial's figures at step 0, and the sweep's HParams experiment lists them
     from tensorboard.backend.event_processing import event_accumulator as ea
 
@@ -126,14 +138,19 @@ def test_export_pick_chooses_from_the_measured_ranking_and_says_why(measured_and
 
     rows, run, _ = measured_and_not[True]
     latency = rows[0]["latency_ms"]
-    # one model structure: every trial has the same latency, so the best-ranked of those tied wins
+    # one model structure, but each trial timed trained: the fastest of those tied with the best wins
+    tied = [rows[0], *(r for r in rows[1:] if r["distinguishable"] is False)]
+    fastest = min(tied, key=lambda r: r["latency_ms"])
     _, meta = export_run(str(run), tmp_path / "tied.pt", pick="fastest-tied")
-    assert meta["trial_id"] == rows[0]["trial"] and meta["pick"]["rule"] == "fastest-tied"
-    assert meta["pick"]["latency_ms"] == latency and meta["pick"]["tied_with_best"][0] == rows[0]["trial"]
+    assert meta["trial_id"] == fastest["trial"] and meta["pick"]["rule"] == "fastest-tied"
+    assert (meta["pick"]["latency_ms"], meta["pick"]["latency_from"]) == (fastest["latency_ms"], "trained")
+    assert meta["pick"]["tied_with_best"] == [r["trial"] for r in tied]
     assert chosen_line(meta).endswith(f"; --pick fastest-tied: {meta['pick']['reason']}")
     _, meta = export_run(str(run), tmp_path / "fast.pt", pick=f"max-latency={latency * 2:.3f}")
     assert meta["trial_id"] == rows[0]["trial"] and meta["pick"]["max_latency_ms"] == pytest.approx(latency * 2, abs=1e-3)
-    with pytest.raises(BoxtuneError, match=rf"no trial runs within 0.001 ms; the fastest is trial \w+ at {latency:.1f} ms"):
+    quickest = min(rows, key=lambda r: r["latency_ms"])
+    with pytest.raises(BoxtuneError, match=rf"no trial runs within 0.001 ms; the fastest is trial {quickest['trial']} "
+                                           rf"at {quickest['latency_ms']:.1f} ms"):
         export_run(str(run), tmp_path / "none.pt", pick="max-latency=0.001")
     assert not (tmp_path / "none.pt").exists()
     with pytest.raises(BoxtuneError, match="has no latency figures: the sweep ran without cost.measure"):

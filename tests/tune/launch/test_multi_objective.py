@@ -101,7 +101,8 @@ def test_the_study_weighs_both_objectives_and_knows_the_infeasible(front_run):
     assert len(trials) == TRIALS and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     for trial in trials:
         row = by_id[trial.user_attrs[RAY_TRIAL_ID]]
-        assert trial.values == [pytest.approx(row["score"]), pytest.approx(row["latency_ms"])]
+        # the search was guided by the structures' untrained figures: those the trials reported
+        assert trial.values == [pytest.approx(row["score"]), pytest.approx(row["untrained_latency_ms"])]
         assert trial.user_attrs["params"] == row["params"]
         # Trial.set_constraint's value, which TPE reads: > 0 is infeasible
         (violation,) = [v for k, v in trial.system_attrs.items() if k.endswith("params_max")]
@@ -112,11 +113,16 @@ def test_the_winner_ships_and_the_front_keeps_its_checkpoints(front_run, tmp_pat
     rows, run, _ = front_run
     _, meta = export_run(str(run), tmp_path / "best.pt")
     assert meta["trial_id"] == rows[0]["trial"] and meta["architecture"] == ARCHS[0]
-    # keep_trials 1, but every trial on the front keeps a checkpoint; the others lost theirs
+    # keep_trials 1, but every trial on the front (as the trials ended: of the untrained figures they
+    # reported) keeps a checkpoint; the others lost theirs
     retention = json.loads((run / "retention.json").read_text())
-    front = {r["trial"] for r in rows if r["front"]}
+    front = pareto_front({r["trial"]: (r["score"], r["untrained_latency_ms"]) for r in rows if r["feasible"]})
     assert set(retention["kept"]) == front | {rows[0]["trial"]}
-    assert set(retention["deleted"]) == {r["trial"] for r in rows} - front
+    assert set(retention["deleted"]) == {r["trial"] for r in rows} - front - {rows[0]["trial"]}
+    # the winner's export carries its own checkpoint's timing beside its structure's
+    trained = json.loads((run / "trained_costs.json").read_text())
+    assert meta["trained_cost"] == trained[rows[0]["trial"]] and meta["trained_cost"]["epoch"] == meta["epoch"]
+    assert meta["cost"]["weights"] == "untrained" and meta["trained_cost"]["weights"] == "trained"
     # --pick never takes an infeasible trial, even one faster than the limit asked
     fastest_infeasible = min((r for r in rows if not r["feasible"]), key=lambda r: r["latency_ms"])
     feasible_latencies = [r["latency_ms"] for r in rows if r["feasible"]]
@@ -153,8 +159,16 @@ def test_the_report_marks_the_front_and_plots_it(front_run, tmp_path):
         assert cells[header.index("limits")] == ("within" if row["feasible"] else "outside")
     assert any(t.startswith("front: on the Pareto front of AP (best epoch, val) against latency_ms") for t in table)
     assert any(t.startswith("limits: search.constraints (params <= 1e+07)") for t in table)
-    # Faster R-CNN was timed untrained, with every RPN proposal kept: the note says the figure is an upper bound
-    assert any(t.startswith("latency_ms: Faster R-CNN's figure is an upper bound") for t in table)
+    # the kept trials were timed trained; the others carry their structure's figure, and the note
+    # says so, and that Faster R-CNN's (timed untrained, every RPN proposal kept) is an upper bound
+    kept = sum(r["latency_from"] == "trained" for r in rows)
+    (note,) = [t for t in table if t.startswith("latency_ms: trained (latency_from) for the ")]
+    assert note.startswith(f"latency_ms: trained (latency_from) for the {kept} trial{'s' if kept != 1 else ''} "
+                           f"whose best checkpoint was kept, timed after the sweep on ")
+    assert note.endswith("which for Faster R-CNN is an upper bound: an untrained RPN passes every proposal to the box head")
+    for row in rows:
+        (line,) = [t for t in table if t.split()[1:2] == [row["trial"]]]
+        assert line.split()[header.index("timed")] == row["latency_from"]
     assert f"wrote {tmp_path / 'plots' / 'accuracy_vs_latency.png'}" in out.stderr
     # the figure: one point per trial, in its group
     from tune.results.plots import front_figure
@@ -165,6 +179,36 @@ def test_the_report_marks_the_front_and_plots_it(front_run, tmp_path):
     assert drawn == {k: v for k, v in {"front": sum(bool(r["front"]) for r in rows),
                                        "dominated": sum(r["front"] is False and r["feasible"] for r in rows),
                                        "outside the limits": sum(not r["feasible"] for r in rows)}.items() if v}
+
+
+def test_the_kept_checkpoints_are_timed_trained_and_rank_by_that(front_run):
+    rows, run, lines = front_run
+    retention = json.loads((run / "retention.json").read_text())
+    trained = json.loads((run / "trained_costs.json").read_text())
+    # every trial that kept its checkpoint, and only those, was timed on the val images after the sweep
+    assert set(trained) == set(retention["kept"]) and trained
+    n_val = load_sweep(str(run)).manifest().table.column("split").to_pylist().count("val")
+    assert (f"cost.trained: timing {len(trained)} kept checkpoint{'s' if len(trained) != 1 else ''} (each trial's "
+            f"best epoch) on {min(n_val, 3)} val images, one process each") in lines
+    costs = json.loads((run / "costs.json").read_text())
+    for row in rows:
+        (structure,) = [f for f in costs.values() if f["latency_ms"] == row["untrained_latency_ms"]
+                        and f["params"] == row["params"]]
+        if row["trial"] in trained:
+            figures = trained[row["trial"]]
+            assert row["latency_from"] == "trained" and figures["weights"] == "trained"
+            assert figures["epoch"] == row["best_epoch"] and figures["images"] == min(n_val, 3)
+            assert [row[k] for k in ("latency_ms", "latency_p10_ms", "latency_p90_ms")] == \
+                [figures[k] for k in ("latency_ms", "latency_p10_ms", "latency_p90_ms")]
+            assert figures["architecture"] == structure["architecture"] and figures["params"] == row["params"]
+            assert any(line.startswith(f"  trial {row['trial']} (rank {row['rank']}, epoch {row['best_epoch']}): ")
+                       and f"untrained {structure['latency_ms']:.1f} ms" in line for line in lines)
+        else:  # its checkpoint was deleted: its structure's figure stays
+            assert row["latency_from"] == "untrained" and row["latency_ms"] == row["untrained_latency_ms"]
+    # ranking.parquet keeps both, and the front it marks is that of the figures it shows
+    table = {r["trial"]: r for r in pq.read_table(run / "ranking.parquet").to_pylist()}
+    assert {t: (r["latency_ms"], r["latency_from"], r["untrained_latency_ms"]) for t, r in table.items()} == \
+        {r["trial"]: (r["latency_ms"], r["latency_from"], r["untrained_latency_ms"]) for r in rows}
 
 
 def test_the_best_config_trains_on_the_accuracy_objective(front_run, tmp_path):

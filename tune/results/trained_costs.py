@@ -1,0 +1,123 @@
+"""Timing the trained models, once a sweep's trials have ended (``cost.trained``, on with ``cost.measure``).
+
+The figures every trial carries while the sweep runs are its structure's, timed on an untrained
+model before the trials start (``tune.launch.costs``): an upper bound. Faster R-CNN's box head runs
+once per RPN proposal that passes the RPN's score filter, and an untrained RPN passes all of them;
+trained, the same model ran at 0.35x to 0.54x of its figure on the transfer benchmark's target
+(docs/benchmarks.md). So when the trials have ended and the cores are idle, each trial that
+still has its best checkpoint (``checkpoints.keep_trials`` keeps the top trials and, with several
+objectives, the front; ``tune.launch.retention``) is timed again: the plain model its ``.pt``
+export loads, in a process of its own, on the run's val images (``trainables.cost``), with the
+sweep's ``cost.threads``, ``warmup`` and ``repeats``. A confirmed config is timed at the seed that
+ships for it.
+
+The figures go to ``<run>/trained_costs.json`` (trial id -> figures, with the epoch and checkpoint
+timed). The ranking then shows a timed trial's trained latency as its ``latency_ms`` (and its
+spread and ``onnx_latency_ms``), with ``latency_from: trained`` and the structure's figure kept as
+``untrained_latency_ms``; the front, ``search.constraints``, ``export --pick`` and the plot read
+that column. A trial whose checkpoint is gone keeps its structure's figure (``latency_from:
+untrained``). The Optuna study and the live table keep the untrained figures the search was
+guided by. A resumed or re-finished sweep does not time a checkpoint again.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from trainables.cost import CostRequest, measure_in_subprocess, structure_key
+from trainables.errors import BoxtuneError
+from tune.run.checkpoints import best_checkpoint
+from tune.run.confirmation import CONFIRM_OF
+from tune.run.ranking import rank_trials, trial_row
+from tune.run.view import SweepView, TrialView
+from tune.trial_config import merge_trial_config, sweep_base
+
+__all__ = ["time_trained_models", "timing_images"]
+
+
+def timing_images(manifest, count: int) -> list:
+    """``count`` of the val records (all of them when there are fewer), spread evenly through the
+    split in its order: the images a trained model is timed on."""
+    records = manifest.records("val")
+    if len(records) <= count:
+        return records
+    return [records[i * len(records) // count] for i in range(count)]
+
+
+def time_trained_models(view: SweepView, manifest, *, echo=print) -> dict[str, dict[str, Any]]:
+    """Time every ranked trial's best checkpoint that is still kept (see the module docstring); write
+    ``trained_costs.json``, set ``view.trained_costs`` and return it. Nothing without ``cost.measure``
+    or with ``cost.trained: false``."""
+    cfg = view.config
+    if cfg is None or not cfg.cost.measure or not cfg.cost.trained or view.folder.costs() is None:
+        return view.trained_costs
+    timed = dict(view.trained_costs)
+    todo = []
+    for row in rank_trials(view, intervals=False):
+        if row["best_epoch"] <= 0:
+            continue
+        chosen = view.trial(row.get("ship") or row["trial"])  # a confirmed config: the seed that ships
+        epoch = trial_row(view.part_of(chosen.trial_id), chosen)["best_epoch"]
+        if chosen.trial_id in timed and int(timed[chosen.trial_id]["epoch"]) == epoch:
+            continue  # a resumed sweep: timed already
+        try:
+            checkpoint = best_checkpoint(view, chosen)
+        except BoxtuneError:  # checkpoints.keep_trials deleted it: the structure's figure stays
+            continue
+        todo.append((row["rank"], chosen, epoch, checkpoint))
+    if not todo:
+        return timed
+    c = cfg.cost
+    records = timing_images(manifest, c.repeats)
+    echo(f"cost.trained: timing {len(todo)} kept checkpoint{'s' if len(todo) != 1 else ''} (each trial's best "
+         f"epoch) on {len(records)} val images, one process each")
+    untrained = view.folder.costs() or {}
+    with tempfile.TemporaryDirectory(prefix="boxtune-trained-cost-") as tmp:
+        images = _save_images(records, Path(tmp) / "images.pt")
+        for rank, chosen, epoch, checkpoint in todo:
+            key = structure_key(_model_section(view, chosen))
+            spec = json.loads(key)
+            with checkpoint.as_directory() as directory:
+                request = CostRequest(spec.pop("architecture"), len(manifest.class_names), spec, threads=c.threads,
+                                      warmup=c.warmup, repeats=c.repeats, onnx=c.onnx, checkpoint=str(directory),
+                                      images=str(images))
+                figures = measure_in_subprocess(request)
+            figures.update(epoch=epoch, checkpoint=checkpoint.path)
+            timed[chosen.trial_id] = figures
+            echo(f"  trial {chosen.trial_id} (rank {rank}, epoch {epoch}): {_describe(figures, untrained.get(key))}")
+            view.folder.write_trained_costs(timed)  # each one as it lands: an interrupted finish keeps them
+    view.trained_costs = timed
+    if view.confirm is not None:
+        view.confirm.trained_costs = timed
+    return timed
+
+
+def _model_section(view: SweepView, trial: TrialView) -> dict[str, Any]:
+    """The model section ``trial`` trained: the sweep's, with its sample merged in (a confirmation
+    trial's is that of the search trial it confirms)."""
+    sampled = trial.config
+    if CONFIRM_OF in sampled:
+        sampled = view.trial(sampled[CONFIRM_OF]).config
+    return merge_trial_config(sweep_base(view.config), sampled)["model"]
+
+
+def _describe(figures: dict[str, Any], untrained: dict[str, Any] | None) -> str:
+    text = (f"{figures['latency_ms']:.1f} ms ({figures['latency_p10_ms']:.1f}..{figures['latency_p90_ms']:.1f}), "
+            f"{figures['detections']:.1f} detections per image")
+    if untrained and untrained.get("latency_ms"):
+        text += f"; untrained {untrained['latency_ms']:.1f} ms ({figures['latency_ms'] / untrained['latency_ms']:.2f}x)"
+    return text
+
+
+def _save_images(records, path: Path) -> Path:
+    """The records' images as uint8 (3, H, W) tensors in one file, decoded as training decodes them
+    (EXIF orientation applied, local path or URI): what each timing process reads."""
+    import torch
+
+    from trainables.data.dataset import load_image
+
+    torch.save([load_image(r).as_subclass(torch.Tensor).contiguous() for r in records], path)
+    return path
