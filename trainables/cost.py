@@ -199,7 +199,8 @@ def measure_cost(request: CostRequest) -> dict[str, Any]:
     a checkpoint), ``images`` (how many distinct images the timed calls went through: 1 noise image
     untrained), ``threads``, ``repeats``, ``warmup``, ``input_hw``, ``score_threshold``,
     ``detections_per_img``, ``detections`` (mean returned per timed call), the torch version;
-    with ONNX Runtime, ``onnx_latency_ms`` and its spread, and ``onnx_mb``.
+    with ONNX Runtime, ``onnx_latency_ms`` and its spread, and ``onnx_mb``; where the ONNX export or
+    ONNX Runtime fails on the images, those stay None and ``onnx_error`` says why.
     """
     import torch
 
@@ -250,7 +251,10 @@ def measure_cost(request: CostRequest) -> dict[str, Any]:
         "onnx_mb": None,
     }
     if request.onnx:
-        figures.update(_onnx_cost(model, images, request))
+        try:
+            figures.update(_onnx_cost(model, images, request))
+        except Exception as err:  # noqa: BLE001 - the export or ONNX Runtime failed: the torch figures stand
+            figures["onnx_error"] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
     return figures
 
 

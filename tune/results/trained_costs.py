@@ -84,7 +84,11 @@ def time_trained_models(view: SweepView, manifest, *, echo=print) -> dict[str, d
                 request = CostRequest(spec.pop("architecture"), len(manifest.class_names), spec, threads=c.threads,
                                       warmup=c.warmup, repeats=c.repeats, onnx=c.onnx, checkpoint=str(directory),
                                       images=str(images))
-                figures = measure_in_subprocess(request)
+                try:
+                    figures = measure_in_subprocess(request)
+                except BoxtuneError as err:  # this trial keeps its structure's figure; the others are timed
+                    echo(f"  trial {chosen.trial_id} (rank {rank}, epoch {epoch}): not timed: {err}")
+                    continue
             figures.update(epoch=epoch, checkpoint=checkpoint.path)
             timed[chosen.trial_id] = figures
             echo(f"  trial {chosen.trial_id} (rank {rank}, epoch {epoch}): {_describe(figures, untrained.get(key))}")
@@ -109,6 +113,10 @@ def _describe(figures: dict[str, Any], untrained: dict[str, Any] | None) -> str:
             f"{figures['detections']:.1f} detections per image")
     if untrained and untrained.get("latency_ms"):
         text += f"; untrained {untrained['latency_ms']:.1f} ms ({figures['latency_ms'] / untrained['latency_ms']:.2f}x)"
+    if figures.get("onnx_latency_ms") is not None:
+        text += f"; ONNX Runtime {figures['onnx_latency_ms']:.1f} ms"
+    elif figures.get("onnx_error"):
+        text += f"; ONNX Runtime failed on the val images: {figures['onnx_error']}"
     return text
 
 
