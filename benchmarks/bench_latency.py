@@ -14,10 +14,13 @@ timed three ways, each in a fresh process with the same thread count, ``--rounds
 The table gives each way's figure per round and the spread between rounds (max/min), and the
 ratios of the plain loop and ONNX Runtime to boxtune's figure.
 
-``--trained RUN`` asks whether the weights matter: boxtune times an untrained model of each
-structure, once per sweep. For each trial of a sweep whose checkpoint is kept, its ``.pt`` export
-is timed with the plain loop on boxtune's image (uniform noise) and on the run's val images
-(cycled), beside the untrained figure the trial was ranked by, with the detections each returns.
+``--trained RUN`` asks whether the weights matter, and checks boxtune's timing of them: boxtune
+times an untrained model of each structure before the trials, and each kept checkpoint after
+them (``cost.trained``). For each trial of a sweep whose checkpoint is kept, its ``.pt`` export is
+timed with the plain loop on boxtune's image (uniform noise) and on the run's val images
+(cycled), beside the structure's untrained figure and boxtune's trained one (the ratios are to
+the trained figure where the run has it, else to the untrained one), with the detections each
+returns.
 A detector's post-processing (score threshold, per-class NMS) costs more the more boxes pass the
 threshold, and an untrained head passes nearly all of them.
 
@@ -138,7 +141,8 @@ def trained(run: str, *, threads: int, warmup: int, repeats: int, rounds: int) -
     images = [r.path for r in view.manifest().records("val")]
     print(f"{run}: threads {threads}, {warmup} warm-up + {repeats} timed calls per figure, {rounds} rounds, "
           f"{len(images)} val images cycled; ms per image at batch 1 on CPU (median of rounds)")
-    print(f"{'trial':<9} {'model':<44} {'untrained':>9} {'noise':>13} {'val images':>13} {'detections (untrained, noise, val)':>36}")
+    print(f"{'trial':<9} {'model':<44} {'untrained':>9} {'boxtune':>9} {'noise':>13} {'val images':>13} "
+          f"{'detections (untrained, noise, val)':>36}")
     for row in rank_trials(view, intervals=False):
         with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
             pt = Path(tmp) / "model.pt"
@@ -152,10 +156,13 @@ def trained(run: str, *, threads: int, warmup: int, repeats: int, rounds: int) -
             results = [json.loads(_run_script(code, threads)) for _ in range(rounds)]
         noise = statistics.median(r["noise"][0] for r in results)
         val = statistics.median(r["val"][0] for r in results)
-        base = row["latency_ms"]
+        base = row.get("untrained_latency_ms", row["latency_ms"])  # the structure's untrained figure
+        # boxtune's own figure of this trained checkpoint (cost.trained); the ratios are to it where it exists
+        timed = row["latency_ms"] if row.get("latency_from") == "trained" else float("nan")
+        ref = timed if timed == timed else base
         untrained = costs.get(json.dumps({"architecture": arch, **kwargs}, sort_keys=True), {})
         model = f"{arch} {h}x{w}"
-        print(f"{row['trial']:<9} {model:<44} {base:9.1f} {noise:7.1f} {noise / base:4.2f}x {val:7.1f} {val / base:4.2f}x "
+        print(f"{row['trial']:<9} {model:<44} {base:9.1f} {timed:9.1f} {noise:7.1f} {noise / ref:4.2f}x {val:7.1f} {val / ref:4.2f}x "
               f"{untrained.get('detections', float('nan')):>14.0f} {results[0]['noise'][1]:>8.0f} "
               f"{results[0]['val'][1]:>10.1f}")
 

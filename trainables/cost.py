@@ -9,7 +9,8 @@ the MobileNet models' time) runs once per RPN proposal, and the RPN drops propos
 score filter (0.05 for the MobileNet builders). An untrained RPN scores every proposal about 0.5,
 so all of them (150 for the 320 model) reach the box head; a trained one keeps those near objects
 (1 to 90 on five of the transfer benchmark's val images). Faster R-CNN's figure is therefore an upper
-bound for the trained model (``benchmarks/bench_latency.py --trained RUN`` measures by how much).
+bound for the trained model (``benchmarks/bench_latency.py --trained RUN`` measures by how much),
+and a sweep times its kept checkpoints again once trained (below).
 The one-stage heads run on every location whatever the weights; only their post-processing
 varies with how many boxes pass the score filter.
 

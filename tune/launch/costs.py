@@ -5,7 +5,9 @@ Latency is taken as a property of the model's structure: the architecture, its i
 is an upper bound: for the one-stage families the weights change only the post-processing
 (trained SSDlite ran at 0.70x to 0.96x of its figure), and Faster R-CNN's box head runs once per
 RPN proposal that passes the RPN's score filter, which an untrained RPN passes all of (trained:
-0.35x to 0.54x; ``trainables.cost``, docs/benchmarks.md).
+0.35x to 0.54x; ``trainables.cost``, docs/benchmarks.md). The search is guided by these figures;
+once the trials end, the kept checkpoints are timed trained (``tune.results.trained_costs``) and
+the ranking uses those where it has them.
 The sweep finds every such structure its space can produce (``space_structures``), measures each
 in a process of its own while no trial runs (``trainables.cost``), writes the table to the run
 folder (``costs.json``) and hands it to the trials, which add their structure's figures to every

@@ -198,6 +198,12 @@ def front_figure(view, rows: list[dict[str, Any]]) -> Figure:
         if name == "front":
             line = sorted(zip(xs, ys, strict=True))
             ax.plot([x for x, _ in line], [y for _, y in line], color="tab:blue", linewidth=1, alpha=0.6)
+    # cost.trained: where some trials were timed trained, the others' untrained figures are drawn hollow
+    mixed = any(r.get("latency_from") == "trained" for r in done)
+    untrained = [r for r in done if r.get("latency_from") == "untrained"] if mixed else []
+    if untrained:
+        ax.scatter([float(r["latency_ms"]) for r in untrained], [float(r[key]) for r in untrained], s=14,
+                   color="white", zorder=2.5)
     winner = next((r for r in done if eligible(r)), None)
     if winner is not None:
         ax.scatter([float(winner["latency_ms"])], [float(winner[key])], s=160, facecolors="none", edgecolors="crimson",
@@ -206,7 +212,8 @@ def front_figure(view, rows: list[dict[str, Any]]) -> Figure:
     bound = search.constraints.get("latency_ms") if search is not None else None
     if bound is not None and bound.max is not None:
         ax.axvline(bound.max, color="tab:red", linestyle="--", linewidth=1, label=f"latency_ms <= {bound.max:g}")
-    ax.set_xlabel("latency at batch 1 (ms, median; cost.measure)")
+    ax.set_xlabel("latency at batch 1 (ms, median; filled: the trained model, hollow: the untrained structure's)"
+                  if untrained else "latency at batch 1 (ms, median; cost.measure)")
     ax.set_ylabel(f"best {label} on val (95% interval where stored)")
     ax.set_title(f"{label} against latency ({len(done)} trials)")
     ax.grid(alpha=0.3)
