@@ -14,7 +14,9 @@ then often shows one trial's experiment instead.)
 The experiment lists every hyperparameter that appears in any trial's config (the union:
 conditional ones too), strings and booleans with their values as discrete domains, and the
 metrics ``best/score`` (the ranking key, ``trainables.objective``), ``best/AP``, ``best/AR100`` and
-``coco/AP``, and with ``cost.measure`` each model's ``cost/latency_ms``, ``cost/params``, ... TensorBoard reads an experiment once per
+``coco/AP``, and with ``cost.measure`` each model's ``cost/latency_ms``, ``cost/params``, ... (and
+where kept checkpoints were timed trained, ``cost/trained_latency_ms``, ...: ``write_trained_cost_scalars``).
+TensorBoard reads an experiment once per
 run, so hyperparameters of trials that start after TensorBoard did appear after a restart.
 """
 
@@ -34,19 +36,22 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from trainables.cost import COST_COLUMNS, COST_TAG_PREFIX
+from trainables.cost import COST_COLUMNS, COST_TAG_PREFIX, TIMED_COLUMNS
 from trainables.errors import BoxtuneError, ConfigError
 from trainables.reporting import hparam_value
 from tune.run.folder import TrainFolder
-from tune.run.layout import HPARAMS_EVENTS_SUFFIX
+from tune.run.layout import HPARAMS_EVENTS_SUFFIX, TRAINED_COST_EVENTS_SUFFIX
 from tune.run.view import SweepView, load_sweep
 
-__all__ = ["EXPERIMENT_METRICS", "experiment_hparams", "write_hparams_experiment", "start_tensorboard", "serve"]
+__all__ = ["EXPERIMENT_METRICS", "TRAINED_COST_METRICS", "experiment_hparams", "write_hparams_experiment",
+           "write_trained_cost_scalars", "start_tensorboard", "serve"]
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT_METRICS = ("best/score", "best/AP", "best/AR100", "coco/AP")
 COST_METRICS = tuple(f"{COST_TAG_PREFIX}{key}" for key in COST_COLUMNS)  # the trials' own cost/ scalars (tune.launch.costs)
+# a kept checkpoint's figures timed trained after the sweep (tune.results.trained_costs)
+TRAINED_COST_METRICS = tuple(f"{COST_TAG_PREFIX}trained_{key}" for key in TIMED_COLUMNS)
 _STARTUP_S = 60.0  # how long TensorBoard may take to answer its first request, s
 _LOG_LINES = 40  # TensorBoard output lines kept for an error message
 
@@ -89,29 +94,54 @@ def write_hparams_experiment(view: SweepView) -> str | None:
 
     Returns None, writing nothing, while no trial has started.
     """
-    from pyarrow import fs as pafs
-    from torch.utils.tensorboard import SummaryWriter
-
     configs = [t.config for t in view.trials if t.config]
     if not configs:
         return None
+    # cost.measure: each trial's model figures (``cost/latency_ms``, ...) are columns too
+    metrics = EXPERIMENT_METRICS + (COST_METRICS if view.folder.costs() else ()) + (
+        TRAINED_COST_METRICS if view.trained_costs else ())
     storage = view.folder.storage
-    old = [info.path for info in storage.fs.get_file_info(pafs.FileSelector(storage.path))
-           if info.type == pafs.FileType.File and info.base_name.endswith(HPARAMS_EVENTS_SUFFIX)]
-    with tempfile.TemporaryDirectory(prefix="boxtune-hparams-") as tmp:
-        writer = SummaryWriter(log_dir=tmp, filename_suffix=HPARAMS_EVENTS_SUFFIX)
-        # cost.measure: each trial's model figures (``cost/latency_ms``, ...) are columns too
-        metrics = EXPERIMENT_METRICS + (COST_METRICS if view.folder.costs() else ())
-        writer.file_writer.add_summary(_experiment_summary(configs, metrics))
+    target = _write_events(storage, storage.path, HPARAMS_EVENTS_SUFFIX,
+                           lambda writer: writer.file_writer.add_summary(_experiment_summary(configs, metrics)))
+    return f"{storage.uri}/{target.rsplit('/', 1)[-1]}"
+
+
+def _write_events(storage, folder_path: str, suffix: str, write) -> str:
+    """An events file written by ``write(writer)`` in a temporary folder, then put in ``folder_path``
+    on ``storage``'s filesystem (local or URI), replacing the files there with the same ``suffix``."""
+    from pyarrow import fs as pafs
+    from torch.utils.tensorboard import SummaryWriter
+
+    old = [info.path for info in storage.fs.get_file_info(pafs.FileSelector(folder_path, allow_not_found=True))
+           if info.type == pafs.FileType.File and info.base_name.endswith(suffix)]
+    with tempfile.TemporaryDirectory(prefix="boxtune-events-") as tmp:
+        writer = SummaryWriter(log_dir=tmp, filename_suffix=suffix)
+        write(writer)
         writer.close()
-        (local,) = Path(tmp).glob(f"*{HPARAMS_EVENTS_SUFFIX}")
-        target = f"{storage.path}/{local.name}"
+        (local,) = Path(tmp).glob(f"*{suffix}")
+        target = f"{folder_path}/{local.name}"
         with storage.fs.open_output_stream(target) as sink:
             sink.write(local.read_bytes())
     for path in old:
         if path != target:
             storage.fs.delete_file(path)
-    return f"{storage.uri}/{local.name}"
+    return target
+
+
+def write_trained_cost_scalars(view: SweepView, trial_id: str, figures: dict[str, Any]) -> str | None:
+    """A trial's trained timing as TensorBoard scalars ``cost/trained_latency_ms``, ... at step 0, in
+    the trial's folder (replacing an earlier timing's file); None when no figure was measured."""
+    measured = {key: float(figures[key]) for key in TIMED_COLUMNS if figures.get(key) is not None}
+    if not measured:
+        return None
+    part = view.part_of(trial_id)  # a confirmation trial's folder is in the confirmation stage's
+    folder = part.folder.trial_path(part.trial(trial_id).dir_name)
+
+    def write(writer) -> None:
+        for key, value in measured.items():
+            writer.add_scalar(f"{COST_TAG_PREFIX}trained_{key}", value, 0)
+
+    return _write_events(part.folder.storage, folder, TRAINED_COST_EVENTS_SUFFIX, write)
 
 
 def _drain(stream, lines: collections.deque) -> None:

@@ -12,7 +12,7 @@ sweep's ``cost.threads``, ``warmup`` and ``repeats``. A confirmed config is time
 ships for it.
 
 The figures go to ``<run>/trained_costs.json`` (trial id -> figures, with the epoch and checkpoint
-timed). The ranking then shows a timed trial's trained latency as its ``latency_ms`` (and its
+timed), and to TensorBoard as the trial's ``cost/trained_latency_ms``, ... at step 0. The ranking then shows a timed trial's trained latency as its ``latency_ms`` (and its
 spread and ``onnx_latency_ms``), with ``latency_from: trained`` and the structure's figure kept as
 ``untrained_latency_ms``; the front, ``search.constraints``, ``export --pick`` and the plot read
 that column. A trial whose checkpoint is gone keeps its structure's figure (``latency_from:
@@ -29,6 +29,7 @@ from typing import Any
 
 from trainables.cost import CostRequest, measure_in_subprocess, structure_key
 from trainables.errors import BoxtuneError
+from tune.results.tensorboard import write_trained_cost_scalars
 from tune.run.checkpoints import best_checkpoint
 from tune.run.confirmation import CONFIRM_OF
 from tune.run.ranking import rank_trials, trial_row
@@ -93,6 +94,7 @@ def time_trained_models(view: SweepView, manifest, *, echo=print) -> dict[str, d
             timed[chosen.trial_id] = figures
             echo(f"  trial {chosen.trial_id} (rank {rank}, epoch {epoch}): {_describe(figures, untrained.get(key))}")
             view.folder.write_trained_costs(timed)  # each one as it lands: an interrupted finish keeps them
+            write_trained_cost_scalars(view, chosen.trial_id, figures)
     view.trained_costs = timed
     if view.confirm is not None:
         view.confirm.trained_costs = timed

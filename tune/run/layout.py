@@ -26,7 +26,8 @@ A sweep folder (``<storage>/<name>``, local or behind a URI)::
         attempts.jsonl, failure.json                          the trial's record (``tune.launch.trial_record``)
         ray_train.log                                         Ray Train's INFO lines
         detections/epoch_0003.parquet                         each epoch's val detections (``trainables.detections``)
-        events.out.tfevents.*                                 the trial's TensorBoard events
+        events.out.tfevents.*                                 the trial's TensorBoard events (and, after the
+                                                              sweep, its trained timing: *.boxtune-trained-cost)
     confirm/              the confirmation stage (``search.confirm``), a second Ray experiment:
         tuner.pkl, experiment_state-*.json, ...               Ray Tune's, as above
         retention.json                                        its checkpoint record (every trial keeps its best epoch)
@@ -55,7 +56,7 @@ from trainables.files import (
 
 __all__ = [
     "SWEEP_FILE", "MANIFEST_FILE", "INFO_FILE", "RANKING_FILE", "TEST_RESULTS_FILE", "RETENTION_FILE", "COSTS_FILE", "TRAINED_COSTS_FILE",
-    "NODE_LOSS_FILE", "RAY_OUTPUT_FILE", "HPARAMS_EVENTS_SUFFIX", "STUDY_FILE", "TUNER_FILE", "CONFIRM_DIR", "RESULT_FILE", "PROGRESS_FILE", "ERROR_FILE", "ATTEMPTS_FILE", "FAILURE_FILE",
+    "NODE_LOSS_FILE", "RAY_OUTPUT_FILE", "HPARAMS_EVENTS_SUFFIX", "TRAINED_COST_EVENTS_SUFFIX", "STUDY_FILE", "TUNER_FILE", "CONFIRM_DIR", "RESULT_FILE", "PROGRESS_FILE", "ERROR_FILE", "ATTEMPTS_FILE", "FAILURE_FILE",
     "RAY_LOG_FILE", "CHECKPOINT_FOLDER_PREFIX", "STORAGE_PROBE_PREFIX", "CHECKPOINT_FILE", "METRICS_FILE", "BEST_FILE", "CHECKPOINTS_DIR",
     "epoch_checkpoint_dir", "DETECTIONS_DIR", "detections_file", "TEST_SPLIT", "TEST_PREFIX", "TRAIN_INFO_FILE",
 ]
@@ -73,6 +74,7 @@ NODE_LOSS_FILE = "node_losses.jsonl"  # a lost node's trials, as the driver noti
 RAY_OUTPUT_FILE = "ray_output.log"  # Ray's output on the driver that the terminal is spared
 STUDY_FILE = "optuna.journal"  # Optuna's JournalStorage file (optuna.storages.journal.JournalFileBackend)
 HPARAMS_EVENTS_SUFFIX = ".boxtune-hparams"  # marks the experiment event file, so a rewrite replaces only it
+TRAINED_COST_EVENTS_SUFFIX = ".boxtune-trained-cost"  # a trial's trained timing (cost/trained_*), written after the sweep
 TUNER_FILE = "tuner.pkl"  # Ray Tune's: an experiment's Tuner, what Tuner.restore reads
 CONFIRM_DIR = "confirm"  # the confirmation stage's Ray experiment, inside the sweep folder
 

@@ -205,6 +205,20 @@ def test_the_kept_checkpoints_are_timed_trained_and_rank_by_that(front_run):
                        and f"untrained {structure['latency_ms']:.1f} ms" in line for line in lines)
         else:  # its checkpoint was deleted: its structure's figure stays
             assert row["latency_from"] == "untrained" and row["latency_ms"] == row["untrained_latency_ms"]
+    # TensorBoard: each timed trial's trained figures at step 0, and the sweep's HParams experiment lists them
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    for row in rows:
+        acc = ea.EventAccumulator(row["path"], size_guidance={ea.SCALARS: 0})
+        acc.Reload()
+        tags = acc.Tags()["scalars"]
+        if row["trial"] in trained:
+            assert [(e.step, e.value) for e in acc.Scalars("cost/trained_latency_ms")] == [
+                (0, pytest.approx(trained[row["trial"]]["latency_ms"], rel=1e-6))]
+        else:
+            assert "cost/trained_latency_ms" not in tags and "cost/latency_ms" in tags
+    (experiment,) = run.glob("*.boxtune-hparams")
+    assert b"cost/trained_latency_ms" in experiment.read_bytes()
     # ranking.parquet keeps both, and the front it marks is that of the figures it shows
     table = {r["trial"]: r for r in pq.read_table(run / "ranking.parquet").to_pylist()}
     assert {t: (r["latency_ms"], r["latency_from"], r["untrained_latency_ms"]) for t, r in table.items()} == \
