@@ -32,8 +32,8 @@ recorded. With the ``onnx`` extra installed, the same model exported as ``boxtun
 **A trained model** (``CostRequest.checkpoint``): after a sweep's trials end, each kept trial's best
 checkpoint is timed the same way (``tune.results.trained_costs``), as the plain build its ``.pt``
 export loads, on real images instead of noise: the run's val images (``CostRequest.images``, a
-file of uint8 tensors), each resized outside the timed span to what the model's transform would
-make of it (``fit_to_input``), cycled through the ``repeats`` timed calls. Its detections per image
+file of uint8 tensors), each resized outside the timed span to the untrained figure's input
+(``fit_to_input``), cycled through the ``repeats`` timed calls. Its detections per image
 are what its score filter passes on those images, so the figure is what the shipped model costs
 on the user's kind of image.
 
@@ -124,24 +124,16 @@ def input_hw(architecture: str, model_kwargs: Mapping[str, Any]) -> tuple[int, i
 
 
 def fit_to_input(image, architecture: str, model_kwargs: Mapping[str, Any]):
-    """``image`` (3, H, W) resized, aspect kept, to the size the model's transform resizes it to
-    (short side ``min_size``, long side at most ``max_size``; SSDlite: short side 320, long side
-    at most 427, as ``input_hw``), as a float image in [0, 1]: what a trained model is timed on, so
-    that the resize inside the timed span is an identity or close to one, as on ``input_hw``'s image."""
+    """``image`` (3, H, W) resized to ``input_hw``, as a float image in [0, 1]: what a trained model
+    is timed on. Every image then has the pixels the untrained figure was timed on, so the two
+    figures differ by the weights alone (an image wider than 4:3 would otherwise give the trained
+    model more pixels, and a square one fewer); the content, stretched, is still a real image's."""
     import torch
     from torch.nn.functional import interpolate
 
-    from trainables.architectures import FAMILIES
-
-    if FAMILIES[architecture] == "ssd":
-        short, cap = 320, 427
-    else:
-        short, cap = int(model_kwargs.get("min_size", 800)), int(model_kwargs.get("max_size", 1333))
-    h, w = int(image.shape[-2]), int(image.shape[-1])
-    scale = min(short / min(h, w), cap / max(h, w))
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    size = input_hw(architecture, model_kwargs)
     pixels = image.to(torch.float32) / 255.0 if not image.is_floating_point() else image.to(torch.float32)
-    if size == (h, w):
+    if tuple(pixels.shape[-2:]) == size:
         return pixels.contiguous()
     return interpolate(pixels[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0].clamp_(0, 1)
 

@@ -29,7 +29,14 @@ from tune.run.confirmation import CONFIRM_COLUMNS
 from tune.run.front import describe_limits, eligible, limits_of
 from tune.run.intervals import class_intervals
 from tune.run.layout import TEST_PREFIX
-from tune.run.ranking import INTERVAL_COLUMNS, METRIC_COLUMNS, TRAINED_COLUMNS, ranking_table, varying_keys
+from tune.run.ranking import (
+    INTERVAL_COLUMNS,
+    METRIC_COLUMNS,
+    TRAINED_COLUMNS,
+    latency_cells,
+    ranking_table,
+    varying_keys,
+)
 from tune.run.view import SweepView
 
 __all__ = ["interval_notes", "front_notes", "format_ranking", "param_importances", "Importances", "MIN_TRIALS_FOR_IMPORTANCE", "sweep_notes",
@@ -90,12 +97,16 @@ def _latency_notes(view: SweepView, name: str) -> list[str]:
     (``tune.results.trained_costs``), or its structure's, timed untrained (an upper bound for Faster R-CNN)."""
     structures = (view.folder.costs() or {}).values()
     fasterrcnn = any(FAMILIES.get(figures.get("architecture")) == "fasterrcnn" for figures in structures)
-    trained = view.trained_costs
-    if trained:
-        images = max(int(figures.get("images") or 0) for figures in trained.values())
-        line = (f"{name}: trained (latency_from) for the {len(trained)} trial{'s' if len(trained) != 1 else ''} whose best "
-                f"checkpoint was kept, timed after the sweep on {images} val images; the others carry their "
-                f"structure's figure, timed untrained (untrained_latency_ms)")
+    cells = [latency_cells(view, t) for t in view.trials]
+    timed = sum(not math.isnan(c.get("trained_latency_ms", math.nan)) for c in cells)
+    if timed:
+        trained = sum(c.get("latency_from") == "trained" for c in cells)
+        images = max(int(f.get("images") or 0) for f in view.trained_costs.values())
+        line = (f"{name}: {timed} trial{'s' if timed != 1 else ''} kept {'their' if timed != 1 else 'its'} best "
+                f"checkpoint and {'were' if timed != 1 else 'was'} timed trained after the sweep, on {images} val "
+                f"images resized to the model's input (trained_latency_ms); the ranking takes the lower of that and "
+                f"the structure's untrained figure (untrained_latency_ms), the trained one for {trained} "
+                f"(latency_from); the other trials carry the untrained figure")
         if fasterrcnn:
             line += (", which for Faster R-CNN is an upper bound: an untrained RPN passes every proposal to the "
                      "box head")

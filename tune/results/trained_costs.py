@@ -3,21 +3,25 @@
 The figures every trial carries while the sweep runs are its structure's, timed on an untrained
 model before the trials start (``tune.launch.costs``): an upper bound. Faster R-CNN's box head runs
 once per RPN proposal that passes the RPN's score filter, and an untrained RPN passes all of them;
-trained, the same model ran at 0.35x to 0.54x of its figure on the transfer benchmark's target
-(docs/benchmarks.md). So when the trials have ended and the cores are idle, each trial that
+trained, the same model ran at 0.35x to 0.65x of its figure on the transfer benchmark's target
+(docs/benchmarks.md). So when the trials have ended and the cores are idle, each ended trial that
 still has its best checkpoint (``checkpoints.keep_trials`` keeps the top trials and, with several
 objectives, the front; ``tune.launch.retention``) is timed again: the plain model its ``.pt``
-export loads, in a process of its own, on the run's val images (``trainables.cost``), with the
-sweep's ``cost.threads``, ``warmup`` and ``repeats``. A confirmed config is timed at the seed that
-ships for it.
+export loads, in a process of its own, on the run's val images resized to the structure's input
+size (``trainables.cost``), with the sweep's ``cost.threads``, ``warmup`` and ``repeats``. A
+confirmed config is timed at the seed that ships. A trial that did not end (an interrupted sweep)
+waits for its resume.
 
 The figures go to ``<run>/trained_costs.json`` (trial id -> figures, with the epoch and checkpoint
-timed), and to TensorBoard as the trial's ``cost/trained_latency_ms``, ... at step 0. The ranking then shows a timed trial's trained latency as its ``latency_ms`` (and its
-spread and ``onnx_latency_ms``), with ``latency_from: trained`` and the structure's figure kept as
-``untrained_latency_ms``; the front, ``search.constraints``, ``export --pick`` and the plot read
-that column. A trial whose checkpoint is gone keeps its structure's figure (``latency_from:
-untrained``). The Optuna study and the live table keep the untrained figures the search was
-guided by. A resumed or re-finished sweep does not time a checkpoint again.
+timed), and to TensorBoard as the trial's ``cost/trained_latency_ms``, ... at step 0. The ranking
+takes, for ``latency_ms`` and ``onnx_latency_ms``, the lower of the trained and the untrained
+figure (``tune.run.ranking.latency_cells``: a trained figure above the upper bound is timing
+noise), so the front, ``search.constraints``, ``export --pick`` and the plot read that, and every
+trial that won or met the limits on the untrained figures, and so kept its checkpoint, still
+does. A trial whose checkpoint is gone keeps its structure's figure. The Optuna study, the live
+table, checkpoint retention and MLflow (its best-trial tag is set when the trials end) keep the
+untrained figures the search was guided by. A resumed or re-finished sweep does not time a
+checkpoint again. Whatever fails here is said and skipped: the sweep's finish goes on.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from tune.run.view import SweepView, TrialView
 from tune.trial_config import merge_trial_config, sweep_base
 
 __all__ = ["time_trained_models", "timing_images"]
+
+_ENDED = ("TERMINATED", "ERROR")  # Ray's statuses of a trial that will report no further epoch
 
 
 def timing_images(manifest, count: int) -> list:
@@ -61,6 +67,8 @@ def time_trained_models(view: SweepView, manifest, *, echo=print) -> dict[str, d
         if row["best_epoch"] <= 0:
             continue
         chosen = view.trial(row.get("ship") or row["trial"])  # a confirmed config: the seed that ships
+        if chosen.status not in _ENDED:  # an interrupted sweep: its best epoch may still change on resume
+            continue
         epoch = trial_row(view.part_of(chosen.trial_id), chosen)["best_epoch"]
         if chosen.trial_id in timed and int(timed[chosen.trial_id]["epoch"]) == epoch:
             continue  # a resumed sweep: timed already
@@ -76,25 +84,33 @@ def time_trained_models(view: SweepView, manifest, *, echo=print) -> dict[str, d
     echo(f"cost.trained: timing {len(todo)} kept checkpoint{'s' if len(todo) != 1 else ''} (each trial's best "
          f"epoch) on {len(records)} val images, one process each")
     untrained = view.folder.costs() or {}
+    # an optional step: whatever fails here is said, and the sweep's finish (test split, ranking) goes on
     with tempfile.TemporaryDirectory(prefix="boxtune-trained-cost-") as tmp:
-        images = _save_images(records, Path(tmp) / "images.pt")
+        try:
+            images = _save_images(records, Path(tmp) / "images.pt")
+        except Exception as err:  # noqa: BLE001
+            echo(f"  not timed: the val images could not be read: {type(err).__name__}: {err}")
+            return timed
         for rank, chosen, epoch, checkpoint in todo:
             key = structure_key(_model_section(view, chosen))
             spec = json.loads(key)
-            with checkpoint.as_directory() as directory:
-                request = CostRequest(spec.pop("architecture"), len(manifest.class_names), spec, threads=c.threads,
-                                      warmup=c.warmup, repeats=c.repeats, onnx=c.onnx, checkpoint=str(directory),
-                                      images=str(images))
-                try:
+            try:
+                with checkpoint.as_directory() as directory:
+                    request = CostRequest(spec.pop("architecture"), len(manifest.class_names), spec,
+                                          threads=c.threads, warmup=c.warmup, repeats=c.repeats, onnx=c.onnx,
+                                          checkpoint=str(directory), images=str(images))
                     figures = measure_in_subprocess(request)
-                except BoxtuneError as err:  # this trial keeps its structure's figure; the others are timed
-                    echo(f"  trial {chosen.trial_id} (rank {rank}, epoch {epoch}): not timed: {err}")
-                    continue
-            figures.update(epoch=epoch, checkpoint=checkpoint.path)
-            timed[chosen.trial_id] = figures
+                figures.update(epoch=epoch, checkpoint=checkpoint.path)
+                timed[chosen.trial_id] = figures
+                view.folder.write_trained_costs(timed)  # each one as it lands: an interrupted finish keeps them
+            except Exception as err:  # noqa: BLE001 - this trial keeps its structure's figure; the others are timed
+                echo(f"  trial {chosen.trial_id} (rank {rank}, epoch {epoch}): not timed: {type(err).__name__}: {err}")
+                continue
             echo(f"  trial {chosen.trial_id} (rank {rank}, epoch {epoch}): {_describe(figures, untrained.get(key))}")
-            view.folder.write_trained_costs(timed)  # each one as it lands: an interrupted finish keeps them
-            write_trained_cost_scalars(view, chosen.trial_id, figures)
+            try:
+                write_trained_cost_scalars(view, chosen.trial_id, figures)
+            except Exception as err:  # noqa: BLE001 - the figures are in trained_costs.json and the ranking
+                echo(f"    its TensorBoard scalars were not written: {type(err).__name__}: {err}")
     view.trained_costs = timed
     if view.confirm is not None:
         view.confirm.trained_costs = timed

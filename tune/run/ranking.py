@@ -34,7 +34,7 @@ import logging
 import math
 from typing import Any
 
-from trainables.cost import COST_COLUMNS, TIMED_COLUMNS
+from trainables.cost import COST_COLUMNS
 from trainables.errors import BoxtuneError
 from trainables.objective import BEST_SCORE, cost_objectives, fold_score, parse_objective, score_of
 from tune.run.confirmation import CONFIRM_COLUMNS, seed_members, summarise_seeds
@@ -44,7 +44,7 @@ from tune.run.layout import TEST_PREFIX
 from tune.run.view import UNNUMBERED, SweepView, TrialView, creation_number
 
 __all__ = ["METRIC_COLUMNS", "TEST_COLUMNS", "INTERVAL_COLUMNS", "TRAINED_COLUMNS", "UNNUMBERED", "creation_number", "rank_order",
-           "result_score", "rank_trials",
+           "result_score", "rank_trials", "trained_figures", "latency_cells",
            "trial_row", "ranking_table", "write_ranking", "pick_trial", "test_columns", "varying_keys",
            "ranking_intervals"]
 
@@ -54,7 +54,7 @@ METRIC_COLUMNS = ("AP", "AP50", "AP75", "AR1", "AR10", "AR100")
 TEST_COLUMNS = ("AP", "AP50", "AP75", "AR100")  # shown as test_AP, ... for trials evaluated on the test split
 INTERVAL_COLUMNS = ("ci_low", "ci_high", "leader_beats", "distinguishable")
 # with cost.measure: which model the latency columns were timed on, and the structure's untrained figure
-TRAINED_COLUMNS = ("latency_from", "untrained_latency_ms")
+TRAINED_COLUMNS = ("latency_from", "untrained_latency_ms", "trained_latency_ms")
 
 
 def rank_order(score: float | None, number: int, trial_id: str = "") -> tuple[bool, float, int, str]:
@@ -113,7 +113,7 @@ def _row(view: SweepView, t: TrialView, varying: list[str]) -> dict[str, Any]:
     row["best_epoch"] = int(best["epoch"]) if best is not None else 0
     row["epochs"] = max((int(r.get("epoch", 0)) for r in t.history), default=0)
     row.update(_test_cells(view, t.trial_id))
-    row.update(_cost_cells(view, t))
+    row.update(latency_cells(view, t))
     for key in varying:
         value = t.config.get(key)
         row[key] = None if value is None else (value if isinstance(value, bool | int | float) else str(value))
@@ -123,24 +123,42 @@ def _row(view: SweepView, t: TrialView, varying: list[str]) -> dict[str, Any]:
     return row
 
 
-def _cost_cells(view: SweepView, t: TrialView) -> dict[str, Any]:
+def trained_figures(view: SweepView, t: TrialView) -> dict[str, Any] | None:
+    """The trained timing of ``t``'s best checkpoint (``trained_costs.json``, ``tune.results.trained_costs``);
+    None when it was not timed, or was timed at another epoch than its best (a resumed trial's)."""
+    figures = view.trained_costs.get(t.trial_id)
+    best = t.best(view.objective)
+    if figures is None or best is None or int(figures.get("epoch", -1)) != int(best["epoch"]):
+        return None
+    return figures
+
+
+def latency_cells(view: SweepView, t: TrialView) -> dict[str, Any]:
     """The model's cost figures (``cost.measure``: every result carries its structure's); none when
-    not measured. Where the trial's best checkpoint was timed trained (``trained_costs.json``,
-    ``tune.results.trained_costs``) its latency figures are the trained ones (``latency_from:
-    trained``), and the structure's latency stays as ``untrained_latency_ms``."""
+    not measured.
+
+    Where the trial's best checkpoint was timed trained (``trained_figures``), ``latency_ms`` (with
+    its spread) and ``onnx_latency_ms`` are each the trained figure where it is the lower:
+    the structure's untrained figure is timed on the same input size with every proposal passing,
+    an upper bound, so a trained figure above it is timing noise. That keeps every decision made
+    while the trials ran on the untrained figures (which trials met the limits, which kept their
+    checkpoints) true: a kept trial can only gain. ``latency_from`` says which model ``latency_ms``
+    was timed on; ``untrained_latency_ms`` and ``trained_latency_ms`` (NaN when not timed) are both kept.
+    """
     measured = next((r for r in reversed(t.history) if "latency_ms" in r), None)
     if measured is None:
         return {}
     cells: dict[str, Any] = {key: _metric(measured, key) for key in COST_COLUMNS}
-    cells.update(_trained_cells(view, t.trial_id, cells["latency_ms"]))
-    return cells
-
-
-def _trained_cells(view: SweepView, trial_id: str, untrained_ms: float) -> dict[str, Any]:
-    """``latency_from``, ``untrained_latency_ms`` and, for a trial timed trained, its trained latency figures."""
-    trained = view.trained_costs.get(trial_id)
-    cells: dict[str, Any] = {} if trained is None else {key: _metric(trained, key) for key in TIMED_COLUMNS}
-    return {**cells, "latency_from": "untrained" if trained is None else "trained", "untrained_latency_ms": untrained_ms}
+    trained = trained_figures(view, t)
+    timed = _metric(trained, "latency_ms")
+    lower = not math.isnan(timed) and timed <= cells["latency_ms"]
+    if lower:
+        cells.update({key: _metric(trained, key) for key in ("latency_ms", "latency_p10_ms", "latency_p90_ms")})
+    onnx = _metric(trained, "onnx_latency_ms")  # NaN where ONNX Runtime failed on the trained graph
+    if not math.isnan(onnx) and not onnx > cells["onnx_latency_ms"]:  # also where the untrained one is NaN
+        cells["onnx_latency_ms"] = onnx
+    return {**cells, "latency_from": "trained" if lower else "untrained",
+            "untrained_latency_ms": _metric(measured, "latency_ms"), "trained_latency_ms": timed}
 
 
 def _test_cells(view: SweepView, trial_id: str) -> dict[str, Any]:
@@ -174,8 +192,8 @@ def _confirmed(view: SweepView, rows: list[dict[str, Any]]) -> list[dict[str, An
                                                                "ship": row["trial"]}
         if summary is not None and summary.ship != row["trial"]:
             row.update(_test_cells(view, summary.ship))
-            if "latency_ms" in row and summary.ship in view.trained_costs:  # the checkpoint that ships was timed
-                row.update(_trained_cells(view, summary.ship, row["untrained_latency_ms"]))
+            ship = view.trial(summary.ship)
+            row.update(latency_cells(view.part_of(ship.trial_id), ship))  # the checkpoint that ships, timed or not
         new: dict[str, Any] = {}
         for key, value in row.items():
             new[key] = value

@@ -93,8 +93,10 @@ def test_each_result_and_ranking_row_carries_its_models_figures(measured_and_not
     # both kept their checkpoints (keep_trials 5), so both were timed trained after the sweep, on
     # the val images, and the ranking's latency is that
     trained = json.loads((run / "trained_costs.json").read_text())
-    assert [(r["latency_from"], r["latency_ms"]) for r in table] == [("trained", trained[r["trial"]]["latency_ms"])
-                                                                     for r in table]
+    assert [r["trained_latency_ms"] for r in table] == [trained[r["trial"]]["latency_ms"] for r in table]
+    assert [(r["latency_from"], r["latency_ms"]) for r in table] == [
+        ("trained", r["trained_latency_ms"]) if r["trained_latency_ms"] <= figures["latency_ms"]
+        else ("untrained", figures["latency_ms"]) for r in table]
     assert {t: (f["weights"], f["epoch"], f["repeats"]) for t, f in trained.items()} == {
         r["trial"]: ("trained", 1, 3) for r in table}
     # finishing the sweep again (a resume) times nothing again
@@ -143,7 +145,7 @@ def test_export_pick_chooses_from_the_measured_ranking_and_says_why(measured_and
     fastest = min(tied, key=lambda r: r["latency_ms"])
     _, meta = export_run(str(run), tmp_path / "tied.pt", pick="fastest-tied")
     assert meta["trial_id"] == fastest["trial"] and meta["pick"]["rule"] == "fastest-tied"
-    assert (meta["pick"]["latency_ms"], meta["pick"]["latency_from"]) == (fastest["latency_ms"], "trained")
+    assert (meta["pick"]["latency_ms"], meta["pick"]["latency_from"]) == (fastest["latency_ms"], fastest["latency_from"])
     assert meta["pick"]["tied_with_best"] == [r["trial"] for r in tied]
     assert chosen_line(meta).endswith(f"; --pick fastest-tied: {meta['pick']['reason']}")
     _, meta = export_run(str(run), tmp_path / "fast.pt", pick=f"max-latency={latency * 2:.3f}")
