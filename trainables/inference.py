@@ -153,7 +153,9 @@ _TRACE_OPENED = {
     "RetinaNet": (("head.classification_head.cls_logits.bias", "all"),),
     "FCOS": (("head.classification_head.cls_logits.bias", "all"), ("head.regression_head.bbox_ctrness.bias", "all")),
 }
-_OPENED_BY = 20.0  # logits raised by this pass every score filter: sigmoid(20) and the softmax are near 1
+# logits raised by this: sigmoid(20) is near 1, and the box head's softmax gives each of K foreground
+# classes about 1/K (over its 0.05 filter below 20 classes; past that the trace still sees every proposal)
+_OPENED_BY = 20.0
 
 
 def _opened_for_tracing(model: nn.Module) -> tuple[nn.Module, dict[str, torch.Tensor]]:

@@ -123,8 +123,8 @@ def evaluate_sweep_on_test(view: SweepView, manifest, *, top: int, metric_label:
         try:
             checkpoint = best_checkpoint(view, chosen)
         except BoxtuneError as err:
-            # kept checkpoints follow the ranking as the trials ended; a trained latency timed since
-            # (tune.results.trained_costs) can move a trial whose checkpoint is gone into the top
+            # kept checkpoints follow the ranking as the trials ended (checkpoints.keep_trials >=
+            # report.test_top); should a trial without one rank in the top, say so and go on
             echo(f"trial {chosen.trial_id} (rank {row['rank']}) is not evaluated on the test split: {err}")
             continue
         with checkpoint.as_directory() as directory:
