@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -158,8 +159,8 @@ def trained(run: str, *, threads: int, warmup: int, repeats: int, rounds: int) -
         val = statistics.median(r["val"][0] for r in results)
         base = row.get("untrained_latency_ms", row["latency_ms"])  # the structure's untrained figure
         # boxtune's own figure of this trained checkpoint (cost.trained); the ratios are to it where it exists
-        timed = row["latency_ms"] if row.get("latency_from") == "trained" else float("nan")
-        ref = timed if timed == timed else base
+        timed = row["latency_ms"] if row.get("latency_from") == "trained" else math.nan
+        ref = base if math.isnan(timed) else timed
         untrained = costs.get(json.dumps({"architecture": arch, **kwargs}, sort_keys=True), {})
         model = f"{arch} {h}x{w}"
         print(f"{row['trial']:<9} {model:<44} {base:9.1f} {timed:9.1f} {noise:7.1f} {noise / ref:4.2f}x {val:7.1f} {val / ref:4.2f}x "

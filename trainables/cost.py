@@ -65,7 +65,7 @@ __all__ = ["CostRequest", "measure_cost", "measure_in_subprocess", "input_hw", "
 # the figures a cost measurement gives, in the order results and tables show them: what each result
 # of a trial carries (``cost.measure``), and the ranking's columns
 COST_COLUMNS = ("latency_ms", "latency_p10_ms", "latency_p90_ms", "onnx_latency_ms", "params", "file_mb")
-# the ones that depend on the weights: a trained model's timing replaces them (the rest is the structure's)
+# the ones that depend on the weights, which a trained model is timed for (the rest is the structure's)
 TIMED_COLUMNS = ("latency_ms", "latency_p10_ms", "latency_p90_ms", "onnx_latency_ms")
 COST_TAG_PREFIX = "cost/"  # TensorBoard: each trial's figures as cost/latency_ms, cost/params, ... at step 0
 _MB = 1e6  # file sizes in megabytes (10^6 bytes), as disk tools and model hubs state them

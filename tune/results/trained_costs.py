@@ -36,7 +36,7 @@ from trainables.errors import BoxtuneError
 from tune.results.tensorboard import write_trained_cost_scalars
 from tune.run.checkpoints import best_checkpoint
 from tune.run.confirmation import CONFIRM_OF
-from tune.run.ranking import rank_trials, trial_row
+from tune.run.ranking import rank_trials
 from tune.run.view import SweepView, TrialView
 from tune.trial_config import merge_trial_config, sweep_base
 
@@ -59,7 +59,8 @@ def time_trained_models(view: SweepView, manifest, *, echo=print) -> dict[str, d
     ``trained_costs.json``, set ``view.trained_costs`` and return it. Nothing without ``cost.measure``
     or with ``cost.trained: false``."""
     cfg = view.config
-    if cfg is None or not cfg.cost.measure or not cfg.cost.trained or view.folder.costs() is None:
+    untrained = view.folder.costs() if cfg is not None and cfg.cost.measure and cfg.cost.trained else None
+    if untrained is None:
         return view.trained_costs
     timed = dict(view.trained_costs)
     todo = []
@@ -69,7 +70,10 @@ def time_trained_models(view: SweepView, manifest, *, echo=print) -> dict[str, d
         chosen = view.trial(row.get("ship") or row["trial"])  # a confirmed config: the seed that ships
         if chosen.status not in _ENDED:  # an interrupted sweep: its best epoch may still change on resume
             continue
-        epoch = trial_row(view.part_of(chosen.trial_id), chosen)["best_epoch"]
+        best = chosen.best(view.objective)
+        if best is None:
+            continue
+        epoch = int(best["epoch"])
         if chosen.trial_id in timed and int(timed[chosen.trial_id]["epoch"]) == epoch:
             continue  # a resumed sweep: timed already
         try:
@@ -83,7 +87,6 @@ def time_trained_models(view: SweepView, manifest, *, echo=print) -> dict[str, d
     records = timing_images(manifest, c.repeats)
     echo(f"cost.trained: timing {len(todo)} kept checkpoint{'s' if len(todo) != 1 else ''} (each trial's best "
          f"epoch) on {len(records)} val images, one process each")
-    untrained = view.folder.costs() or {}
     # an optional step: whatever fails here is said, and the sweep's finish (test split, ranking) goes on
     with tempfile.TemporaryDirectory(prefix="boxtune-trained-cost-") as tmp:
         try:

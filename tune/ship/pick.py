@@ -1,8 +1,8 @@
 """``boxtune export --pick``: choosing the trial to ship by what it costs to run, from the ranking.
 
 Two rules, over the ranked trials that finished an epoch, for a sweep run with ``cost.measure``
-(every ranking row then has ``latency_ms``: its trained model's where its checkpoint was timed
-after the sweep, ``latency_from: trained``, else its structure's untrained figure; see
+(every ranking row then has ``latency_ms``: the lower of its trained model's, where its checkpoint
+was timed after the sweep, and its structure's untrained figure; ``latency_from`` says which; see
 ``tune.results.trained_costs``):
 
 ``fastest-tied``
